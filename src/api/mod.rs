@@ -1,0 +1,97 @@
+//! The HTTP API: one router per resource, one error type mapping to `{"code", "detail"}`.
+
+mod dlq;
+mod error;
+mod health;
+mod ingest;
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    Router,
+    extract::{ConnectInfo, DefaultBodyLimit, Request, State},
+    middleware::{self, Next},
+    response::Response,
+};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use self::error::ApiError;
+use crate::relay::Relay;
+
+/// What every handler can reach.
+pub type AppState = Relay;
+
+/// The whole API.
+pub fn router(relay: Relay) -> Router {
+    let max_body = relay.config().max_body_bytes;
+    let management = Router::new()
+        .merge(dlq::router())
+        .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin));
+    Router::new()
+        .merge(health::router())
+        .merge(ingest::router())
+        .merge(management)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(relay)
+}
+
+/// Management routes need `Authorization: Bearer <HOOKRELAY_ADMIN_TOKEN>`; without a token
+/// configured they answer loopback clients only.
+async fn require_admin(
+    State(relay): State<Relay>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match &relay.config().admin_token {
+        Some(token) => {
+            let presented = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| {
+                    ApiError::unauthorized("send Authorization: Bearer <HOOKRELAY_ADMIN_TOKEN>")
+                })?;
+            // Comparing digests keeps the comparison constant-time whatever the lengths.
+            let expected = Sha256::digest(token.expose().as_bytes());
+            let given = Sha256::digest(presented.trim().as_bytes());
+            if !bool::from(expected.ct_eq(&given)) {
+                return Err(ApiError::unauthorized("the admin token is not valid"));
+            }
+        }
+        None if peer.ip().to_canonical().is_loopback() => {}
+        None => {
+            return Err(ApiError::forbidden(
+                "management routes answer only loopback clients while HOOKRELAY_ADMIN_TOKEN is unset",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting and lets
+/// in-flight requests finish (bounded by `grace`).
+pub async fn serve(
+    relay: Relay,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let app = router(relay).into_make_service_with_connect_info::<SocketAddr>();
+    let stopping = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopping.cancelled().await });
+    let server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = server => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("requests still open after the grace period; closing them");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! `serve`: the HTTP API and the delivery worker, side by side, until shutdown.
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{api, relay::Relay};
+
+/// Runs the API on `listener` and the delivery worker until `shutdown` is cancelled. On
+/// shutdown the API stops accepting, in-flight deliveries get the grace period to finish, and
+/// whatever is left is released back to the queue. The caller owns the listener, so tests
+/// bind port 0.
+pub async fn serve(
+    relay: Relay,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let grace = relay.config().shutdown_grace;
+    let worker = tokio::spawn(relay.clone().run_worker(shutdown.clone()));
+    let served = api::serve(relay, listener, shutdown.clone(), grace).await;
+    info!("HTTP API stopped");
+    // If the API failed on its own, the worker must stop too.
+    shutdown.cancel();
+    if let Err(e) = worker.await {
+        tracing::error!(error = %e, "delivery worker ended abnormally");
+    }
+    info!("delivery worker stopped");
+    served
+}

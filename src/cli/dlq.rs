@@ -1,0 +1,215 @@
+//! `hookrelay dlq …`: inspect, replay and purge dead letters.
+
+use std::{io::Write, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::output::{cut, json, table, time};
+use crate::{domain::DeliveryId, relay::Relay, store::Selection};
+
+/// Dead-letter queue commands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one delivery with its payload and every attempt.
+    Show {
+        /// The delivery id (`dlv_…`).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the queue with a fresh retry budget (same webhook-id).
+    Replay(Target),
+    /// Delete dead letters and their attempt logs.
+    Purge {
+        #[command(flatten)]
+        target: Target,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// One dead letter or all of them.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// The delivery id (`dlv_…`).
+    id: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    fn selection(&self) -> anyhow::Result<Selection> {
+        match &self.id {
+            Some(id) => Ok(Selection::One(DeliveryId::parse(id)?)),
+            None => Ok(Selection::All),
+        }
+    }
+}
+
+fn confirm(question: &str) -> bool {
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
+}
+
+pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DlqCommand::List {
+            limit,
+            json: as_json,
+        } => {
+            let dead = relay
+                .dead_letters(limit)
+                .await
+                .context("reading the dead-letter queue")?;
+            if as_json {
+                json(&json!({ "count": dead.len(), "dead_letters": dead }));
+            } else if dead.is_empty() {
+                println!("The dead-letter queue is empty.");
+            } else {
+                let rows: Vec<Vec<String>> = dead
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.id.to_string(),
+                            d.event_id.to_string(),
+                            d.event_type.clone(),
+                            d.total_attempts.to_string(),
+                            time(d.finished_at_ms),
+                            cut(d.last_error.as_deref().unwrap_or("-"), 60),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "DELIVERY",
+                        "EVENT",
+                        "TYPE",
+                        "ATTEMPTS",
+                        "DEAD SINCE",
+                        "LAST ERROR",
+                    ],
+                    &rows,
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Show { id, json: as_json } => {
+            let id = DeliveryId::parse(&id)?;
+            let Some(detail) = relay.delivery(id.clone()).await? else {
+                eprintln!("error: no delivery {id}");
+                return Ok(ExitCode::FAILURE);
+            };
+            if as_json {
+                json(&detail);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let s = &detail.summary;
+            println!("delivery     {}", s.id);
+            println!("event        {} ({})", s.event_id, s.event_type);
+            println!("endpoint     {}", s.endpoint_id);
+            if let Some(session) = &s.session_id {
+                println!("session      {session}");
+            }
+            println!("status       {:?}", s.status);
+            println!("accepted     {}", time(Some(s.created_at_ms)));
+            println!(
+                "attempts     {} ({} in the current budget)",
+                s.total_attempts, s.attempts
+            );
+            if let Some(error) = &s.last_error {
+                println!("last error   {error}");
+            }
+            println!(
+                "payload      {}",
+                serde_json::to_string(&detail.payload).unwrap_or_default()
+            );
+            println!();
+            let rows: Vec<Vec<String>> = detail
+                .attempts_log
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.attempt_no.to_string(),
+                        time(Some(a.started_at_ms)),
+                        format!("{} ms", a.duration_ms),
+                        a.status_code.map_or_else(|| "-".into(), |c| c.to_string()),
+                        a.outcome.clone(),
+                        cut(
+                            a.error_detail
+                                .as_deref()
+                                .or(a.response_snippet.as_deref())
+                                .unwrap_or("-"),
+                            60,
+                        ),
+                    ]
+                })
+                .collect();
+            table(
+                &["#", "STARTED", "DURATION", "STATUS", "OUTCOME", "DETAIL"],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Replay(target) => {
+            let replayed = relay.replay(target.selection()?).await?;
+            if target.json {
+                json(&json!({ "replayed": replayed }));
+            } else {
+                println!(
+                    "Replayed {replayed} dead letter(s); a running server delivers them within its poll interval."
+                );
+            }
+            Ok(if replayed == 0 && target.id.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        DlqCommand::Purge { target, yes } => {
+            let selection = target.selection()?;
+            let what = match &selection {
+                Selection::One(id) => format!("dead letter {id}"),
+                Selection::All => "EVERY dead letter".to_owned(),
+            };
+            if !yes
+                && !confirm(&format!(
+                    "Delete {what} and its attempt log? This cannot be undone."
+                ))
+            {
+                eprintln!("Nothing deleted.");
+                return Ok(ExitCode::FAILURE);
+            }
+            let purged = relay.purge(selection).await?;
+            if target.json {
+                json(&json!({ "purged": purged }));
+            } else {
+                println!("Purged {purged} dead letter(s).");
+            }
+            Ok(if purged == 0 && target.id.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The `hookrelay` command line. Each command parses its flags and calls library functions.
+//!
+//! Exit codes: 0 success; 1 the operation failed (an endpoint test failed, an id was not
+//! found, a confirmation was declined); 2 the configuration or the command line is invalid.
+
+mod dlq;
+mod output;
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    config::{Config, Problem, Severity},
+    delivery::{HttpSender, Target, probe},
+    domain::{EndpointUrl, IdempotencyKey, SigningSecret, UsageEvent},
+    relay::Relay,
+    signing::SignatureAlgorithm,
+    sink::{self, SinkOptions},
+};
+
+/// hookrelay: durable, signed webhook delivery for LLM gateway usage events.
+#[derive(Debug, Parser)]
+#[command(name = "hookrelay", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API and the delivery worker.
+    Serve {
+        /// Address to listen on (overrides HOOKRELAY_LISTEN).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Record one usage event (a running server delivers it within its poll interval).
+    Send {
+        /// The gateway session.
+        #[arg(long)]
+        session_id: String,
+        /// The prompt.
+        #[arg(long)]
+        query: String,
+        /// The model that answered.
+        #[arg(long, default_value = "gpt-4o-mini")]
+        model: String,
+        /// The model's response time in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        response_time_ms: u64,
+        /// Estimated tokens.
+        #[arg(long, default_value_t = 0)]
+        tokens: u64,
+        /// Record the call as failed.
+        #[arg(long)]
+        failed: bool,
+        /// The client's user agent.
+        #[arg(long)]
+        user_agent: Option<String>,
+        /// Deduplicate on this key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the configured endpoint: URL, DNS, connect, then a signed test event.
+    Test {
+        /// Test this URL instead of ZAPIER_WEBHOOK_URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, replay and purge dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Run a local receiver that prints deliveries and verifies their signatures.
+    Sink {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// Secret to verify signatures with (default: WEBHOOK_SECRET).
+        #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Header of the guide's signature.
+        #[arg(
+            long,
+            env = "WEBHOOK_SIGNATURE_HEADER",
+            default_value = "X-Webhook-Signature"
+        )]
+        signature_header: String,
+        /// Algorithm of that header.
+        #[arg(long, env = "WEBHOOK_SIGNATURE_ALGORITHM", default_value = "sha256")]
+        signature_algorithm: SignatureAlgorithm,
+        /// Status to answer with.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// Answer 500 to the first N requests (to watch retries).
+        #[arg(long, default_value_t = 0)]
+        fail_first: u64,
+        /// One line per request, without the body.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate every setting and print each problem with how to fix it.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_problems(problems: &[Problem]) {
+    for problem in problems {
+        eprintln!("{problem}");
+    }
+}
+
+/// Loads the configuration or explains why it cannot be used.
+fn load_config() -> Result<Config, ExitCode> {
+    match Config::from_env() {
+        Ok((config, warnings)) => {
+            for warning in &warnings {
+                tracing::warn!(variable = warning.variable, fix = %warning.fix, "{}", warning.message);
+            }
+            Ok(config)
+        }
+        Err(e) => {
+            print_problems(&e.0);
+            eprintln!(
+                "hookrelay cannot start: fix the errors above (`hookrelay config check` lists them)."
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut terminate =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(signal) => signal,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = interrupt.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = interrupt => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = interrupt.await;
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { json: as_json },
+        } => Ok(config_check(as_json)),
+        Command::Sink {
+            listen,
+            secret,
+            signature_header,
+            signature_algorithm,
+            status,
+            fail_first,
+            quiet,
+        } => {
+            let secret = secret
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| SigningSecret::parse(s.trim()))
+                .transpose()
+                .context("the signing secret is not usable")?;
+            let status = axum::http::StatusCode::from_u16(status)
+                .context("--status must be an HTTP status")?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            let address = listener.local_addr()?;
+            println!(
+                "hookrelay sink listening on http://{address}/ ({})",
+                if secret.is_some() {
+                    "verifying signatures"
+                } else {
+                    "no secret: signatures not checked"
+                }
+            );
+            println!("Point hookrelay at it with ZAPIER_WEBHOOK_URL=http://{address}/hook");
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone());
+            let options = SinkOptions {
+                secret,
+                signature_header,
+                signature_algorithm,
+                status,
+                fail_first,
+                quiet,
+            };
+            sink::run(listener, options, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let config = match load_config() {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            with_config(config, command).await
+        }
+    }
+}
+
+async fn with_config(mut config: Config, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            let address = config.listen;
+            let relay = Relay::open(config).await.context("opening the database")?;
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            let bound = listener.local_addr()?;
+            // On stdout, so scripts (and tests) that asked for port 0 learn the real one.
+            println!("hookrelay listening on http://{bound}");
+            tracing::info!(address = %bound, "listening");
+            let shutdown = CancellationToken::new();
+            cancel_on_signal(shutdown.clone());
+            crate::app::serve(relay, listener, shutdown).await?;
+            tracing::info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            session_id,
+            query,
+            model,
+            response_time_ms,
+            tokens,
+            failed,
+            user_agent,
+            idempotency_key,
+            json: as_json,
+        } => {
+            let key = idempotency_key
+                .as_deref()
+                .map(IdempotencyKey::parse)
+                .transpose()?;
+            let relay = Relay::open(config).await.context("opening the database")?;
+            let event = UsageEvent {
+                session_id,
+                query,
+                model_name: model,
+                response_time_ms,
+                estimated_tokens: tokens,
+                success: !failed,
+                user_agent,
+            };
+            let stored = relay.track_usage_batch(vec![event], key).await?;
+            let Some(stored) = stored.into_iter().next() else {
+                anyhow::bail!("the event was not stored");
+            };
+            if as_json {
+                output::json(&stored);
+            } else if stored.duplicate {
+                println!(
+                    "{} (duplicate: already recorded under this idempotency key)",
+                    stored.id
+                );
+            } else {
+                println!("{}", stored.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { url, json: as_json } => {
+            if let Some(url) = url {
+                config.webhook_url = Some(EndpointUrl::parse(&url)?);
+                config.webhook_enabled = true;
+            }
+            let require_https = config.require_https;
+            // Probe even an http:// URL under REQUIRE_HTTPS, so the report says why it fails.
+            config.require_https = false;
+            let Some(target) = Target::default_from(&Config {
+                webhook_enabled: true,
+                ..config
+            }) else {
+                eprintln!("error: no endpoint to test: set ZAPIER_WEBHOOK_URL or pass --url");
+                return Ok(ExitCode::from(2));
+            };
+            let sender = HttpSender::new(1)?;
+            let report = probe(&target, require_https, &sender, SystemClock.now_ms()).await;
+            if as_json {
+                output::json(&report);
+            } else {
+                println!("Testing {}", report.endpoint);
+                for step in &report.steps {
+                    let mark = if step.ok { "ok  " } else { "FAIL" };
+                    println!(
+                        "  {mark} {:<8} {} ({} ms)",
+                        step.step, step.detail, step.duration_ms
+                    );
+                }
+                println!(
+                    "{}",
+                    if report.ok {
+                        "Endpoint OK."
+                    } else {
+                        "Endpoint check FAILED."
+                    }
+                );
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Dlq { command } => {
+            let relay = Relay::open(config).await.context("opening the database")?;
+            dlq::run(relay, command).await
+        }
+        Command::Config { .. } | Command::Sink { .. } => {
+            unreachable!("handled before loading the configuration")
+        }
+    }
+}
+
+fn config_check(as_json: bool) -> ExitCode {
+    let (problems, valid) = match Config::from_env() {
+        Ok((_, warnings)) => (warnings, true),
+        Err(e) => (e.0, false),
+    };
+    let errors = problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count();
+    let warnings = problems.len() - errors;
+    if as_json {
+        output::json(
+            &json!({ "valid": valid, "errors": errors, "warnings": warnings, "problems": problems }),
+        );
+    } else {
+        for problem in &problems {
+            println!("{problem}");
+        }
+        if valid {
+            println!("Configuration OK ({warnings} warning(s)).");
+        } else {
+            println!("Configuration INVALID: {errors} error(s), {warnings} warning(s).");
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}

@@ -1,0 +1,708 @@
+//! One documented, validated configuration, read once from the environment (and `.env`).
+//!
+//! The seed guide's variables keep their names and meanings; hookrelay's own use the
+//! `HOOKRELAY_` prefix. [`Config::from_lookup`] reads every variable and reports every problem
+//! at once, which is what `hookrelay config check` prints. Secret values never appear in a
+//! problem's text.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::{
+    domain::{EndpointUrl, Redacted, SigningSecret},
+    signing::SignatureAlgorithm,
+};
+
+/// How much of a usage event's prompt leaves hookrelay in `query.summary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryMode {
+    /// The first 50 characters, plus `...` when longer (default).
+    #[default]
+    Summary,
+    /// The whole prompt.
+    Full,
+    /// `sha256:<hex>` of the prompt: lets a sheet group identical prompts without holding them.
+    Hash,
+    /// No `summary` field at all.
+    Omit,
+}
+
+impl FromStr for QueryMode {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "summary" => Ok(Self::Summary),
+            "full" => Ok(Self::Full),
+            "hash" => Ok(Self::Hash),
+            "omit" => Ok(Self::Omit),
+            other => Err(format!("unknown mode `{other}`")),
+        }
+    }
+}
+
+/// How hard SQLite works to make a commit survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSync {
+    /// fsync on every commit: an acknowledged event survives power loss (default).
+    #[default]
+    Full,
+    /// fsync at checkpoints only: survives a process crash, may lose the last commits on power loss.
+    Normal,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// An SQLite database file.
+    Sqlite(PathBuf),
+}
+
+/// Everything hookrelay is configured with. Build it with [`Config::from_lookup`] (or
+/// [`Config::from_env`]); fields are public so an embedding program or a test can adjust them.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `ZAPIER_WEBHOOK_URL`: the default endpoint every event is delivered to. Unset: events are
+    /// stored and wait until a URL is configured.
+    pub webhook_url: Option<EndpointUrl>,
+    /// `ENABLE_WEBHOOK` (default true): false stores events without sending them; they are sent
+    /// once it is true again.
+    pub webhook_enabled: bool,
+    /// `WEBHOOK_MAX_RETRIES` (default 3): retries after the first attempt before dead-lettering.
+    pub max_retries: u32,
+    /// `WEBHOOK_TIMEOUT_SECONDS` (default 10): per-request timeout of a delivery attempt.
+    pub timeout: Duration,
+    /// `WEBHOOK_RETRY_DELAY_SECONDS` (default 60): delay before the first retry; later retries
+    /// double it, with jitter, up to `retry_max_delay`.
+    pub retry_delay: Duration,
+    /// `HOOKRELAY_RETRY_MAX_DELAY_SECONDS` (default 3600): cap on one retry delay, also the
+    /// longest `Retry-After` honoured.
+    pub retry_max_delay: Duration,
+    /// `WEBHOOK_SECRET`: signs deliveries. Unset: deliveries are sent unsigned.
+    pub signing_secret: Option<SigningSecret>,
+    /// `WEBHOOK_SIGNATURE_HEADER` (default `X-Webhook-Signature`): header carrying the guide's
+    /// hex signature.
+    pub signature_header: String,
+    /// `WEBHOOK_SIGNATURE_ALGORITHM` (default `sha256`; or `sha512`): hash of that header.
+    pub signature_algorithm: SignatureAlgorithm,
+    /// `WEBHOOK_RATE_LIMIT` (default 100): ingest requests per client per window.
+    pub rate_limit: u32,
+    /// `WEBHOOK_RATE_WINDOW` (default 3600 s): the window of `rate_limit`.
+    pub rate_window: Duration,
+    /// `WEBHOOK_BURST_ALLOWANCE` (default 10): extra requests allowed in a burst.
+    pub burst_allowance: u32,
+    /// `WEBHOOK_ALLOWED_IPS`: CIDRs allowed to call ingest (empty: everyone).
+    pub allowed_ips: Vec<IpNet>,
+    /// `REQUIRE_HTTPS` (default false): refuse `http://` destinations.
+    pub require_https: bool,
+    /// `SENTRY_DSN`: where errors are reported.
+    pub sentry_dsn: Option<Redacted<String>>,
+    /// `LOG_LEVEL` (default `INFO`): `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
+    pub log_level: String,
+    /// `HOOKRELAY_LISTEN` (default `127.0.0.1:8000`): address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// `HOOKRELAY_DATA_DIR` (default `./data`): where the SQLite file and logs live.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`: overrides the database location (`sqlite://PATH` or a file path).
+    pub database: DatabaseLocation,
+    /// `HOOKRELAY_ADMIN_TOKEN`: bearer token for `/api/v1/…` management routes. Unset: those
+    /// routes answer only to loopback clients.
+    pub admin_token: Option<Redacted<String>>,
+    /// `HOOKRELAY_MAX_BODY_BYTES` (default 1 MiB): largest request body accepted.
+    pub max_body_bytes: usize,
+    /// `HOOKRELAY_QUERY_MODE` (default `summary`): what `query.summary` carries.
+    pub query_mode: QueryMode,
+    /// `HOOKRELAY_DELIVERY_CONCURRENCY` (default 64): requests in flight at once, in total.
+    pub delivery_concurrency: usize,
+    /// `HOOKRELAY_ENDPOINT_CONCURRENCY` (default 16): requests in flight at once per endpoint.
+    pub endpoint_concurrency: usize,
+    /// `HOOKRELAY_POLL_INTERVAL_SECONDS` (default 1): how often an idle worker looks for work
+    /// that another process queued (ingest in this process wakes it at once).
+    pub poll_interval: Duration,
+    /// `HOOKRELAY_SHUTDOWN_GRACE_SECONDS` (default 10): how long shutdown waits for in-flight
+    /// deliveries before releasing them back to the queue.
+    pub shutdown_grace: Duration,
+    /// `HOOKRELAY_RETENTION_DAYS` (default 30): how long delivered events (and so their
+    /// idempotency keys) are kept.
+    pub retention_days: u32,
+    /// `HOOKRELAY_SQLITE_SYNCHRONOUS` (default `full`): `full` or `normal`.
+    pub sqlite_sync: SqliteSync,
+}
+
+/// How serious a configuration problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// hookrelay cannot start with this.
+    Error,
+    /// hookrelay starts, but probably not as intended.
+    Warning,
+}
+
+/// One problem found in the configuration, with what would fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong (never contains a secret's value).
+    pub message: String,
+    /// What would fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{level}: {}: {} (fix: {})",
+            self.variable, self.message, self.fix
+        )
+    }
+}
+
+/// The configuration has errors; each is listed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<Problem>);
+
+/// Reads variables, remembering every problem instead of stopping at the first.
+struct Reader<F> {
+    lookup: F,
+    problems: Vec<Problem>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Reader<F> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn error(
+        &mut self,
+        variable: &'static str,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            severity: Severity::Error,
+            variable,
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn warn(&mut self, variable: &'static str, message: impl Into<String>, fix: impl Into<String>) {
+        self.problems.push(Problem {
+            severity: Severity::Warning,
+            variable,
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn parsed<T: FromStr>(&mut self, name: &'static str, default: T, expected: &str) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        let Some(raw) = self.raw(name) else {
+            return default;
+        };
+        match raw.trim().parse() {
+            Ok(value) => value,
+            Err(e) => {
+                self.error(
+                    name,
+                    format!("`{}` is not valid: {e}", raw.trim()),
+                    format!("set it to {expected}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn bool(&mut self, name: &'static str, default: bool) -> bool {
+        let Some(raw) = self.raw(name) else {
+            return default;
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                self.error(
+                    name,
+                    format!("`{}` is not a boolean", raw.trim()),
+                    "set it to true or false",
+                );
+                default
+            }
+        }
+    }
+
+    fn number(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> u64 {
+        let value: u64 = self.parsed(
+            name,
+            default,
+            &format!("a whole number from {min} to {max}"),
+        );
+        if !(min..=max).contains(&value) {
+            self.error(
+                name,
+                format!("{value} is out of range"),
+                format!("set it to a whole number from {min} to {max}"),
+            );
+            return default;
+        }
+        value
+    }
+
+    /// Seconds, fractions allowed (`0.25`), at millisecond precision.
+    fn seconds(&mut self, name: &'static str, default: f64, min: f64, max: f64) -> Duration {
+        let value: f64 = self.parsed(
+            name,
+            default,
+            &format!("a number of seconds from {min} to {max}"),
+        );
+        if !value.is_finite() || value < min || value > max {
+            self.error(
+                name,
+                format!("{value} seconds is out of range"),
+                format!("set it to a number of seconds from {min} to {max}"),
+            );
+            return Duration::from_secs_f64(default);
+        }
+        Duration::from_millis((value * 1000.0).round() as u64)
+    }
+
+    fn secret(&mut self, name: &'static str) -> Option<Redacted<String>> {
+        let value = self.raw(name)?;
+        Some(Redacted::new(value.trim().to_owned()))
+    }
+}
+
+fn is_loopback_url(url: &EndpointUrl) -> bool {
+    match url.url().host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(host)) => host.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment (load `.env` first).
+    pub fn from_env() -> Result<(Self, Vec<Problem>), ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (a variable name to its value). On success,
+    /// also returns the warnings; on failure, every problem found, errors and warnings.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Vec<Problem>), ConfigError> {
+        let mut r = Reader {
+            lookup,
+            problems: Vec::new(),
+        };
+
+        let webhook_url = r.raw("ZAPIER_WEBHOOK_URL").and_then(|raw| match EndpointUrl::parse(&raw) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                r.error(
+                    "ZAPIER_WEBHOOK_URL",
+                    e.to_string(),
+                    "set it to your catch hook's URL, e.g. https://hooks.zapier.com/hooks/catch/123/abc/",
+                );
+                None
+            }
+        });
+        let webhook_enabled = r.bool("ENABLE_WEBHOOK", true);
+        let max_retries = r.number("WEBHOOK_MAX_RETRIES", 3, 0, 100) as u32;
+        let timeout = r.seconds("WEBHOOK_TIMEOUT_SECONDS", 10.0, 0.01, 300.0);
+        let retry_delay = r.seconds("WEBHOOK_RETRY_DELAY_SECONDS", 60.0, 0.0, 86_400.0);
+        let retry_max_delay = r.seconds(
+            "HOOKRELAY_RETRY_MAX_DELAY_SECONDS",
+            3600.0,
+            0.0,
+            7.0 * 86_400.0,
+        );
+        if retry_max_delay < retry_delay {
+            r.warn(
+                "HOOKRELAY_RETRY_MAX_DELAY_SECONDS",
+                "is smaller than WEBHOOK_RETRY_DELAY_SECONDS, so every retry waits the maximum",
+                "raise it above WEBHOOK_RETRY_DELAY_SECONDS",
+            );
+        }
+
+        let signing_secret =
+            r.raw("WEBHOOK_SECRET")
+                .and_then(|raw| match SigningSecret::parse(raw.trim()) {
+                    Ok(secret) => {
+                        if secret.key().len() < 32 {
+                            r.warn(
+                                "WEBHOOK_SECRET",
+                                format!("is only {} bytes long", secret.key().len()),
+                                "use at least 32 random bytes, e.g. `openssl rand -hex 32`",
+                            );
+                        }
+                        Some(secret)
+                    }
+                    Err(e) => {
+                        r.error(
+                            "WEBHOOK_SECRET",
+                            e.to_string(),
+                            "use `openssl rand -hex 32` or a whsec_<base64> secret",
+                        );
+                        None
+                    }
+                });
+        let signature_header = r.raw("WEBHOOK_SIGNATURE_HEADER").map_or_else(
+            || "X-Webhook-Signature".to_owned(),
+            |raw| raw.trim().to_owned(),
+        );
+        if reqwest::header::HeaderName::from_bytes(signature_header.as_bytes()).is_err() {
+            r.error(
+                "WEBHOOK_SIGNATURE_HEADER",
+                format!("`{signature_header}` is not a valid HTTP header name"),
+                "use letters, digits and `-`, e.g. X-Webhook-Signature",
+            );
+        }
+        let signature_algorithm = r.parsed(
+            "WEBHOOK_SIGNATURE_ALGORITHM",
+            SignatureAlgorithm::Sha256,
+            "sha256 or sha512",
+        );
+
+        let rate_limit = r.number("WEBHOOK_RATE_LIMIT", 100, 1, 10_000_000) as u32;
+        let rate_window = r.seconds("WEBHOOK_RATE_WINDOW", 3600.0, 1.0, 86_400.0);
+        let burst_allowance = r.number("WEBHOOK_BURST_ALLOWANCE", 10, 0, 10_000_000) as u32;
+        let allowed_ips = r.raw("WEBHOOK_ALLOWED_IPS").map_or_else(Vec::new, |raw| {
+            let mut nets = Vec::new();
+            for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let parsed = part
+                    .parse::<IpNet>()
+                    .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from));
+                match parsed {
+                    Ok(net) => nets.push(net),
+                    Err(_) => r.error(
+                        "WEBHOOK_ALLOWED_IPS",
+                        format!("`{part}` is not an IP address or CIDR"),
+                        "list CIDRs separated by commas, e.g. 192.168.1.0/24,10.0.0.0/8,2001:db8::/32",
+                    ),
+                }
+            }
+            nets
+        });
+        let require_https = r.bool("REQUIRE_HTTPS", false);
+        if let Some(url) = &webhook_url {
+            if require_https && !url.is_https() {
+                r.error(
+                    "ZAPIER_WEBHOOK_URL",
+                    "uses http:// while REQUIRE_HTTPS is true",
+                    "use the https:// URL, or set REQUIRE_HTTPS=false for a local receiver",
+                );
+            } else if !url.is_https() && !is_loopback_url(url) {
+                r.warn(
+                    "ZAPIER_WEBHOOK_URL",
+                    "sends events over plain http:// to a non-loopback host",
+                    "use https://, and set REQUIRE_HTTPS=true",
+                );
+            }
+        }
+        let sentry_dsn = r.secret("SENTRY_DSN");
+        let log_level = r
+            .raw("LOG_LEVEL")
+            .map_or_else(|| "INFO".to_owned(), |v| v.trim().to_owned());
+        if !["error", "warn", "warning", "info", "debug", "trace"]
+            .contains(&log_level.to_ascii_lowercase().as_str())
+        {
+            r.error(
+                "LOG_LEVEL",
+                format!("`{log_level}` is not a log level"),
+                "use ERROR, WARN, INFO, DEBUG or TRACE",
+            );
+        }
+
+        let listen = r.parsed(
+            "HOOKRELAY_LISTEN",
+            SocketAddr::from(([127, 0, 0, 1], 8000)),
+            "an address:port such as 127.0.0.1:8000 or [::]:8000",
+        );
+        let data_dir = r
+            .raw("HOOKRELAY_DATA_DIR")
+            .map_or_else(|| PathBuf::from("./data"), |v| PathBuf::from(v.trim()));
+        let database = match r.raw("DATABASE_URL") {
+            None => DatabaseLocation::Sqlite(data_dir.join("hookrelay.db")),
+            Some(raw) => {
+                let raw = raw.trim();
+                if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+                    r.error(
+                        "DATABASE_URL",
+                        "PostgreSQL is not available in this version of hookrelay",
+                        "unset DATABASE_URL to use the embedded SQLite database",
+                    );
+                    DatabaseLocation::Sqlite(data_dir.join("hookrelay.db"))
+                } else {
+                    let path = raw
+                        .strip_prefix("sqlite://")
+                        .or_else(|| raw.strip_prefix("sqlite:"))
+                        .unwrap_or(raw);
+                    if path.is_empty() || path.contains(":memory:") {
+                        r.error(
+                            "DATABASE_URL",
+                            "must name a database file (an in-memory database would lose acknowledged events)",
+                            "use sqlite://PATH/TO/hookrelay.db, or unset it",
+                        );
+                    }
+                    DatabaseLocation::Sqlite(PathBuf::from(path))
+                }
+            }
+        };
+        let admin_token = r.secret("HOOKRELAY_ADMIN_TOKEN");
+        if let Some(token) = &admin_token
+            && token.expose().len() < 32
+        {
+            r.warn(
+                "HOOKRELAY_ADMIN_TOKEN",
+                format!("is only {} characters long", token.expose().len()),
+                "use at least 32 random characters, e.g. `openssl rand -hex 32`",
+            );
+        }
+        if admin_token.is_none() && !listen.ip().is_loopback() {
+            r.warn(
+                "HOOKRELAY_ADMIN_TOKEN",
+                format!("is not set while listening on the non-loopback address {listen}: management routes answer only loopback clients"),
+                "set HOOKRELAY_ADMIN_TOKEN to manage hookrelay remotely",
+            );
+        }
+        let max_body_bytes = r.number("HOOKRELAY_MAX_BODY_BYTES", 1 << 20, 1024, 64 << 20) as usize;
+        let query_mode = r.parsed(
+            "HOOKRELAY_QUERY_MODE",
+            QueryMode::Summary,
+            "summary, full, hash or omit",
+        );
+        let delivery_concurrency =
+            r.number("HOOKRELAY_DELIVERY_CONCURRENCY", 64, 1, 10_000) as usize;
+        let endpoint_concurrency =
+            r.number("HOOKRELAY_ENDPOINT_CONCURRENCY", 16, 1, 10_000) as usize;
+        let poll_interval = r.seconds("HOOKRELAY_POLL_INTERVAL_SECONDS", 1.0, 0.01, 3600.0);
+        let shutdown_grace = r.seconds("HOOKRELAY_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0);
+        let retention_days = r.number("HOOKRELAY_RETENTION_DAYS", 30, 1, 36_500) as u32;
+        let sqlite_sync = match r
+            .raw("HOOKRELAY_SQLITE_SYNCHRONOUS")
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => SqliteSync::Full,
+            Some(v) if v == "full" => SqliteSync::Full,
+            Some(v) if v == "normal" => SqliteSync::Normal,
+            Some(v) => {
+                r.error(
+                    "HOOKRELAY_SQLITE_SYNCHRONOUS",
+                    format!("`{v}` is not a mode"),
+                    "use full or normal",
+                );
+                SqliteSync::Full
+            }
+        };
+
+        if webhook_url.is_none()
+            && !r
+                .problems
+                .iter()
+                .any(|p| p.variable == "ZAPIER_WEBHOOK_URL")
+        {
+            r.warn(
+                "ZAPIER_WEBHOOK_URL",
+                "is not set: events are stored but not delivered",
+                "set it to your catch hook URL (or to `hookrelay sink`'s URL to try things locally)",
+            );
+        }
+        if !webhook_enabled {
+            r.warn(
+                "ENABLE_WEBHOOK",
+                "is false: events are stored but not delivered until it is true again",
+                "set ENABLE_WEBHOOK=true to deliver",
+            );
+        }
+        if signing_secret.is_none() && !r.problems.iter().any(|p| p.variable == "WEBHOOK_SECRET") {
+            r.warn(
+                "WEBHOOK_SECRET",
+                "is not set: deliveries are sent unsigned, so receivers cannot tell them from forgeries",
+                "set it, e.g. WEBHOOK_SECRET=$(openssl rand -hex 32)",
+            );
+        }
+
+        let problems = r.problems;
+        if problems.iter().any(|p| p.severity == Severity::Error) {
+            return Err(ConfigError(problems));
+        }
+        let config = Self {
+            webhook_url,
+            webhook_enabled,
+            max_retries,
+            timeout,
+            retry_delay,
+            retry_max_delay,
+            signing_secret,
+            signature_header,
+            signature_algorithm,
+            rate_limit,
+            rate_window,
+            burst_allowance,
+            allowed_ips,
+            require_https,
+            sentry_dsn,
+            log_level,
+            listen,
+            data_dir,
+            database,
+            admin_token,
+            max_body_bytes,
+            query_mode,
+            delivery_concurrency,
+            endpoint_concurrency,
+            poll_interval,
+            shutdown_grace,
+            retention_days,
+            sqlite_sync,
+        };
+        Ok((config, problems))
+    }
+
+    /// The configuration with every default and its data under `data_dir`: a starting point
+    /// for programs that embed hookrelay and for tests.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        let dir = data_dir.to_string_lossy().into_owned();
+        let (config, _) =
+            Self::from_lookup(|name| (name == "HOOKRELAY_DATA_DIR").then(|| dir.clone()))
+                .unwrap_or_else(|e| unreachable!("the defaults are valid: {e}"));
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<(Config, Vec<Problem>), ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_guide() {
+        let (config, _) = load(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.max_retries, 3);
+        assert_eq!(config.timeout, Duration::from_secs(10));
+        assert_eq!(config.retry_delay, Duration::from_secs(60));
+        assert_eq!(config.signature_header, "X-Webhook-Signature");
+        assert_eq!(config.signature_algorithm, SignatureAlgorithm::Sha256);
+        assert!(config.webhook_enabled);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(
+            config.database,
+            DatabaseLocation::Sqlite(PathBuf::from("./data/hookrelay.db"))
+        );
+        assert_eq!(config.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_variable() {
+        let err = load(&[
+            ("WEBHOOK_MAX_RETRIES", "many"),
+            ("WEBHOOK_TIMEOUT_SECONDS", "-1"),
+            ("ENABLE_WEBHOOK", "maybe"),
+            ("ZAPIER_WEBHOOK_URL", "ftp://example.com"),
+            ("WEBHOOK_SIGNATURE_ALGORITHM", "md5"),
+            ("WEBHOOK_ALLOWED_IPS", "10.0.0.0/8,not-an-ip"),
+        ])
+        .err()
+        .unwrap_or_else(|| panic!("config should be invalid"));
+        let variables: Vec<_> = err
+            .0
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .map(|p| p.variable)
+            .collect();
+        for expected in [
+            "WEBHOOK_MAX_RETRIES",
+            "WEBHOOK_TIMEOUT_SECONDS",
+            "ENABLE_WEBHOOK",
+            "ZAPIER_WEBHOOK_URL",
+            "WEBHOOK_SIGNATURE_ALGORITHM",
+            "WEBHOOK_ALLOWED_IPS",
+        ] {
+            assert!(
+                variables.contains(&expected),
+                "{expected} missing from {variables:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_never_appear_in_problems() {
+        let secret = "short-secret-value";
+        let (_, warnings) = load(&[
+            ("WEBHOOK_SECRET", secret),
+            ("HOOKRELAY_ADMIN_TOKEN", secret),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(warnings.iter().any(|p| p.variable == "WEBHOOK_SECRET"));
+        assert!(
+            warnings
+                .iter()
+                .any(|p| p.variable == "HOOKRELAY_ADMIN_TOKEN")
+        );
+        let printed: String = warnings.iter().map(ToString::to_string).collect();
+        assert!(!printed.contains(secret));
+
+        let err = load(&[("WEBHOOK_SECRET", "whsec_!!notbase64!!")])
+            .err()
+            .unwrap_or_else(|| panic!("invalid"));
+        assert!(!err.to_string().contains("notbase64"));
+    }
+
+    #[test]
+    fn require_https_refuses_a_plain_http_destination() {
+        let err = load(&[
+            ("ZAPIER_WEBHOOK_URL", "http://example.com/hook"),
+            ("REQUIRE_HTTPS", "true"),
+        ])
+        .err()
+        .unwrap_or_else(|| panic!("invalid"));
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.variable == "ZAPIER_WEBHOOK_URL" && p.severity == Severity::Error)
+        );
+        assert!(load(&[("ZAPIER_WEBHOOK_URL", "http://127.0.0.1:9000/")]).is_ok());
+    }
+
+    #[test]
+    fn fractional_seconds_and_database_urls_are_understood() {
+        let (config, _) = load(&[
+            ("WEBHOOK_RETRY_DELAY_SECONDS", "0.25"),
+            ("DATABASE_URL", "sqlite:///tmp/x.db"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.retry_delay, Duration::from_millis(250));
+        assert_eq!(
+            config.database,
+            DatabaseLocation::Sqlite(PathBuf::from("/tmp/x.db"))
+        );
+        assert!(load(&[("DATABASE_URL", "sqlite::memory:")]).is_err());
+    }
+}

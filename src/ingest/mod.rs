@@ -1,0 +1,155 @@
+//! Ingest: turns accepted events into stored events with one delivery per endpoint, and wakes
+//! the worker. Durability and group commit come from the store: concurrent calls here are
+//! committed together, and each returns only once its events are on disk.
+
+mod payload;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+pub use self::payload::{
+    Category, categorize, estimate_complexity, generic_payload, rfc3339, usage_payload,
+};
+use crate::{
+    clock::Clock,
+    config::QueryMode,
+    domain::{
+        EndpointId, EventId, EventType, GenericEvent, IdempotencyKey, InvalidEvent, UsageEvent,
+    },
+    store::{Ingested, NewEvent, Store, StoreError},
+};
+
+/// Most events in one batch request.
+pub const MAX_BATCH: usize = 1000;
+
+/// An event could not be accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    /// The event is invalid; nothing was stored.
+    #[error("invalid event: {0}")]
+    Invalid(#[from] InvalidEvent),
+    /// The batch was empty or too large; nothing was stored.
+    #[error("{0}")]
+    Batch(String),
+    /// Storage failed; nothing was stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Accepts events into the store.
+pub struct Ingestor {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    query_mode: QueryMode,
+    endpoints: Vec<EndpointId>,
+}
+
+impl std::fmt::Debug for Ingestor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingestor")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingestor {
+    /// An ingestor that fans every event out to `endpoints`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        wake: Arc<Notify>,
+        query_mode: QueryMode,
+        endpoints: Vec<EndpointId>,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            wake,
+            query_mode,
+            endpoints,
+        }
+    }
+
+    /// Stores usage events all or nothing. With a key, item `i` of a multi-event batch is
+    /// deduplicated under `key#i`; a single event uses the key as is.
+    pub async fn usage(
+        &self,
+        events: Vec<UsageEvent>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<Ingested>, IngestError> {
+        if events.is_empty() {
+            return Err(IngestError::Batch(
+                "the batch is empty: send at least one event".into(),
+            ));
+        }
+        if events.len() > MAX_BATCH {
+            return Err(IngestError::Batch(format!(
+                "the batch holds {} events; at most {MAX_BATCH} are accepted per request",
+                events.len()
+            )));
+        }
+        for (index, event) in events.iter().enumerate() {
+            event.validate().map_err(|e| {
+                if events.len() > 1 {
+                    e.at_index(index)
+                } else {
+                    e
+                }
+            })?;
+        }
+        let now = self.clock.now_ms();
+        let single = events.len() == 1;
+        let new_events = events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| {
+                let id = EventId::generate();
+                let payload = usage_payload(&id, now, &event, self.query_mode);
+                NewEvent {
+                    idempotency_key: key
+                        .as_ref()
+                        .map(|k| if single { k.clone() } else { k.for_item(index) }),
+                    session_id: Some(event.session_id),
+                    event_type: EventType::usage_tracked(),
+                    payload: Bytes::from(payload),
+                    created_at_ms: now,
+                    endpoints: self.endpoints.clone(),
+                    id,
+                }
+            })
+            .collect();
+        self.store_events(new_events).await
+    }
+
+    /// Stores one event of any type.
+    pub async fn generic(&self, event: GenericEvent) -> Result<Ingested, IngestError> {
+        let now = self.clock.now_ms();
+        let id = EventId::generate();
+        let payload = generic_payload(&id, now, &event.event_type, &event.data);
+        let stored = self
+            .store_events(vec![NewEvent {
+                id,
+                event_type: event.event_type,
+                idempotency_key: event.idempotency_key,
+                session_id: None,
+                payload: Bytes::from(payload),
+                created_at_ms: now,
+                endpoints: self.endpoints.clone(),
+            }])
+            .await?;
+        stored.into_iter().next().ok_or_else(|| {
+            IngestError::Store(StoreError::Database("no result for a stored event".into()))
+        })
+    }
+
+    async fn store_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, IngestError> {
+        let stored = self.store.ingest(events).await?;
+        if stored.iter().any(|s| !s.duplicate) {
+            self.wake.notify_one();
+        }
+        Ok(stored)
+    }
+}

@@ -1,0 +1,211 @@
+//! [`Relay`]: the facade a Rust program embeds to record usage events and manage delivery.
+//!
+//! ```no_run
+//! use hookrelay::{Config, Relay, domain::UsageEvent};
+//!
+//! # async fn example() -> anyhow::Result<()> {
+//! let (config, _warnings) = Config::from_env()?;
+//! let relay = Relay::open(config).await?;
+//! // Deliver in the background of this process.
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! tokio::spawn(relay.clone().run_worker(shutdown.clone()));
+//!
+//! let id = relay
+//!     .track_usage(UsageEvent {
+//!         session_id: "session_123".into(),
+//!         query: "Test query".into(),
+//!         model_name: "gpt-4o-mini".into(),
+//!         response_time_ms: 1000,
+//!         estimated_tokens: 100,
+//!         success: true,
+//!         user_agent: None,
+//!     })
+//!     .await?; // returns once the event is on disk
+//! println!("stored {id}");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    config::{Config, DatabaseLocation},
+    delivery::{HttpSender, Target, Worker, WorkerSettings},
+    domain::{DeliveryId, EventId, GenericEvent, IdempotencyKey, UsageEvent},
+    ingest::{IngestError, Ingestor},
+    store::{
+        DeliveryDetail, DeliverySummary, Ingested, QueueCounts, Selection, SqliteStore, Store,
+        StoreError,
+    },
+};
+
+/// Opening the relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+struct Inner {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ingestor: Ingestor,
+    worker: Arc<Worker>,
+    wake: Arc<Notify>,
+}
+
+/// An open hookrelay: its store, ingest and delivery worker. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Opens the configured database (creating and migrating it as needed).
+    pub async fn open(config: Config) -> Result<Self, RelayError> {
+        Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Relay::open`], with a clock of the caller's choosing (tests use a manual one).
+    pub async fn open_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, RelayError> {
+        let store: Arc<dyn Store> = match &config.database {
+            DatabaseLocation::Sqlite(path) => {
+                Arc::new(SqliteStore::open(path, config.sqlite_sync).await?)
+            }
+        };
+        let wake = Arc::new(Notify::new());
+        let sender = HttpSender::new(config.endpoint_concurrency)
+            .map_err(|e| RelayError::Client(e.to_string()))?;
+        let targets: Vec<Target> = Target::default_from(&config).into_iter().collect();
+        // Events are queued for the default endpoint even while it is unset or disabled, so
+        // they go out once it is configured.
+        let endpoints = vec![crate::domain::EndpointId::default_endpoint()];
+        let ingestor = Ingestor::new(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            Arc::clone(&wake),
+            config.query_mode,
+            endpoints,
+        );
+        let worker = Arc::new(Worker::new(
+            Arc::clone(&store),
+            sender,
+            Arc::clone(&clock),
+            targets,
+            Arc::clone(&wake),
+            WorkerSettings {
+                concurrency: config.delivery_concurrency,
+                endpoint_concurrency: config.endpoint_concurrency,
+                poll_interval: config.poll_interval,
+                shutdown_grace: config.shutdown_grace,
+            },
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                store,
+                clock,
+                ingestor,
+                worker,
+                wake,
+            }),
+        })
+    }
+
+    /// The configuration this relay runs with.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.inner.config
+    }
+
+    /// The delivery worker (tests drive [`Worker::run_once`] directly).
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.inner.worker
+    }
+
+    /// Runs the delivery worker until `shutdown` is cancelled.
+    pub async fn run_worker(self, shutdown: CancellationToken) {
+        Arc::clone(&self.inner.worker).run(shutdown).await;
+    }
+
+    /// Records one usage event; returns its id once it is durably stored.
+    pub async fn track_usage(&self, event: UsageEvent) -> Result<EventId, IngestError> {
+        let stored = self.inner.ingestor.usage(vec![event], None).await?;
+        stored.into_iter().next().map(|s| s.id).ok_or_else(|| {
+            IngestError::Store(StoreError::Database("no result for a stored event".into()))
+        })
+    }
+
+    /// Records usage events all or nothing, deduplicated by `key` when given.
+    pub async fn track_usage_batch(
+        &self,
+        events: Vec<UsageEvent>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Vec<Ingested>, IngestError> {
+        self.inner.ingestor.usage(events, key).await
+    }
+
+    /// Records an event of any type.
+    pub async fn publish(&self, event: GenericEvent) -> Result<Ingested, IngestError> {
+        self.inner.ingestor.generic(event).await
+    }
+
+    /// Dead letters, newest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeliverySummary>, StoreError> {
+        self.inner.store.dead_letters(limit).await
+    }
+
+    /// One delivery with its payload and attempts.
+    pub async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError> {
+        self.inner.store.delivery(id).await
+    }
+
+    /// Returns dead letters to the queue with a fresh retry budget (same `webhook-id`).
+    pub async fn replay(&self, which: Selection) -> Result<u64, StoreError> {
+        let replayed = self
+            .inner
+            .store
+            .replay(which, self.inner.clock.now_ms())
+            .await?;
+        if replayed > 0 {
+            self.inner.wake.notify_one();
+        }
+        Ok(replayed)
+    }
+
+    /// Deletes dead letters and their attempt logs.
+    pub async fn purge(&self, which: Selection) -> Result<u64, StoreError> {
+        self.inner.store.purge(which).await
+    }
+
+    /// Queue sizes.
+    pub async fn counts(&self) -> Result<QueueCounts, StoreError> {
+        self.inner.store.counts().await
+    }
+
+    /// Whether the database answers and (when running) the worker goes round.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.inner.store.ping().await.map_err(|e| e.to_string())?;
+        if !self.inner.worker.is_alive() {
+            return Err("the delivery worker is not running".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! Durable storage: the [`Store`] trait and its SQLite implementation. All SQL lives here.
+//!
+//! The queue is the `deliveries` table. A delivery is `pending` until it ends `delivered` or
+//! `dead` (the dead-letter queue). A pending delivery is due when `next_attempt_at <= now`.
+//! Claiming it moves `next_attempt_at` forward by the lease and stamps a `lease_token`; so a
+//! worker that dies mid-delivery needs no clean-up: its deliveries simply fall due again when
+//! the lease runs out. Results are written only if the lease token still matches, so a worker
+//! whose lease expired cannot overwrite what a newer claimant decided.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+pub use self::sqlite::SqliteStore;
+use crate::domain::{DeliveryId, EndpointId, EventId, EventType, IdempotencyKey};
+
+/// A storage operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database answered with an error (disk full, I/O error, locked for too long, …).
+    #[error("database error: {0}")]
+    Database(String),
+    /// The store has shut down.
+    #[error("the store is closed")]
+    Closed,
+    /// The database was written by a newer hookrelay.
+    #[error(
+        "the database schema is at version {found}, newer than this hookrelay knows ({known}); upgrade hookrelay"
+    )]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i64,
+        /// Newest version this build knows.
+        known: i64,
+    },
+}
+
+/// An event ready to be stored, with the endpoints it must be delivered to.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Its id (also the `webhook-id` of its deliveries).
+    pub id: EventId,
+    /// Its type, e.g. `usage.tracked`.
+    pub event_type: EventType,
+    /// The client's idempotency key, if any.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// The gateway session of a usage event.
+    pub session_id: Option<String>,
+    /// The exact bytes every delivery will send: serialized once, signed as is.
+    pub payload: Bytes,
+    /// When it was accepted, unix ms.
+    pub created_at_ms: i64,
+    /// One delivery is created per endpoint listed here.
+    pub endpoints: Vec<EndpointId>,
+}
+
+/// The outcome of storing one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    /// The event's id: the original one when this was a duplicate.
+    pub id: EventId,
+    /// True when the idempotency key had been seen: nothing new was stored or will be sent.
+    pub duplicate: bool,
+}
+
+/// Identifies one claim; results are applied only while it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseToken(pub(crate) i64);
+
+/// A delivery the worker has claimed and must attempt.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// The delivery.
+    pub id: DeliveryId,
+    /// Its event.
+    pub event_id: EventId,
+    /// Where it goes.
+    pub endpoint_id: EndpointId,
+    /// The event's type.
+    pub event_type: EventType,
+    /// The bytes to send.
+    pub payload: Bytes,
+    /// When the event was accepted, unix ms (for ingest-to-delivery latency).
+    pub event_created_at_ms: i64,
+    /// Attempts already spent from the retry budget (reset by a replay).
+    pub attempts: u32,
+    /// Attempts ever made, across replays.
+    pub total_attempts: u32,
+    /// The claim.
+    pub lease: LeaseToken,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextState {
+    /// It succeeded: done.
+    Delivered,
+    /// Try again at this time (unix ms).
+    RetryAt(i64),
+    /// Give up: move it to the dead-letter queue.
+    DeadLetter,
+}
+
+/// One finished attempt and what follows from it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// The delivery attempted.
+    pub delivery_id: DeliveryId,
+    /// The claim it was attempted under.
+    pub lease: LeaseToken,
+    /// 1 for the first attempt ever made for this delivery.
+    pub attempt_no: u32,
+    /// When the request started, unix ms.
+    pub started_at_ms: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// The HTTP status, when a response arrived.
+    pub status_code: Option<u16>,
+    /// `timeout`, `connect`, `redirect`, … when the attempt failed.
+    pub error_kind: Option<String>,
+    /// A human-readable reason for the failure.
+    pub error_detail: Option<String>,
+    /// The first bytes of the response body.
+    pub response_snippet: Option<String>,
+    /// The state the delivery moves to.
+    pub next: NextState,
+}
+
+/// The lifecycle state of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for (another) attempt.
+    Pending,
+    /// Accepted by the receiver.
+    Delivered,
+    /// In the dead-letter queue.
+    Dead,
+}
+
+impl DeliveryStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+
+    fn from_db(value: &str) -> Self {
+        match value {
+            "delivered" => Self::Delivered,
+            "dead" => Self::Dead,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// A delivery as listed by `dlq list` and shown by `dlq show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySummary {
+    /// The delivery.
+    pub id: DeliveryId,
+    /// Its event (and `webhook-id`).
+    pub event_id: EventId,
+    /// Where it goes.
+    pub endpoint_id: EndpointId,
+    /// The event's type.
+    pub event_type: String,
+    /// The usage event's session, if any.
+    pub session_id: Option<String>,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts spent from the current retry budget.
+    pub attempts: u32,
+    /// Attempts ever made.
+    pub total_attempts: u32,
+    /// Last HTTP status received.
+    pub last_status: Option<u16>,
+    /// Last failure reason.
+    pub last_error: Option<String>,
+    /// When the event was accepted, unix ms.
+    pub created_at_ms: i64,
+    /// When the next attempt is due, unix ms (pending only).
+    pub next_attempt_at_ms: Option<i64>,
+    /// When it was delivered or dead-lettered, unix ms.
+    pub finished_at_ms: Option<i64>,
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    /// 1 for the first attempt ever made.
+    pub attempt_no: u32,
+    /// When it started, unix ms.
+    pub started_at_ms: i64,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// HTTP status, when a response arrived.
+    pub status_code: Option<u16>,
+    /// Failure kind, when it failed.
+    pub error_kind: Option<String>,
+    /// Failure reason.
+    pub error_detail: Option<String>,
+    /// First bytes of the response body.
+    pub response_snippet: Option<String>,
+    /// `delivered`, `retry` or `dead`.
+    pub outcome: String,
+}
+
+/// A delivery with its payload and every attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetail {
+    /// The delivery.
+    #[serde(flatten)]
+    pub summary: DeliverySummary,
+    /// The payload as sent (JSON).
+    pub payload: serde_json::Value,
+    /// Every attempt, oldest first.
+    pub attempts_log: Vec<AttemptView>,
+}
+
+/// Which dead letters a replay or purge acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// One delivery.
+    One(DeliveryId),
+    /// Every dead letter.
+    All,
+}
+
+/// Queue sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    /// Deliveries waiting for an attempt (including those in flight).
+    pub pending: u64,
+    /// Deliveries in the dead-letter queue.
+    pub dead: u64,
+    /// When the oldest pending delivery's event was accepted, unix ms.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// Storage behind the relay. One implementation per backend; every method is a short
+/// transaction, and concurrent writes are committed together (group commit).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores each group of events all or nothing, with their deliveries; events whose
+    /// idempotency key was seen before are answered with the original id and not stored again.
+    /// Returns only once the events are durable.
+    async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError>;
+
+    /// Claims up to `limit` due deliveries of each listed endpoint, leasing them for `lease_ms`.
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        wanted: Vec<(EndpointId, usize)>,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records attempts and moves each delivery to its next state (only if still leased).
+    async fn record_attempts(
+        &self,
+        records: Vec<AttemptRecord>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Returns leased deliveries to the queue, due at once, without spending an attempt.
+    async fn release(
+        &self,
+        leases: Vec<(DeliveryId, LeaseToken)>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// When the earliest pending delivery of these endpoints falls due, unix ms.
+    async fn next_due_ms(&self, endpoints: Vec<EndpointId>) -> Result<Option<i64>, StoreError>;
+
+    /// Dead letters, newest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeliverySummary>, StoreError>;
+
+    /// One delivery with its payload and attempts.
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError>;
+
+    /// Puts dead letters back in the queue with a fresh retry budget; returns how many.
+    async fn replay(&self, which: Selection, now_ms: i64) -> Result<u64, StoreError>;
+
+    /// Deletes dead letters and their attempts; returns how many.
+    async fn purge(&self, which: Selection) -> Result<u64, StoreError>;
+
+    /// Queue sizes.
+    async fn counts(&self) -> Result<QueueCounts, StoreError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
