@@ -43,9 +43,9 @@ pub enum DlqCommand {
 
 /// One dead letter or all of them.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
 pub struct Target {
     /// The delivery id (`dlv_…`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
     id: Option<String>,
     /// Every dead letter.
     #[arg(long)]

@@ -1,0 +1,386 @@
+//! Black-box tests of the compiled `hookrelay` binary.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hookrelay::Relay;
+use serde_json::Value;
+
+use crate::helpers::{Reply, TestReceiver, config, usage, usage_event};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+/// A `hookrelay` command with a clean environment (no `.env`, no inherited settings).
+fn hookrelay(dir: &Path, vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .current_dir(dir)
+        .env("HOOKRELAY_DATA_DIR", dir)
+        .env("RUST_LOG", "hookrelay=warn")
+        .envs(vars.iter().copied());
+    command
+}
+
+/// Starts `hookrelay serve` on a free port and returns it with its address.
+async fn start_server(dir: &Path, vars: &[(&str, &str)]) -> (Child, String) {
+    let mut child = hookrelay(dir, vars)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start hookrelay");
+    let stdout = child.stdout.take().expect("stdout");
+    let address = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.next().expect("a line").expect("readable");
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        line.strip_prefix("hookrelay listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned()
+    });
+    let address = tokio::time::timeout(Duration::from_secs(30), address)
+        .await
+        .expect("server started in time")
+        .expect("reader");
+    (child, address)
+}
+
+#[tokio::test]
+async fn kill_9_during_delivery_loses_no_acknowledged_event() {
+    let receiver = Arc::new(TestReceiver::start().await);
+    receiver.always(Reply::status(200).delayed(Duration::from_millis(15)));
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let vars = [
+        ("ZAPIER_WEBHOOK_URL", url.as_str()),
+        ("WEBHOOK_TIMEOUT_SECONDS", "1"),
+        ("WEBHOOK_RETRY_DELAY_SECONDS", "0.05"),
+        ("HOOKRELAY_ENDPOINT_CONCURRENCY", "4"),
+    ];
+    let (mut server, address) = start_server(dir.path(), &vars).await;
+
+    let http = reqwest::Client::new();
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..8 {
+        let (http, address, acknowledged) =
+            (http.clone(), address.clone(), Arc::clone(&acknowledged));
+        clients.spawn(async move {
+            for n in 0..50 {
+                let body =
+                    serde_json::to_vec(&usage_event(&format!("c{client}-{n}"))).expect("json");
+                let sent = http
+                    .post(format!("{address}/api/webhook/usage"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                // After the kill, requests fail: those events were never acknowledged.
+                let Ok(response) = sent else { break };
+                if response.status() == 202 {
+                    let body: Value = response.json().await.expect("json");
+                    acknowledged
+                        .lock()
+                        .expect("lock")
+                        .push(body["id"].as_str().expect("id").to_owned());
+                }
+            }
+        });
+    }
+    // Kill while deliveries are under way and ingest is still running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.arrived() < 40 {
+        assert!(Instant::now() < deadline, "deliveries never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.kill().expect("SIGKILL");
+    server.wait().expect("reaped");
+    while clients.join_next().await.is_some() {}
+    let acknowledged: HashSet<String> =
+        acknowledged.lock().expect("lock").iter().cloned().collect();
+    let delivered_before = receiver.received().len();
+    assert!(
+        acknowledged.len() > delivered_before,
+        "the kill came too late to test anything"
+    );
+
+    let (mut restarted, _) = start_server(dir.path(), &vars).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: HashSet<String> = receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect();
+        let missing = acknowledged.difference(&seen).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged event(s) never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in receiver.received() {
+        *per_id
+            .entry(r.header("webhook-id").unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    let repeats: usize = per_id.values().map(|n| n - 1).sum();
+    println!(
+        "acknowledged {}, delivered before kill {delivered_before}, repeated after restart {repeats}",
+        acknowledged.len()
+    );
+    // Only deliveries in flight at the kill may repeat: at most the endpoint's concurrency.
+    assert!(
+        repeats <= 4,
+        "{repeats} repeats exceed the 4 that could have been in flight"
+    );
+    restarted.kill().expect("kill");
+    let _ = restarted.wait();
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly_with_exit_code_0() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let (mut server, address) =
+        start_server(dir.path(), &[("ZAPIER_WEBHOOK_URL", url.as_str())]).await;
+    let health: Value = reqwest::get(format!("{address}/health"))
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(health["status"], "ok");
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn config_check_reports_every_problem_by_name_without_secrets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = "short-but-secret-value";
+    let output = hookrelay(
+        dir.path(),
+        &[
+            ("WEBHOOK_MAX_RETRIES", "lots"),
+            ("ZAPIER_WEBHOOK_URL", "ftp://example.com/x"),
+            ("WEBHOOK_SECRET", secret),
+            ("HOOKRELAY_LISTEN", "nowhere"),
+        ],
+    )
+    .args(["config", "check"])
+    .output()
+    .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "WEBHOOK_MAX_RETRIES",
+        "ZAPIER_WEBHOOK_URL",
+        "HOOKRELAY_LISTEN",
+        "WEBHOOK_SECRET",
+    ] {
+        assert!(text.contains(variable), "{variable} missing from:\n{text}");
+    }
+    assert!(!text.contains(secret));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains(secret));
+
+    let valid = hookrelay(
+        dir.path(),
+        &[(
+            "ZAPIER_WEBHOOK_URL",
+            "https://hooks.zapier.com/hooks/catch/1/a/",
+        )],
+    )
+    .args(["config", "check", "--json"])
+    .output()
+    .expect("run");
+    assert_eq!(valid.status.code(), Some(0));
+    let report: Value = serde_json::from_slice(&valid.stdout).expect("json");
+    assert_eq!(report["valid"], Value::Bool(true));
+}
+
+#[test]
+fn a_dotenv_file_is_read_and_the_environment_wins_over_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "WEBHOOK_MAX_RETRIES=bogus\nWEBHOOK_TIMEOUT_SECONDS=bogus\n",
+    )
+    .expect("write");
+    let output = hookrelay(dir.path(), &[("WEBHOOK_TIMEOUT_SECONDS", "5")])
+        .args(["config", "check", "--json"])
+        .output()
+        .expect("run");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let variables: Vec<&str> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter(|p| p["severity"] == "error")
+        .filter_map(|p| p["variable"].as_str())
+        .collect();
+    assert_eq!(variables, vec!["WEBHOOK_MAX_RETRIES"]);
+}
+
+#[tokio::test]
+async fn test_command_probes_the_endpoint_step_by_step() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let secret = crate::helpers::SECRET;
+    let output = tokio::task::spawn_blocking({
+        let mut command = hookrelay(
+            dir.path(),
+            &[
+                ("ZAPIER_WEBHOOK_URL", url.as_str()),
+                ("WEBHOOK_SECRET", secret),
+            ],
+        );
+        move || command.args(["test", "--json"]).output()
+    })
+    .await
+    .expect("join")
+    .expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let steps: Vec<&str> = report["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["step"].as_str())
+        .collect();
+    assert_eq!(steps, ["url", "dns", "connect", "deliver"]);
+    assert_eq!(report["status"], 200);
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["event_type"], "hookrelay.test");
+    assert!(got[0].header("webhook-signature").is_some());
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("/hook"),
+        "the URL path must not be printed"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let output = hookrelay(dir.path(), &[])
+        .args([
+            "test",
+            "--json",
+            "--url",
+            &format!("http://127.0.0.1:{port}/x"),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    let last = report["steps"]
+        .as_array()
+        .and_then(|s| s.last())
+        .cloned()
+        .expect("a step");
+    assert_eq!(last["step"], "connect");
+    assert_eq!(last["ok"], false);
+
+    let output = hookrelay(dir.path(), &[("REQUIRE_HTTPS", "true")])
+        .args(["test", "--json", "--url", &url])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn send_and_dlq_commands_work_on_the_database_directly() {
+    let receiver = TestReceiver::start().await;
+    receiver.always(Reply::status(404));
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let vars = [("ZAPIER_WEBHOOK_URL", url.as_str())];
+
+    let sent = hookrelay(dir.path(), &vars)
+        .args([
+            "send",
+            "--session-id",
+            "cli",
+            "--query",
+            "hello",
+            "--tokens",
+            "5",
+            "--json",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        sent.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let sent: Value = serde_json::from_slice(&sent.stdout).expect("json");
+    assert!(sent["id"].as_str().is_some_and(|id| id.starts_with("evt_")));
+
+    // Deliver it (to a 404: dead-lettered) through the library on the same file.
+    let relay = Relay::open(config(dir.path(), &vars)).await.expect("open");
+    relay.track_usage(usage("lib")).await.expect("track");
+    relay.worker().run_once().await.expect("run");
+    drop(relay);
+
+    let run = |args: &[&str]| {
+        hookrelay(dir.path(), &vars)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run")
+    };
+    let list: Value =
+        serde_json::from_slice(&run(&["dlq", "list", "--json"]).stdout).expect("json");
+    assert_eq!(list["count"], 2);
+    let id = list["dead_letters"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let show = run(&["dlq", "show", &id]);
+    assert_eq!(show.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&show.stdout).contains("404"));
+    assert_eq!(run(&["dlq", "show", "dlv_missing"]).status.code(), Some(1));
+
+    // No confirmation on a closed stdin: nothing is deleted.
+    assert_eq!(run(&["dlq", "purge", "--all"]).status.code(), Some(1));
+    let replayed: Value =
+        serde_json::from_slice(&run(&["dlq", "replay", &id, "--json"]).stdout).expect("json");
+    assert_eq!(replayed["replayed"], 1);
+    let purged: Value =
+        serde_json::from_slice(&run(&["dlq", "purge", "--all", "--yes", "--json"]).stdout)
+            .expect("json");
+    assert_eq!(purged["purged"], 1);
+    let list: Value =
+        serde_json::from_slice(&run(&["dlq", "list", "--json"]).stdout).expect("json");
+    assert_eq!(list["count"], 0);
+}

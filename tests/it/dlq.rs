@@ -1,0 +1,209 @@
+//! The dead-letter queue over HTTP: admin authentication, list, show, replay, purge.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp, TestReceiver, eventually, usage_event};
+
+const WAIT: Duration = Duration::from_secs(10);
+const TOKEN: &str = "test-admin-token-0123456789abcdef0123";
+
+async fn dead_lettered_app(receiver: &TestReceiver, count: usize) -> TestApp {
+    receiver.always(Reply::status(410));
+    let app = TestApp::spawn(&receiver.url(), &[("HOOKRELAY_ADMIN_TOKEN", TOKEN)]).await;
+    for i in 0..count {
+        app.post_json("/api/webhook/usage", &usage_event(&format!("s{i}")))
+            .await;
+    }
+    eventually(WAIT, "dead letters", || async {
+        app.relay.counts().await.expect("counts").dead == count as u64
+    })
+    .await;
+    app
+}
+
+#[tokio::test]
+async fn management_routes_require_the_admin_token() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[("HOOKRELAY_ADMIN_TOKEN", TOKEN)]).await;
+    for auth in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Basic abc"),
+        Some(TOKEN),
+    ] {
+        let mut request = app.http.get(app.url("/api/v1/dlq"));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), 401, "{auth:?}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["code"], json!("unauthorized"));
+        assert!(!body.to_string().contains(TOKEN));
+    }
+    let response = app
+        .http
+        .get(app.url("/api/v1/dlq"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    // Health stays open.
+    assert_eq!(
+        app.http
+            .get(app.url("/health"))
+            .send()
+            .await
+            .expect("request")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_management_routes_answer_loopback_clients() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let response = app
+        .http
+        .get(app.url("/api/v1/dlq"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
+    let receiver = TestReceiver::start().await;
+    let app = dead_lettered_app(&receiver, 3).await;
+    let get = |path: &str| app.http.get(app.url(path)).bearer_auth(TOKEN).send();
+
+    let list: Value = get("/api/v1/dlq")
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["count"], json!(3));
+    let first = list["dead_letters"][0].clone();
+    let id = first["id"].as_str().expect("id").to_owned();
+    assert_eq!(first["last_status"], json!(410));
+    assert_eq!(first["status"], json!("dead"));
+
+    let detail: Value = get(&format!("/api/v1/dlq/{id}"))
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(detail["attempts_log"].as_array().map(Vec::len), Some(1));
+    assert_eq!(detail["attempts_log"][0]["status_code"], json!(410));
+    assert_eq!(detail["payload"]["event_type"], json!("usage.tracked"));
+    let event_id = detail["event_id"].as_str().expect("event id").to_owned();
+
+    assert_eq!(
+        get("/api/v1/dlq/dlv_doesnotexist")
+            .await
+            .expect("request")
+            .status(),
+        404
+    );
+    assert_eq!(
+        get("/api/v1/dlq/not-an-id")
+            .await
+            .expect("request")
+            .status(),
+        400
+    );
+
+    // Replay one: the receiver now accepts; same webhook-id, fresh budget.
+    receiver.always(Reply::status(200));
+    let replay = app
+        .http
+        .post(app.url(&format!("/api/v1/dlq/{id}/replay")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(replay.status(), 200);
+    eventually(WAIT, "replayed delivery", || async {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.header("webhook-id") == Some(event_id.as_str()))
+            .count()
+            == 2
+    })
+    .await;
+    eventually(WAIT, "dlq shrinks", || async {
+        app.relay.counts().await.expect("counts").dead == 2
+    })
+    .await;
+    let replayed: Value = get(&format!("/api/v1/dlq/{id}"))
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(replayed["status"], json!("delivered"));
+    assert_eq!(replayed["total_attempts"], json!(2));
+
+    // Purge all needs confirmation.
+    let refused = app
+        .http
+        .delete(app.url("/api/v1/dlq"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(app.relay.counts().await.expect("counts").dead, 2);
+    let purged: Value = app
+        .http
+        .delete(app.url("/api/v1/dlq?confirm=true"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(purged["purged"], json!(2));
+    assert_eq!(app.relay.counts().await.expect("counts").dead, 0);
+    // The delivered one is untouched by a purge.
+    assert_eq!(
+        get(&format!("/api/v1/dlq/{id}"))
+            .await
+            .expect("request")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn replay_all_redelivers_every_dead_letter() {
+    let receiver = TestReceiver::start().await;
+    let app = dead_lettered_app(&receiver, 4).await;
+    receiver.always(Reply::status(200));
+    let replayed: Value = app
+        .http
+        .post(app.url("/api/v1/dlq/replay"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(replayed["replayed"], json!(4));
+    eventually(WAIT, "all delivered", || async {
+        let counts = app.relay.counts().await.expect("counts");
+        counts.dead == 0 && counts.pending == 0
+    })
+    .await;
+    assert_eq!(receiver.received().len(), 8);
+}

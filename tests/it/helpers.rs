@@ -1,0 +1,346 @@
+//! Test harness: the real server on port 0 with a fresh database file, and a real receiver on
+//! loopback that records what arrives and answers as scripted.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::any,
+};
+use hookrelay::{Config, Relay, clock::Clock};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// What the receiver answers to one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON: {e}"))
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    arrived: std::sync::atomic::AtomicUsize,
+    script: Mutex<VecDeque<Reply>>,
+    default_reply: Mutex<Option<Reply>>,
+    received: Mutex<Vec<Received>>,
+}
+
+/// A webhook receiver on loopback.
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+    shutdown: CancellationToken,
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state
+        .arrived
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let reply = state
+        .script
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front()
+        .or_else(|| {
+            state
+                .default_reply
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+        .unwrap_or_else(|| Reply::status(200));
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    state
+        .received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Received {
+            path: uri.path().to_owned(),
+            headers,
+            body,
+        });
+    let mut response = StatusCode::from_u16(reply.status)
+        .unwrap_or(StatusCode::OK)
+        .into_response();
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+    response
+}
+
+impl TestReceiver {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let state = Arc::new(ReceiverState::default());
+        let app = Router::new()
+            .route("/", any(receive))
+            .route("/{*path}", any(receive))
+            .with_state(Arc::clone(&state));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        Self {
+            addr,
+            state,
+            shutdown,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Answers the next requests with these replies, in order, then with the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state
+            .script
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(replies);
+    }
+
+    /// Answers every unscripted request with this reply.
+    pub fn always(&self, reply: Reply) {
+        *self
+            .state
+            .default_reply
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(reply);
+    }
+
+    /// Requests that reached the receiver, including those it has not answered yet.
+    pub fn arrived(&self) -> usize {
+        self.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits until at least `n` requests arrived; panics after `within`.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receiver got {} request(s), expected {n} within {within:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for TestReceiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `condition` until it holds; panics after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A configuration from variables, with the data in `dir`.
+pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
+    let mut map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    map.entry("HOOKRELAY_DATA_DIR".into())
+        .or_insert_with(|| dir.to_string_lossy().into_owned());
+    let (config, _) =
+        Config::from_lookup(|name| map.get(name).cloned()).unwrap_or_else(|e| panic!("{e}"));
+    config
+}
+
+/// A running hookrelay server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub relay: Relay,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+impl TestApp {
+    /// Starts the server delivering to `receiver_url` with fast retries, plus `vars`.
+    pub async fn spawn(receiver_url: &str, vars: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut all: Vec<(&str, &str)> = vec![
+            ("ZAPIER_WEBHOOK_URL", receiver_url),
+            ("WEBHOOK_SECRET", SECRET),
+            ("WEBHOOK_RETRY_DELAY_SECONDS", "0.02"),
+            ("WEBHOOK_TIMEOUT_SECONDS", "2"),
+        ];
+        all.extend_from_slice(vars);
+        let config = config(dir.path(), &all);
+        Self::spawn_with(config, dir, Arc::new(hookrelay::clock::SystemClock)).await
+    }
+
+    pub async fn spawn_with(config: Config, dir: tempfile::TempDir, clock: Arc<dyn Clock>) -> Self {
+        let relay = Relay::open_with_clock(config, clock)
+            .await
+            .expect("open relay");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind server");
+        let addr = listener.local_addr().expect("server address");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(hookrelay::app::serve(
+            relay.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        Self {
+            addr,
+            relay,
+            http: reqwest::Client::new(),
+            dir,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("hookrelay.db")
+    }
+
+    /// POSTs raw bytes as JSON.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.post_raw(path, serde_json::to_vec(body).expect("json"))
+            .await
+    }
+
+    /// Stops the server as SIGTERM would, waits for it, and hands back the data directory
+    /// (which would otherwise be deleted with the app).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server result");
+        }
+        let placeholder = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, placeholder)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn usage_event(session: &str) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": session,
+        "query": "Why does my code throw an error when I deploy it?",
+        "model_name": "gpt-4o-mini",
+        "response_time_ms": 1000,
+        "estimated_tokens": 100,
+        "success": true
+    })
+}
+
+pub fn usage(session: &str) -> hookrelay::domain::UsageEvent {
+    serde_json::from_value(usage_event(session)).expect("usage event")
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real server, a real SQLite file, a real receiver on loopback.
+
+mod binary;
+mod delivery;
+mod dlq;
+mod helpers;
+mod ingest;
