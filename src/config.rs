@@ -130,6 +130,26 @@ pub struct Config {
     pub retention_days: u32,
     /// `HOOKRELAY_SQLITE_SYNCHRONOUS` (default `full`): `full` or `normal`.
     pub sqlite_sync: SqliteSync,
+    /// `HOOKRELAY_ALLOW_PRIVATE_TARGETS` (default false): allow deliveries to loopback, private,
+    /// link-local and other special addresses.
+    pub allow_private_targets: bool,
+    /// `HOOKRELAY_ALLOWED_TARGET_CIDRS`: special address ranges deliveries may reach anyway.
+    pub allowed_target_cidrs: Vec<IpNet>,
+    /// `HOOKRELAY_ENDPOINT_RATE_LIMIT` (default 0 = unlimited): requests per second per
+    /// endpoint, for endpoints without their own limit (Zapier URLs default to Zapier's).
+    pub endpoint_rate_limit: f64,
+    /// `HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD` (default 10; 0 = off): consecutive failures that
+    /// open an endpoint's circuit.
+    pub circuit_failure_threshold: u32,
+    /// `HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS` (default 30): how long an open circuit waits before
+    /// one probe delivery.
+    pub circuit_cooldown: Duration,
+    /// `HOOKRELAY_ENDPOINT_DISABLE_AFTER_SECONDS` (default 0 = never): an endpoint failing
+    /// continuously this long is disabled, with the reason recorded.
+    pub endpoint_disable_after: Option<Duration>,
+    /// `HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS` (default 24): how long a rotated-out secret
+    /// keeps signing beside the new one.
+    pub secret_rotation_overlap: Duration,
 }
 
 /// How serious a configuration problem is.
@@ -281,6 +301,27 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         Duration::from_millis((value * 1000.0).round() as u64)
     }
 
+    fn cidrs(&mut self, name: &'static str) -> Vec<IpNet> {
+        let Some(raw) = self.raw(name) else {
+            return Vec::new();
+        };
+        let mut nets = Vec::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let parsed = part
+                .parse::<IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => nets.push(net),
+                Err(_) => self.error(
+                    name,
+                    format!("`{part}` is not an IP address or CIDR"),
+                    "list CIDRs separated by commas, e.g. 192.168.1.0/24,10.0.0.0/8,2001:db8::/32",
+                ),
+            }
+        }
+        nets
+    }
+
     fn secret(&mut self, name: &'static str) -> Option<Redacted<String>> {
         let value = self.raw(name)?;
         Some(Redacted::new(value.trim().to_owned()))
@@ -383,23 +424,7 @@ impl Config {
         let rate_limit = r.number("WEBHOOK_RATE_LIMIT", 100, 1, 10_000_000) as u32;
         let rate_window = r.seconds("WEBHOOK_RATE_WINDOW", 3600.0, 1.0, 86_400.0);
         let burst_allowance = r.number("WEBHOOK_BURST_ALLOWANCE", 10, 0, 10_000_000) as u32;
-        let allowed_ips = r.raw("WEBHOOK_ALLOWED_IPS").map_or_else(Vec::new, |raw| {
-            let mut nets = Vec::new();
-            for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let parsed = part
-                    .parse::<IpNet>()
-                    .or_else(|_| part.parse::<std::net::IpAddr>().map(IpNet::from));
-                match parsed {
-                    Ok(net) => nets.push(net),
-                    Err(_) => r.error(
-                        "WEBHOOK_ALLOWED_IPS",
-                        format!("`{part}` is not an IP address or CIDR"),
-                        "list CIDRs separated by commas, e.g. 192.168.1.0/24,10.0.0.0/8,2001:db8::/32",
-                    ),
-                }
-            }
-            nets
-        });
+        let allowed_ips = r.cidrs("WEBHOOK_ALLOWED_IPS");
         let require_https = r.bool("REQUIRE_HTTPS", false);
         if let Some(url) = &webhook_url {
             if require_https && !url.is_https() {
@@ -512,6 +537,51 @@ impl Config {
             }
         };
 
+        let allow_private_targets = r.bool("HOOKRELAY_ALLOW_PRIVATE_TARGETS", false);
+        let allowed_target_cidrs = r.cidrs("HOOKRELAY_ALLOWED_TARGET_CIDRS");
+        let endpoint_rate_limit: f64 = r.parsed(
+            "HOOKRELAY_ENDPOINT_RATE_LIMIT",
+            0.0,
+            "a number of requests per second (0 = unlimited)",
+        );
+        if !endpoint_rate_limit.is_finite() || endpoint_rate_limit < 0.0 {
+            r.error(
+                "HOOKRELAY_ENDPOINT_RATE_LIMIT",
+                "must not be negative",
+                "set it to 0 (unlimited) or a positive rate",
+            );
+        }
+        let circuit_failure_threshold =
+            r.number("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", 10, 0, 1_000_000) as u32;
+        let circuit_cooldown = r.seconds("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", 30.0, 0.0, 86_400.0);
+        let disable_after = r.seconds(
+            "HOOKRELAY_ENDPOINT_DISABLE_AFTER_SECONDS",
+            0.0,
+            0.0,
+            365.0 * 86_400.0,
+        );
+        let endpoint_disable_after = (!disable_after.is_zero()).then_some(disable_after);
+        let overlap_hours = r.seconds(
+            "HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS",
+            24.0,
+            0.0,
+            24.0 * 365.0,
+        );
+        let secret_rotation_overlap = overlap_hours * 3600;
+
+        if let Some(url) = &webhook_url {
+            let policy = crate::delivery::AddressPolicy {
+                allow_private: allow_private_targets,
+                allowed: allowed_target_cidrs.clone(),
+            };
+            if let Err(blocked) = policy.check_url(url.url()) {
+                r.error(
+                    "ZAPIER_WEBHOOK_URL",
+                    format!("points at {}: {}", blocked.address, blocked.range),
+                    "set HOOKRELAY_ALLOW_PRIVATE_TARGETS=true (or HOOKRELAY_ALLOWED_TARGET_CIDRS) to deliver to a local receiver",
+                );
+            }
+        }
         if webhook_url.is_none()
             && !r
                 .problems
@@ -520,7 +590,7 @@ impl Config {
         {
             r.warn(
                 "ZAPIER_WEBHOOK_URL",
-                "is not set: events are stored but not delivered",
+                "is not set: events go only to endpoints added with `hookrelay endpoints add` (with none, they are stored and not delivered)",
                 "set it to your catch hook URL (or to `hookrelay sink`'s URL to try things locally)",
             );
         }
@@ -572,6 +642,13 @@ impl Config {
             shutdown_grace,
             retention_days,
             sqlite_sync,
+            allow_private_targets,
+            allowed_target_cidrs,
+            endpoint_rate_limit,
+            circuit_failure_threshold,
+            circuit_cooldown,
+            endpoint_disable_after,
+            secret_rotation_overlap,
         };
         Ok((config, problems))
     }
@@ -688,7 +765,25 @@ mod tests {
                 .iter()
                 .any(|p| p.variable == "ZAPIER_WEBHOOK_URL" && p.severity == Severity::Error)
         );
-        assert!(load(&[("ZAPIER_WEBHOOK_URL", "http://127.0.0.1:9000/")]).is_ok());
+        let local = [
+            ("ZAPIER_WEBHOOK_URL", "http://127.0.0.1:9000/"),
+            ("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true"),
+        ];
+        assert!(load(&local).is_ok());
+    }
+
+    #[test]
+    fn a_private_default_endpoint_needs_an_explicit_allowance() {
+        let err = load(&[("ZAPIER_WEBHOOK_URL", "http://127.0.0.1:9000/")])
+            .err()
+            .unwrap_or_else(|| panic!("invalid"));
+        assert!(err.0.iter().any(|p| p.variable == "ZAPIER_WEBHOOK_URL"
+            && p.fix.contains("HOOKRELAY_ALLOW_PRIVATE_TARGETS")));
+        let cidr = [
+            ("ZAPIER_WEBHOOK_URL", "http://127.0.0.1:9000/"),
+            ("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8"),
+        ];
+        assert!(load(&cidr).is_ok());
     }
 
     #[test]

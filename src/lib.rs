@@ -39,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod endpoints;
 pub mod ingest;
 pub mod relay;
 pub mod signing;

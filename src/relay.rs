@@ -34,8 +34,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::{Clock, SystemClock},
     config::{Config, DatabaseLocation},
-    delivery::{HttpSender, Target, Worker, WorkerSettings},
-    domain::{DeliveryId, EventId, GenericEvent, IdempotencyKey, UsageEvent},
+    delivery::{AddressPolicy, HttpSender, Worker, WorkerSettings},
+    domain::{DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, UsageEvent},
+    endpoints::{
+        Endpoint, EndpointChanges, EndpointError, EndpointHealth, EndpointSpec, InvalidEndpoint,
+        generate_secret, validate_secret,
+    },
     ingest::{IngestError, Ingestor},
     store::{
         DeliveryDetail, DeliverySummary, Ingested, QueueCounts, Selection, SqliteStore, Store,
@@ -91,36 +95,41 @@ impl Relay {
                 Arc::new(SqliteStore::open(path, config.sqlite_sync).await?)
             }
         };
+        // ep_default mirrors ZAPIER_WEBHOOK_URL; events queued for it while it is unset wait.
+        store
+            .sync_default_endpoint(config.webhook_url.clone(), clock.now_ms())
+            .await?;
         let wake = Arc::new(Notify::new());
-        let sender = HttpSender::new(config.endpoint_concurrency)
+        let policy = AddressPolicy {
+            allow_private: config.allow_private_targets,
+            allowed: config.allowed_target_cidrs.clone(),
+        };
+        let sender = HttpSender::new(config.endpoint_concurrency, policy)
             .map_err(|e| RelayError::Client(e.to_string()))?;
-        let targets: Vec<Target> = Target::default_from(&config).into_iter().collect();
-        // Events are queued for the default endpoint even while it is unset or disabled, so
-        // they go out once it is configured.
-        let endpoints = vec![crate::domain::EndpointId::default_endpoint()];
         let ingestor = Ingestor::new(
             Arc::clone(&store),
             Arc::clone(&clock),
             Arc::clone(&wake),
             config.query_mode,
-            endpoints,
         );
+        let settings = WorkerSettings {
+            concurrency: config.delivery_concurrency,
+            endpoint_concurrency: config.endpoint_concurrency,
+            poll_interval: config.poll_interval,
+            shutdown_grace: config.shutdown_grace,
+        };
+        let config = Arc::new(config);
         let worker = Arc::new(Worker::new(
             Arc::clone(&store),
             sender,
             Arc::clone(&clock),
-            targets,
+            Arc::clone(&config),
             Arc::clone(&wake),
-            WorkerSettings {
-                concurrency: config.delivery_concurrency,
-                endpoint_concurrency: config.endpoint_concurrency,
-                poll_interval: config.poll_interval,
-                shutdown_grace: config.shutdown_grace,
-            },
+            settings,
         ));
         Ok(Self {
             inner: Arc::new(Inner {
-                config: Arc::new(config),
+                config,
                 store,
                 clock,
                 ingestor,
@@ -200,9 +209,123 @@ impl Relay {
         self.inner.store.counts().await
     }
 
+    /// Every endpoint, `ep_default` first.
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        self.inner.store.endpoints().await
+    }
+
+    /// One endpoint.
+    pub async fn endpoint(&self, id: &EndpointId) -> Result<Endpoint, EndpointError> {
+        self.inner
+            .store
+            .endpoint(id.clone())
+            .await?
+            .ok_or_else(|| EndpointError::NotFound(id.clone()))
+    }
+
+    /// Adds an endpoint; returns it with its signing secret, which is shown only this once.
+    pub async fn create_endpoint(
+        &self,
+        spec: EndpointSpec,
+    ) -> Result<(Endpoint, String), EndpointError> {
+        let (endpoint, secret) = spec.build(&self.inner.config, self.inner.clock.now_ms())?;
+        self.inner.store.create_endpoint(endpoint.clone()).await?;
+        self.inner.worker.endpoints_changed();
+        Ok((endpoint, secret))
+    }
+
+    /// Changes an endpoint's settings.
+    pub async fn update_endpoint(
+        &self,
+        id: &EndpointId,
+        changes: EndpointChanges,
+    ) -> Result<Endpoint, EndpointError> {
+        let current = self.endpoint(id).await?;
+        let updated = changes.apply(current, &self.inner.config, self.inner.clock.now_ms())?;
+        self.save(updated).await
+    }
+
+    /// Enables an endpoint (closing its circuit and forgetting past failures) or disables it
+    /// with a reason. Disabled endpoints get no new events; their queued deliveries wait.
+    pub async fn set_endpoint_enabled(
+        &self,
+        id: &EndpointId,
+        enabled: bool,
+        reason: Option<String>,
+    ) -> Result<Endpoint, EndpointError> {
+        let mut endpoint = self.endpoint(id).await?;
+        endpoint.enabled = enabled;
+        endpoint.disabled_reason = if enabled {
+            None
+        } else {
+            Some(reason.unwrap_or_else(|| "disabled by an operator".into()))
+        };
+        if enabled {
+            endpoint.health = EndpointHealth {
+                last_attempt_at_ms: endpoint.health.last_attempt_at_ms,
+                last_success_at_ms: endpoint.health.last_success_at_ms,
+                ..EndpointHealth::default()
+            };
+        }
+        endpoint.updated_at_ms = self.inner.clock.now_ms();
+        self.save(endpoint).await
+    }
+
+    /// Starts using a new signing secret (given, or generated); the old one keeps signing
+    /// beside it for `overlap` (default `HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS`). Returns
+    /// the endpoint and the new secret, shown only this once.
+    pub async fn rotate_secret(
+        &self,
+        id: &EndpointId,
+        secret: Option<String>,
+        overlap: Option<std::time::Duration>,
+    ) -> Result<(Endpoint, String), EndpointError> {
+        let mut endpoint = self.endpoint(id).await?;
+        if endpoint.managed_by_config {
+            return Err(EndpointError::Invalid(InvalidEndpoint {
+                field: "secret",
+                detail: "ep_default signs with WEBHOOK_SECRET; change the variable instead".into(),
+            }));
+        }
+        let secret = match secret {
+            Some(secret) => {
+                validate_secret(&secret)?;
+                secret
+            }
+            None => generate_secret(),
+        };
+        let now = self.inner.clock.now_ms();
+        let overlap = overlap.unwrap_or(self.inner.config.secret_rotation_overlap);
+        endpoint.previous_secret = endpoint.secret.replace(secret.clone());
+        endpoint.previous_secret_until_ms = Some(now + crate::clock::millis(overlap));
+        endpoint.updated_at_ms = now;
+        let endpoint = self.save(endpoint).await?;
+        Ok((endpoint, secret))
+    }
+
+    /// Removes an endpoint with its undelivered and dead-lettered deliveries.
+    pub async fn remove_endpoint(&self, id: &EndpointId) -> Result<(), EndpointError> {
+        if !self.inner.store.delete_endpoint(id.clone()).await? {
+            return Err(EndpointError::NotFound(id.clone()));
+        }
+        self.inner.worker.endpoints_changed();
+        Ok(())
+    }
+
+    async fn save(&self, endpoint: Endpoint) -> Result<Endpoint, EndpointError> {
+        if !self.inner.store.update_endpoint(endpoint.clone()).await? {
+            return Err(EndpointError::NotFound(endpoint.id));
+        }
+        self.inner.worker.endpoints_changed();
+        Ok(endpoint)
+    }
+
     /// Whether the database answers and (when running) the worker goes round.
     pub async fn ready(&self) -> Result<(), String> {
-        self.inner.store.ping().await.map_err(|e| e.to_string())?;
+        self.inner.store.ping().await.map_err(|e| {
+            tracing::error!(error = %e, "readiness check: the database does not answer");
+            "the database does not answer".to_owned()
+        })?;
         if !self.inner.worker.is_alive() {
             return Err("the delivery worker is not running".into());
         }

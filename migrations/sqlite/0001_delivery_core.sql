@@ -20,6 +20,8 @@ CREATE TABLE deliveries (
     -- attempts spent from the current retry budget (a replay resets it); total_attempts never resets
     attempts        INTEGER NOT NULL DEFAULT 0,
     total_attempts  INTEGER NOT NULL DEFAULT 0,
+    -- attempts answered 429, or held back by our rate limit: rescheduled without spending budget
+    throttled       INTEGER NOT NULL DEFAULT 0,
     -- due time; a claim moves it forward by the lease, so an abandoned claim falls due again
     next_attempt_at INTEGER NOT NULL,
     lease_token     INTEGER,
@@ -43,7 +45,7 @@ CREATE TABLE attempts (
     error_kind       TEXT,
     error_detail     TEXT,
     response_snippet TEXT,
-    outcome          TEXT NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead'))
+    outcome          TEXT NOT NULL CHECK (outcome IN ('delivered', 'retry', 'dead', 'throttled'))
 );
 CREATE INDEX attempts_delivery ON attempts (delivery_id);
 CREATE INDEX attempts_started_at ON attempts (started_at);

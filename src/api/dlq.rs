@@ -2,7 +2,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     routing::{get, post},
 };
 use serde::Deserialize;
@@ -38,8 +38,9 @@ fn default_limit() -> usize {
 
 async fn list(
     State(relay): State<AppState>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let dead = relay.dead_letters(query.limit.min(10_000)).await?;
     Ok(Json(json!({ "count": dead.len(), "dead_letters": dead })))
 }
@@ -91,8 +92,9 @@ struct PurgeAllQuery {
 
 async fn purge_all(
     State(relay): State<AppState>,
-    Query(query): Query<PurgeAllQuery>,
+    query: Result<Query<PurgeAllQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     if !query.confirm {
         return Err(ApiError::bad_request(
             "confirmation_required",

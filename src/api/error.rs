@@ -7,7 +7,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::{ingest::IngestError, store::StoreError};
+use crate::{endpoints::EndpointError, ingest::IngestError, store::StoreError};
 
 /// An HTTP error answered as `{"code": "...", "detail": "..."}`.
 #[derive(Debug, Clone)]
@@ -102,6 +102,20 @@ impl From<IngestError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch", detail)
             }
             IngestError::Store(store) => store.into(),
+        }
+    }
+}
+
+impl From<EndpointError> for ApiError {
+    fn from(error: EndpointError) -> Self {
+        match error {
+            EndpointError::Invalid(invalid) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_endpoint",
+                invalid.to_string(),
+            ),
+            EndpointError::NotFound(id) => Self::not_found(format!("no endpoint {id}")),
+            EndpointError::Store(store) => store.into(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The HTTP API: one router per resource, one error type mapping to `{"code", "detail"}`.
 
 mod dlq;
+mod endpoints;
 mod error;
+mod extract;
 mod health;
 mod ingest;
 
@@ -19,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::ApiError;
+use self::extract::{json_body, parse};
 use crate::relay::Relay;
 
 /// What every handler can reach.
@@ -29,12 +32,20 @@ pub fn router(relay: Relay) -> Router {
     let max_body = relay.config().max_body_bytes;
     let management = Router::new()
         .merge(dlq::router())
+        .merge(endpoints::router())
         .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin));
     Router::new()
         .merge(health::router())
         .merge(ingest::router())
         .merge(management)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(relay)
 }

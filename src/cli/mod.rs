@@ -4,6 +4,7 @@
 //! found, a confirmation was declined); 2 the configuration or the command line is invalid.
 
 mod dlq;
+mod endpoints;
 mod output;
 
 use std::{net::SocketAddr, process::ExitCode};
@@ -17,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::{Clock, SystemClock},
     config::{Config, Problem, Severity},
-    delivery::{HttpSender, Target, probe},
-    domain::{EndpointUrl, IdempotencyKey, SigningSecret, UsageEvent},
+    delivery::{AddressPolicy, HttpSender, Target, probe},
+    domain::{EndpointId, EndpointUrl, IdempotencyKey, SigningSecret, UsageEvent},
     relay::Relay,
     signing::SignatureAlgorithm,
     sink::{self, SinkOptions},
@@ -70,11 +71,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check the configured endpoint: URL, DNS, connect, then a signed test event.
+    /// Check an endpoint: URL, DNS, address policy, connect, then a signed test event.
     Test {
         /// Test this URL instead of ZAPIER_WEBHOOK_URL.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "endpoint")]
         url: Option<String>,
+        /// Test this endpoint (`ep_…`), with its own secret and headers.
+        #[arg(long)]
+        endpoint: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -83,6 +87,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// Manage endpoints: where events are delivered.
+    Endpoints {
+        #[command(subcommand)]
+        command: endpoints::EndpointsCommand,
     },
     /// Configuration commands.
     Config {
@@ -312,23 +321,44 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test { url, json: as_json } => {
-            if let Some(url) = url {
-                config.webhook_url = Some(EndpointUrl::parse(&url)?);
-                config.webhook_enabled = true;
-            }
-            let require_https = config.require_https;
-            // Probe even an http:// URL under REQUIRE_HTTPS, so the report says why it fails.
-            config.require_https = false;
-            let Some(target) = Target::default_from(&Config {
-                webhook_enabled: true,
-                ..config
-            }) else {
-                eprintln!("error: no endpoint to test: set ZAPIER_WEBHOOK_URL or pass --url");
-                return Ok(ExitCode::from(2));
+        Command::Test {
+            url,
+            endpoint,
+            json: as_json,
+        } => {
+            let target = match (url, endpoint) {
+                (Some(url), _) => Target::for_url(EndpointUrl::parse(&url)?, &config),
+                (None, Some(id)) => {
+                    let id = EndpointId::parse(&id)?;
+                    let relay = Relay::open(config.clone())
+                        .await
+                        .context("opening the database")?;
+                    Target::from_endpoint(&relay.endpoint(&id).await?, &config)
+                }
+                (None, None) => match &config.webhook_url {
+                    Some(url) => Target::for_url(url.clone(), &config),
+                    None => {
+                        eprintln!(
+                            "error: no endpoint to test: set ZAPIER_WEBHOOK_URL, or pass --url or --endpoint"
+                        );
+                        return Ok(ExitCode::from(2));
+                    }
+                },
             };
-            let sender = HttpSender::new(1)?;
-            let report = probe(&target, require_https, &sender, SystemClock.now_ms()).await;
+            let require_https = config.require_https;
+            let policy = AddressPolicy {
+                allow_private: config.allow_private_targets,
+                allowed: config.allowed_target_cidrs.clone(),
+            };
+            let sender = HttpSender::new(1, policy.clone())?;
+            let report = probe(
+                &target,
+                require_https,
+                &policy,
+                &sender,
+                SystemClock.now_ms(),
+            )
+            .await;
             if as_json {
                 output::json(&report);
             } else {
@@ -354,6 +384,10 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Endpoints { command } => {
+            let relay = Relay::open(config).await.context("opening the database")?;
+            endpoints::run(relay, command).await
         }
         Command::Dlq { command } => {
             let relay = Relay::open(config).await.context("opening the database")?;

@@ -1,7 +1,7 @@
 //! The outbound HTTP client: pooled keep-alive connections, no redirects, no proxies, a hard
 //! per-request timeout, and only the first bytes of a response body read.
 
-use std::{error::Error as _, time::Duration};
+use std::{error::Error as _, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use reqwest::{
@@ -10,6 +10,7 @@ use reqwest::{
     redirect,
 };
 
+use super::ssrf::{AddressPolicy, BlockedAddress, GuardedResolver};
 use crate::domain::EndpointUrl;
 
 /// How much of a response body is kept in the attempt log.
@@ -40,12 +41,16 @@ pub enum SendError {
     /// The connection failed mid-request.
     #[error("request failed: {0}")]
     Network(String),
+    /// The destination address is not allowed.
+    #[error(transparent)]
+    Blocked(BlockedAddress),
 }
 
 /// A shared HTTP client for deliveries.
 #[derive(Debug, Clone)]
 pub struct HttpSender {
     client: reqwest::Client,
+    policy: Arc<AddressPolicy>,
 }
 
 /// The cause chain of a reqwest error without the URL, which may be a credential.
@@ -73,9 +78,12 @@ fn error_without_url(error: &reqwest::Error) -> String {
 }
 
 impl HttpSender {
-    /// Builds the client. `pool_per_host` keeps that many idle connections per receiver.
-    pub fn new(pool_per_host: usize) -> Result<Self, reqwest::Error> {
+    /// Builds the client. `pool_per_host` keeps that many idle connections per receiver;
+    /// `policy` says which addresses may be contacted.
+    pub fn new(pool_per_host: usize, policy: AddressPolicy) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver::new(Arc::clone(&policy))))
             .redirect(redirect::Policy::none())
             // A proxy variable in the environment must not divert (or unmask) deliveries.
             .no_proxy()
@@ -84,7 +92,7 @@ impl HttpSender {
             .tcp_nodelay(true)
             .user_agent(concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client })
+        Ok(Self { client, policy })
     }
 
     /// POSTs `body` with `headers`; the whole exchange, body included, is bounded by `timeout`.
@@ -95,6 +103,10 @@ impl HttpSender {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Response, SendError> {
+        // IP-literal hosts never reach the resolver: check them here.
+        self.policy
+            .check_url(url.url())
+            .map_err(SendError::Blocked)?;
         let exchange = async {
             let mut response = self
                 .client
@@ -140,9 +152,16 @@ impl HttpSender {
 }
 
 fn classify(error: &reqwest::Error) -> SendError {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(blocked) = cause.downcast_ref::<BlockedAddress>() {
+            return SendError::Blocked(blocked.clone());
+        }
+        source = cause.source();
+    }
     let detail = describe(error);
     if error.is_timeout() {
-        SendError::Network(detail)
+        SendError::Timeout(Duration::ZERO)
     } else if error.is_connect() {
         SendError::Connect(detail)
     } else {

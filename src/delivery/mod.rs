@@ -1,28 +1,37 @@
 //! Delivery: the worker that claims due deliveries, signs and sends them, and records what
-//! happened; the outbound HTTP client; the retry policy.
+//! happened; the outbound HTTP client with its address policy; the retry policy; per-endpoint
+//! throttling and circuit breaking.
 
+mod circuit;
 mod client;
 mod policy;
 mod probe;
+mod ssrf;
+mod throttle;
 mod worker;
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 pub use self::{
+    circuit::{CircuitPolicy, Signal, after_attempt, probe_due},
     client::{HttpSender, Response, SNIPPET_BYTES, SendError},
     policy::{Failure, RetryPolicy, parse_retry_after},
     probe::{ProbeReport, ProbeStep, probe},
+    ssrf::{AddressPolicy, BlockedAddress, GuardedResolver},
+    throttle::Throttle,
     worker::{Outcome, Worker, WorkerSettings},
 };
 use crate::{
     config::Config,
     domain::{EndpointId, EndpointUrl, EventId, SigningSecret},
+    endpoints::{Endpoint, RateLimit},
     signing::{self, SignatureAlgorithm},
 };
 
-/// An endpoint as the worker needs it to send.
+/// An endpoint as the worker needs it to send: its settings with the configuration's defaults
+/// filled in.
 #[derive(Debug, Clone)]
 pub struct Target {
     /// The endpoint.
@@ -31,52 +40,124 @@ pub struct Target {
     pub url: EndpointUrl,
     /// Signs deliveries when set.
     pub secret: Option<SigningSecret>,
+    /// The secret before the last rotation and until when it still signs (unix ms).
+    pub previous_secret: Option<(SigningSecret, i64)>,
     /// Header for the guide's hex signature.
     pub signature_header: String,
     /// Hash of that header.
     pub signature_algorithm: SignatureAlgorithm,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
     /// Per-request timeout.
     pub timeout: Duration,
     /// Retry budget and backoff.
     pub policy: RetryPolicy,
+    /// Outbound rate limit, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// Circuit breaker settings.
+    pub circuit: CircuitPolicy,
+    /// Refuse to send over plain http (`REQUIRE_HTTPS`).
+    pub require_https: bool,
 }
 
 impl Target {
-    /// The default endpoint (`ZAPIER_WEBHOOK_URL`), if it is configured and enabled.
-    pub fn default_from(config: &Config) -> Option<Self> {
-        if !config.webhook_enabled {
-            return None;
-        }
-        let url = config.webhook_url.clone()?;
-        if config.require_https && !url.is_https() {
-            return None;
-        }
-        Some(Self {
-            id: EndpointId::default_endpoint(),
-            url,
-            secret: config.signing_secret.clone(),
+    /// The sending view of `endpoint`. `ep_default` signs with `WEBHOOK_SECRET`; other
+    /// endpoints with their own secret (and the previous one during a rotation overlap).
+    pub fn from_endpoint(endpoint: &Endpoint, config: &Config) -> Self {
+        let (secret, previous_secret) = if endpoint.managed_by_config {
+            (config.signing_secret.clone(), None)
+        } else {
+            let parse =
+                |s: &Option<String>| s.as_deref().and_then(|s| SigningSecret::parse(s).ok());
+            let previous = parse(&endpoint.previous_secret).zip(endpoint.previous_secret_until_ms);
+            (parse(&endpoint.secret), previous)
+        };
+        let is_zapier = endpoint
+            .url
+            .url()
+            .host_str()
+            .is_some_and(|host| host.eq_ignore_ascii_case("hooks.zapier.com"));
+        let rate_limit = endpoint.rate_limit.or_else(|| {
+            if is_zapier {
+                Some(RateLimit::zapier())
+            } else if config.endpoint_rate_limit > 0.0 {
+                RateLimit::new(config.endpoint_rate_limit, None).ok()
+            } else {
+                None
+            }
+        });
+        Self {
+            id: endpoint.id.clone(),
+            url: endpoint.url.clone(),
+            secret,
+            previous_secret,
             signature_header: config.signature_header.clone(),
             signature_algorithm: config.signature_algorithm,
-            timeout: config.timeout,
+            headers: endpoint.headers.clone(),
+            timeout: endpoint.timeout.unwrap_or(config.timeout),
             policy: RetryPolicy {
-                max_retries: config.max_retries,
+                max_retries: endpoint.max_retries.unwrap_or(config.max_retries),
                 base_delay: config.retry_delay,
                 max_delay: config.retry_max_delay,
             },
-        })
+            rate_limit,
+            circuit: CircuitPolicy {
+                threshold: endpoint
+                    .circuit_threshold
+                    .unwrap_or(config.circuit_failure_threshold),
+                cooldown_ms: crate::clock::millis(config.circuit_cooldown),
+            },
+            require_https: config.require_https,
+        }
+    }
+
+    /// A target for `url` with the configuration's defaults, as `hookrelay test` probes it.
+    pub fn for_url(url: EndpointUrl, config: &Config) -> Self {
+        let endpoint = Endpoint {
+            id: EndpointId::default_endpoint(),
+            url,
+            description: String::new(),
+            filter: crate::endpoints::EventFilter::default(),
+            secret: None,
+            previous_secret: None,
+            previous_secret_until_ms: None,
+            headers: BTreeMap::new(),
+            timeout: None,
+            max_retries: None,
+            rate_limit: None,
+            circuit_threshold: None,
+            enabled: true,
+            disabled_reason: None,
+            managed_by_config: true,
+            health: crate::endpoints::EndpointHealth::default(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        Self::from_endpoint(&endpoint, config)
     }
 }
 
-/// The headers of one attempt: content type, the Standard Webhooks id and timestamp, and, when
-/// the target has a secret, both signatures (`webhook-signature` and the guide's header).
-/// `webhook-id` is the event id, the same on every attempt, so receivers can drop repeats.
+/// The headers of one attempt: content type, the Standard Webhooks id and timestamp, the
+/// endpoint's extra headers and, when it has a secret, both signatures. During a rotation
+/// overlap `webhook-signature` carries one signature per secret, space-separated, as Standard
+/// Webhooks specifies; the guide's header carries the current secret's. `webhook-id` is the
+/// event id, the same on every attempt, so receivers can drop repeats.
 pub fn signed_headers(
     target: &Target,
     event_id: &EventId,
     timestamp_s: i64,
     body: &[u8],
 ) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(6);
+    let mut headers = HeaderMap::with_capacity(6 + target.headers.len());
+    for (name, value) in &target.headers {
+        // Validated when the endpoint was saved.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(value) = HeaderValue::from_str(event_id.as_str()) {
         headers.insert(HeaderName::from_static("webhook-id"), value);
@@ -86,7 +167,19 @@ pub fn signed_headers(
         HeaderValue::from(timestamp_s),
     );
     if let Some(secret) = &target.secret {
-        let standard = signing::standard_signature(secret, event_id.as_str(), timestamp_s, body);
+        let mut standard =
+            signing::standard_signature(secret, event_id.as_str(), timestamp_s, body);
+        if let Some((previous, until_ms)) = &target.previous_secret
+            && timestamp_s * 1000 < *until_ms
+        {
+            standard.push(' ');
+            standard.push_str(&signing::standard_signature(
+                previous,
+                event_id.as_str(),
+                timestamp_s,
+                body,
+            ));
+        }
         let legacy = signing::legacy_signature(secret, target.signature_algorithm, body);
         if let Ok(value) = HeaderValue::from_str(&standard) {
             headers.insert(HeaderName::from_static("webhook-signature"), value);

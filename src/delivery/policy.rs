@@ -60,7 +60,9 @@ impl RetryPolicy {
     /// `attempts_made` counts the attempt that just failed (1 after the first). `jitter` is a
     /// number in `[0, 1)`; it spreads the exponential delay over ±25% so that deliveries which
     /// failed together do not all retry in the same instant. A `Retry-After` from the receiver
-    /// replaces the computed delay, capped at `max_delay`.
+    /// replaces the computed delay, bounded below by one second (or the base delay, if
+    /// shorter), so `Retry-After: 0` cannot burn the budget in a burst, and above by
+    /// `max_delay`.
     pub fn next_delay(
         &self,
         attempts_made: u32,
@@ -75,12 +77,20 @@ impl RetryPolicy {
             ..
         } = failure
         {
-            return Some((*wait).min(self.max_delay));
+            return Some(self.bound_retry_after(*wait));
         }
         let exponent = attempts_made.saturating_sub(1).min(30);
         let exponential = self.base_delay.saturating_mul(1 << exponent);
         let factor = 0.75 + 0.5 * jitter.clamp(0.0, 1.0);
         Some(exponential.mul_f64(factor).min(self.max_delay))
+    }
+}
+
+impl RetryPolicy {
+    /// A receiver's requested wait, within `[min(1 s, base_delay), max_delay]`.
+    pub fn bound_retry_after(&self, wait: Duration) -> Duration {
+        let floor = self.base_delay.min(Duration::from_secs(1));
+        wait.max(floor).min(self.max_delay.max(floor))
     }
 }
 
@@ -180,6 +190,11 @@ mod tests {
         assert_eq!(
             POLICY.next_delay(1, &asked(86_400), 0.9),
             Some(Duration::from_secs(3600))
+        );
+        // `Retry-After: 0` cannot turn the retries into a burst.
+        assert_eq!(
+            POLICY.next_delay(1, &asked(0), 0.9),
+            Some(Duration::from_secs(1))
         );
         // Retry-After does not extend the budget.
         assert_eq!(POLICY.next_delay(4, &asked(5), 0.9), None);

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use super::{HttpSender, Target, signed_headers};
+use super::{AddressPolicy, HttpSender, Target, signed_headers};
 use crate::{
     domain::{EventId, EventType},
     ingest::generic_payload,
@@ -46,10 +46,12 @@ fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Probes `target`; with `require_https`, a plain `http://` URL fails the first step.
+/// Probes `target`; with `require_https`, a plain `http://` URL fails the first step, and an
+/// address the policy refuses fails the `dns` step.
 pub async fn probe(
     target: &Target,
     require_https: bool,
+    policy: &AddressPolicy,
     sender: &HttpSender,
     now_ms: i64,
 ) -> ProbeReport {
@@ -115,12 +117,19 @@ pub async fn probe(
         }
     };
     let listed: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
+    let blocked = addresses.iter().find_map(|a| policy.check(a.ip()).err());
     report.steps.push(ProbeStep {
         step: "dns",
-        ok: !addresses.is_empty(),
-        detail: format!("{host} → {}", listed.join(", ")),
+        ok: !addresses.is_empty() && blocked.is_none(),
+        detail: match &blocked {
+            Some(blocked) => blocked.to_string(),
+            None => format!("{host} → {}", listed.join(", ")),
+        },
         duration_ms: elapsed_ms(started),
     });
+    if blocked.is_some() {
+        return report;
+    }
     let Some(first) = addresses.first().copied() else {
         return report;
     };

@@ -4,13 +4,18 @@
 //! record the results) and is what tests drive. [`Worker::run`] is the production loop built
 //! from the same steps: it keeps up to `concurrency` attempts in flight (at most
 //! `endpoint_concurrency` per endpoint, so one slow receiver cannot occupy every slot), claims
-//! more as slots free up, and sleeps only when nothing is due: until the next due time, a poll
-//! tick, or a wake-up from ingest, whichever comes first.
+//! more as slots free up, and sleeps only when nothing is due: until the next due time, the
+//! next free slot of a rate limit, a circuit's probe time, a poll tick, or a wake-up from
+//! ingest, whichever comes first.
+//!
+//! Per endpoint it keeps a rate limiter ([`Throttle`]) and a circuit breaker: claims are
+//! limited to what the rate allows, an open circuit claims nothing until its cool-down is over
+//! and then a single probe. Health is written with every attempt, so `endpoints show` sees it.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::{Duration, Instant, UNIX_EPOCH},
@@ -20,11 +25,19 @@ use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::{Failure, HttpSender, SendError, Target, parse_retry_after, signed_headers};
+use super::{
+    CircuitPolicy, Failure, HttpSender, SendError, Signal, Target, Throttle, after_attempt,
+    parse_retry_after, probe_due, signed_headers,
+};
 use crate::{
     clock::{Clock, millis},
+    config::Config,
     domain::{DeliveryId, EndpointId},
-    store::{AttemptRecord, ClaimedDelivery, LeaseToken, NextState, Store, StoreError},
+    endpoints::{CircuitState, EndpointHealth},
+    ingest::rfc3339,
+    store::{
+        AttemptRecord, ClaimedDelivery, HealthUpdate, LeaseToken, NextState, Store, StoreError,
+    },
 };
 
 /// What one attempt led to.
@@ -37,9 +50,15 @@ pub enum Outcome {
         /// When the next attempt is due.
         at_ms: i64,
     },
+    /// The receiver was busy (429) or a circuit probe failed: tried again at this time
+    /// without spending the retry budget.
+    Throttled {
+        /// When the next attempt is due.
+        at_ms: i64,
+    },
     /// It failed for good and is now in the dead-letter queue.
     DeadLettered,
-    /// Its endpoint is no longer configured; the delivery went back to the queue untouched.
+    /// Its endpoint is gone or disabled; the delivery went back to the queue untouched.
     Released,
 }
 
@@ -50,10 +69,19 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Attempts in flight at once, per endpoint.
     pub endpoint_concurrency: usize,
-    /// Longest idle sleep before looking for work queued by another process.
+    /// Longest idle sleep before looking for work queued by another process; also how often
+    /// endpoint settings are re-read.
     pub poll_interval: Duration,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_grace: Duration,
+}
+
+/// What the worker keeps per endpoint.
+struct EndpointRuntime {
+    target: Target,
+    enabled: bool,
+    throttle: Option<Throttle>,
+    health: EndpointHealth,
 }
 
 /// Claims, sends and records deliveries.
@@ -61,9 +89,12 @@ pub struct Worker {
     store: Arc<dyn Store>,
     sender: HttpSender,
     clock: Arc<dyn Clock>,
-    targets: Vec<Target>,
+    config: Arc<Config>,
     wake: Arc<Notify>,
     settings: WorkerSettings,
+    endpoints: Mutex<HashMap<EndpointId, EndpointRuntime>>,
+    refreshed_at_ms: AtomicI64,
+    refresh_requested: AtomicBool,
     last_beat_ms: AtomicI64,
     running: AtomicBool,
 }
@@ -71,7 +102,7 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("targets", &self.targets)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -83,13 +114,20 @@ struct InFlight {
     endpoint: EndpointId,
 }
 
+/// A claim to make for one endpoint.
+struct Want {
+    endpoint: EndpointId,
+    slots: usize,
+    probe: bool,
+}
+
 impl Worker {
-    /// A worker delivering to `targets`; `wake` is notified by ingest when work arrives.
+    /// A worker for the endpoints in `store`; `wake` is notified by ingest when work arrives.
     pub fn new(
         store: Arc<dyn Store>,
         sender: HttpSender,
         clock: Arc<dyn Clock>,
-        targets: Vec<Target>,
+        config: Arc<Config>,
         wake: Arc<Notify>,
         settings: WorkerSettings,
     ) -> Self {
@@ -97,9 +135,12 @@ impl Worker {
             store,
             sender,
             clock,
-            targets,
+            config,
             wake,
             settings,
+            endpoints: Mutex::new(HashMap::new()),
+            refreshed_at_ms: AtomicI64::new(i64::MIN),
+            refresh_requested: AtomicBool::new(true),
             last_beat_ms: AtomicI64::new(0),
             running: AtomicBool::new(false),
         }
@@ -112,53 +153,195 @@ impl Worker {
             && self.clock.now_ms() - self.last_beat_ms.load(Ordering::Relaxed) < stale_after
     }
 
+    /// Asks the worker to re-read endpoint settings before its next claim, and wakes it.
+    pub fn endpoints_changed(&self) {
+        self.refresh_requested.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn runtimes(&self) -> std::sync::MutexGuard<'_, HashMap<EndpointId, EndpointRuntime>> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Re-reads endpoints when asked to or when the poll interval has passed.
+    async fn refresh(&self) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let due = self.refresh_requested.swap(false, Ordering::SeqCst)
+            || now.saturating_sub(self.refreshed_at_ms.load(Ordering::Relaxed))
+                >= millis(self.settings.poll_interval);
+        if !due {
+            return Ok(());
+        }
+        let endpoints = match self.store.endpoints().await {
+            Ok(endpoints) => endpoints,
+            Err(e) => {
+                self.refresh_requested.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let mut runtimes = self.runtimes();
+        let mut next = HashMap::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let target = Target::from_endpoint(&endpoint, &self.config);
+            let previous = runtimes.remove(&endpoint.id);
+            // Keep the limiter's schedule unless the limit itself changed.
+            let throttle = match (previous.and_then(|p| p.throttle), target.rate_limit) {
+                (Some(throttle), Some(limit)) if throttle.limit() == limit => Some(throttle),
+                (_, limit) => limit.map(Throttle::new),
+            };
+            next.insert(
+                endpoint.id.clone(),
+                EndpointRuntime {
+                    enabled: endpoint.enabled,
+                    health: endpoint.health,
+                    throttle,
+                    target,
+                },
+            );
+        }
+        *runtimes = next;
+        self.refreshed_at_ms.store(now, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// A claim must outlive the attempt and its recording, or a second worker could take the
     /// delivery while the first is still sending it.
     fn lease_ms(&self) -> i64 {
-        self.targets
-            .iter()
-            .map(|t| millis(t.timeout) * 2 + 5_000)
+        let longest = self
+            .runtimes()
+            .values()
+            .map(|r| r.target.timeout)
             .max()
-            .unwrap_or(5_000)
+            .unwrap_or(self.config.timeout);
+        millis(longest) * 2 + 5_000
     }
 
-    fn target(&self, endpoint: &EndpointId) -> Option<&Target> {
-        self.targets.iter().find(|t| &t.id == endpoint)
+    /// What to claim now, per endpoint, within the concurrency, rate and circuit limits.
+    fn plan(
+        &self,
+        in_flight: &HashMap<EndpointId, usize>,
+        total_in_flight: usize,
+        now: i64,
+    ) -> Vec<Want> {
+        if !self.config.webhook_enabled {
+            return Vec::new();
+        }
+        let lease = self.lease_ms();
+        let mut free = self.settings.concurrency.saturating_sub(total_in_flight);
+        let mut wants = Vec::new();
+        for (id, runtime) in self.runtimes().iter() {
+            if !runtime.enabled || free == 0 {
+                continue;
+            }
+            let busy = in_flight.get(id).copied().unwrap_or(0);
+            let (mut slots, probe) = match runtime.health.circuit {
+                CircuitState::Closed => (
+                    self.settings.endpoint_concurrency.saturating_sub(busy),
+                    false,
+                ),
+                CircuitState::Open
+                    if busy == 0 && probe_due(&runtime.health, runtime.target.circuit, now) =>
+                {
+                    (1, true)
+                }
+                // A probe whose worker vanished: allow another once its lease is over.
+                CircuitState::HalfOpen
+                    if busy == 0
+                        && runtime
+                            .health
+                            .circuit_changed_at_ms
+                            .is_none_or(|at| now >= at + lease) =>
+                {
+                    (1, true)
+                }
+                CircuitState::Open | CircuitState::HalfOpen => continue,
+            };
+            if let Some(throttle) = &runtime.throttle {
+                slots = slots.min(throttle.available(now));
+            }
+            slots = slots.min(free);
+            if slots > 0 {
+                free -= slots;
+                wants.push(Want {
+                    endpoint: id.clone(),
+                    slots,
+                    probe,
+                });
+            }
+        }
+        wants
     }
 
-    /// Claims due deliveries for every target with free slots.
+    /// Claims due deliveries for every endpoint with room; returns them and how many were asked.
     async fn claim(
         &self,
         in_flight: &HashMap<EndpointId, usize>,
         total_in_flight: usize,
     ) -> Result<(Vec<ClaimedDelivery>, usize), StoreError> {
-        let mut free = self.settings.concurrency.saturating_sub(total_in_flight);
-        let mut wanted = Vec::new();
-        for target in &self.targets {
-            let busy = in_flight.get(&target.id).copied().unwrap_or(0);
-            let slots = self
-                .settings
-                .endpoint_concurrency
-                .saturating_sub(busy)
-                .min(free);
-            if slots > 0 {
-                free -= slots;
-                wanted.push((target.id.clone(), slots));
-            }
+        if let Err(e) = self.refresh().await {
+            warn!(error = %e, "could not re-read endpoints; using the last known settings");
         }
-        let requested = wanted.iter().map(|(_, n)| n).sum();
+        let now = self.clock.now_ms();
+        let wants = self.plan(in_flight, total_in_flight, now);
+        let requested = wants.iter().map(|w| w.slots).sum();
         if requested == 0 {
             return Ok((Vec::new(), 0));
         }
         let claimed = self
             .store
-            .claim_due(self.clock.now_ms(), self.lease_ms(), wanted)
+            .claim_due(
+                now,
+                self.lease_ms(),
+                wants
+                    .iter()
+                    .map(|w| (w.endpoint.clone(), w.slots))
+                    .collect(),
+            )
             .await?;
+
+        let mut probes = Vec::new();
+        {
+            let mut runtimes = self.runtimes();
+            for want in &wants {
+                let count = claimed
+                    .iter()
+                    .filter(|c| c.endpoint_id == want.endpoint)
+                    .count();
+                let Some(runtime) = runtimes.get_mut(&want.endpoint) else {
+                    continue;
+                };
+                if let Some(throttle) = &mut runtime.throttle {
+                    throttle.take(now, count);
+                }
+                if want.probe && count > 0 {
+                    runtime.health.circuit = CircuitState::HalfOpen;
+                    runtime.health.circuit_changed_at_ms = Some(now);
+                    info!(endpoint = %want.endpoint, "circuit half-open: sending one probe delivery");
+                    probes.push(HealthUpdate {
+                        endpoint_id: want.endpoint.clone(),
+                        health: runtime.health,
+                        disable: None,
+                    });
+                }
+            }
+        }
+        if !probes.is_empty() {
+            // Persisted so that `endpoints show` (and other instances) see the probe.
+            self.store.record_attempts(Vec::new(), probes, now).await?;
+        }
         Ok((claimed, requested))
     }
 
     /// Sends one claimed delivery and decides what follows, without touching the store.
-    async fn attempt(&self, target: &Target, delivery: &ClaimedDelivery) -> AttemptRecord {
+    async fn attempt(
+        &self,
+        target: &Target,
+        probing: bool,
+        delivery: &ClaimedDelivery,
+    ) -> (AttemptRecord, Signal) {
         let started_at_ms = self.clock.now_ms();
         let headers = signed_headers(
             target,
@@ -167,24 +350,43 @@ impl Worker {
             &delivery.payload,
         );
         let started = Instant::now();
-        let result = self
-            .sender
-            .post(
-                &target.url,
-                headers,
-                delivery.payload.clone(),
-                target.timeout,
-            )
-            .await;
+        let result = if target.require_https && !target.url.is_https() {
+            Err(None)
+        } else {
+            self.sender
+                .post(
+                    &target.url,
+                    headers,
+                    delivery.payload.clone(),
+                    target.timeout,
+                )
+                .await
+                .map_err(Some)
+        };
         let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let now_ms = self.clock.now_ms();
         let wall_now = UNIX_EPOCH + Duration::from_millis(u64::try_from(now_ms).unwrap_or(0));
+        let attempts_made = delivery.attempts + 1;
 
-        let (status_code, response_snippet, failure) = match result {
-            Ok(response) if response.status.is_success() => {
-                (Some(response.status.as_u16()), Some(response.snippet), None)
-            }
+        let mut record = AttemptRecord {
+            delivery_id: delivery.id.clone(),
+            lease: delivery.lease,
+            attempt_no: delivery.total_attempts + 1,
+            started_at_ms,
+            duration_ms,
+            status_code: None,
+            error_kind: None,
+            error_detail: None,
+            response_snippet: None,
+            next: NextState::Delivered,
+        };
+        let failure = match result {
             Ok(response) => {
+                record.status_code = Some(response.status.as_u16());
+                record.response_snippet = Some(response.snippet);
+                if response.status.is_success() {
+                    return (record, Signal::Success);
+                }
                 let code = response.status.as_u16();
                 let mut detail = format!("HTTP {}", response.status);
                 if response.status.is_redirection() {
@@ -200,81 +402,136 @@ impl Worker {
                     .retry_after
                     .as_deref()
                     .and_then(|value| parse_retry_after(value, wall_now));
-                (
-                    Some(code),
-                    Some(response.snippet),
-                    Some((Failure::Status { code, retry_after }, detail)),
-                )
+                (Failure::Status { code, retry_after }, detail)
             }
-            Err(error) => {
+            Err(None) => {
+                record.error_kind = Some("insecure".into());
+                record.error_detail =
+                    Some("the endpoint URL is http:// while REQUIRE_HTTPS=true".into());
+                record.next = NextState::DeadLetter;
+                return (record, Signal::Neutral);
+            }
+            Err(Some(SendError::Blocked(blocked))) => {
+                record.error_kind = Some("blocked".into());
+                record.error_detail = Some(blocked.to_string());
+                record.next = NextState::DeadLetter;
+                return (record, Signal::Neutral);
+            }
+            Err(Some(error)) => {
                 let failure = match &error {
                     SendError::Timeout(_) => Failure::Timeout,
                     SendError::Connect(_) => Failure::Connect,
-                    SendError::Network(_) => Failure::Network,
+                    SendError::Network(_) | SendError::Blocked(_) => Failure::Network,
                 };
-                (None, None, Some((failure, error.to_string())))
+                (failure, error.to_string())
             }
         };
+        let (failure, detail) = failure;
+        record.error_kind = Some(failure.kind().to_owned());
+        let jitter: f64 = rand::random();
 
-        let attempts_made = delivery.attempts + 1;
-        let (next, error_kind, error_detail) = match failure {
-            None => (NextState::Delivered, None, None),
-            Some((failure, detail)) => {
-                let next = match target
-                    .policy
-                    .next_delay(attempts_made, &failure, rand::random())
-                {
-                    Some(delay) => NextState::RetryAt(now_ms + millis(delay)),
-                    None => NextState::DeadLetter,
-                };
-                let detail = if next == NextState::DeadLetter && failure.is_retryable() {
-                    format!("retries exhausted after {attempts_made} attempts; last: {detail}")
-                } else {
-                    detail
-                };
-                (next, Some(failure.kind().to_owned()), Some(detail))
-            }
-        };
-        AttemptRecord {
-            delivery_id: delivery.id.clone(),
-            lease: delivery.lease,
-            attempt_no: delivery.total_attempts + 1,
-            started_at_ms,
-            duration_ms,
-            status_code,
-            error_kind,
-            error_detail,
-            response_snippet,
-            next,
+        if let Failure::Status {
+            code: 429,
+            retry_after,
+        } = failure
+        {
+            // Busy, not broken: come back later without spending the budget.
+            let wait = retry_after
+                .map(|wait| target.policy.bound_retry_after(wait))
+                .or_else(|| target.policy.next_delay(1, &Failure::Timeout, jitter))
+                .unwrap_or(target.policy.base_delay);
+            record.next = NextState::Throttled(now_ms + millis(wait));
+            record.error_detail = Some(detail);
+            return (record, Signal::Neutral);
         }
+        if probing && failure.is_retryable() {
+            // A failed probe re-opens the circuit; the delivery waits for the next probe
+            // instead of spending its budget against an endpoint known to be down.
+            record.next = NextState::Throttled(now_ms + target.circuit.cooldown_ms);
+            record.error_detail = Some(format!("{detail} (circuit probe)"));
+            return (record, Signal::Failure);
+        }
+        record.next = match target.policy.next_delay(attempts_made, &failure, jitter) {
+            Some(delay) => NextState::RetryAt(now_ms + millis(delay)),
+            None => NextState::DeadLetter,
+        };
+        record.error_detail = Some(
+            if record.next == NextState::DeadLetter && failure.is_retryable() {
+                format!("retries exhausted after {attempts_made} attempts; last: {detail}")
+            } else {
+                detail
+            },
+        );
+        (record, Signal::Failure)
     }
 
-    /// Attempts one claimed delivery and records the result.
+    /// Attempts one claimed delivery and records the result with the endpoint's new health.
     pub async fn deliver(&self, delivery: ClaimedDelivery) -> Result<Outcome, StoreError> {
-        let Some(target) = self.target(&delivery.endpoint_id) else {
+        let found = self
+            .runtimes()
+            .get(&delivery.endpoint_id)
+            .and_then(|runtime| {
+                runtime.enabled.then(|| {
+                    (
+                        runtime.target.clone(),
+                        runtime.health.circuit == CircuitState::HalfOpen,
+                    )
+                })
+            });
+        let Some((target, probing)) = found else {
             self.store
                 .release(vec![(delivery.id, delivery.lease)], self.clock.now_ms())
                 .await?;
             return Ok(Outcome::Released);
         };
-        let record = self.attempt(target, &delivery).await;
+        let (record, signal) = self.attempt(&target, probing, &delivery).await;
+        let now = self.clock.now_ms();
         let outcome = match record.next {
             NextState::Delivered => Outcome::Delivered,
             NextState::RetryAt(at_ms) => Outcome::Retrying { at_ms },
+            NextState::Throttled(at_ms) => Outcome::Throttled { at_ms },
             NextState::DeadLetter => Outcome::DeadLettered,
         };
-        let latency_ms = self.clock.now_ms() - delivery.event_created_at_ms;
+
+        let health_update = {
+            let mut runtimes = self.runtimes();
+            runtimes.get_mut(&delivery.endpoint_id).map(|runtime| {
+                let before = runtime.health;
+                runtime.health = after_attempt(before, signal, target.circuit, now);
+                if let (Some(throttle), NextState::Throttled(until), Some(429)) =
+                    (&mut runtime.throttle, record.next, record.status_code)
+                {
+                    // The receiver asked everyone to wait, not just this delivery.
+                    throttle.pause_until(until);
+                }
+                self.log_circuit_change(&target.id, before, runtime.health, target.circuit);
+                let disable =
+                    self.disable_reason(&runtime.health, record.error_detail.as_deref(), now);
+                if let Some(reason) = &disable {
+                    runtime.enabled = false;
+                    warn!(endpoint = %target.id, reason, "endpoint disabled");
+                }
+                HealthUpdate {
+                    endpoint_id: delivery.endpoint_id.clone(),
+                    health: runtime.health,
+                    disable,
+                }
+            })
+        };
+
+        let latency_ms = now - delivery.event_created_at_ms;
         match outcome {
             Outcome::Delivered => info!(
                 event_id = %delivery.event_id, delivery_id = %delivery.id, endpoint = %target.id,
                 attempt = record.attempt_no, status = record.status_code, duration_ms = record.duration_ms,
                 latency_ms, "delivered"
             ),
-            Outcome::Retrying { at_ms } => warn!(
+            Outcome::Retrying { at_ms } | Outcome::Throttled { at_ms } => warn!(
                 event_id = %delivery.event_id, delivery_id = %delivery.id, endpoint = %target.id,
                 attempt = record.attempt_no, status = record.status_code, duration_ms = record.duration_ms,
                 error = record.error_detail.as_deref().unwrap_or_default(),
-                retry_in_ms = at_ms - self.clock.now_ms(), "attempt failed; will retry"
+                throttled = matches!(outcome, Outcome::Throttled { .. }),
+                retry_in_ms = at_ms - now, "attempt failed; will retry"
             ),
             Outcome::DeadLettered | Outcome::Released => error!(
                 event_id = %delivery.event_id, delivery_id = %delivery.id, endpoint = %target.id,
@@ -283,13 +540,55 @@ impl Worker {
             ),
         }
         self.store
-            .record_attempts(vec![record], self.clock.now_ms())
+            .record_attempts(vec![record], health_update.into_iter().collect(), now)
             .await?;
         Ok(outcome)
     }
 
-    /// One round: claims everything due (up to the concurrency limits), attempts it all
-    /// concurrently, records the results, and returns what happened to each.
+    fn log_circuit_change(
+        &self,
+        endpoint: &EndpointId,
+        before: EndpointHealth,
+        after: EndpointHealth,
+        policy: CircuitPolicy,
+    ) {
+        if before.circuit == after.circuit {
+            return;
+        }
+        match after.circuit {
+            CircuitState::Open => warn!(
+                endpoint = %endpoint,
+                consecutive_failures = after.consecutive_failures,
+                cooldown_ms = policy.cooldown_ms,
+                "circuit opened: deliveries to this endpoint wait for a probe"
+            ),
+            CircuitState::Closed => {
+                info!(endpoint = %endpoint, "circuit closed: deliveries resume")
+            }
+            CircuitState::HalfOpen => {}
+        }
+    }
+
+    /// Disables an endpoint that has failed continuously for longer than allowed.
+    fn disable_reason(
+        &self,
+        health: &EndpointHealth,
+        last_error: Option<&str>,
+        now: i64,
+    ) -> Option<String> {
+        let after = self.config.endpoint_disable_after?;
+        let since = health.failing_since_ms?;
+        (now - since >= millis(after)).then(|| {
+            format!(
+                "failing continuously since {} (last error: {})",
+                rfc3339(since),
+                last_error.unwrap_or("unknown")
+            )
+        })
+    }
+
+    /// One round: claims everything due (up to the limits), attempts it all concurrently,
+    /// records the results, and returns what happened to each.
     pub async fn run_once(self: &Arc<Self>) -> Result<Vec<Outcome>, StoreError> {
         let (claimed, _) = self.claim(&HashMap::new(), 0).await?;
         let mut attempts = JoinSet::new();
@@ -307,27 +606,61 @@ impl Worker {
         Ok(outcomes)
     }
 
-    /// How long an idle loop may sleep.
-    async fn idle_wait(&self) -> Duration {
+    /// How long an idle loop may sleep: until the earliest moment something could be claimed.
+    async fn idle_wait(&self, in_flight: &HashMap<EndpointId, usize>) -> Duration {
         let poll = self.settings.poll_interval;
-        let endpoints = self
-            .targets
+        let candidates: Vec<EndpointId> = self
+            .runtimes()
             .iter()
-            .map(|t| t.id.clone())
-            .collect::<Vec<_>>();
-        if endpoints.is_empty() {
+            .filter(|(id, r)| {
+                r.enabled
+                    && in_flight.get(*id).copied().unwrap_or(0) < self.settings.endpoint_concurrency
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let total_in_flight: usize = in_flight.values().sum();
+        // At the global cap nothing can be claimed: a completion (or ingest) wakes the loop.
+        if candidates.is_empty()
+            || !self.config.webhook_enabled
+            || total_in_flight >= self.settings.concurrency
+        {
             return poll;
         }
-        match self.store.next_due_ms(endpoints).await {
-            Ok(Some(due)) => {
-                let wait = u64::try_from(due - self.clock.now_ms()).unwrap_or(0);
-                Duration::from_millis(wait).min(poll)
-            }
-            Ok(None) => poll,
+        let due = match self.store.next_due(candidates).await {
+            Ok(due) => due,
             Err(e) => {
                 warn!(error = %e, "could not read the next due time");
-                poll
+                return poll;
             }
+        };
+        let now = self.clock.now_ms();
+        let runtimes = self.runtimes();
+        let earliest = due
+            .into_iter()
+            .filter_map(|(id, due_at)| {
+                let runtime = runtimes.get(&id)?;
+                let gate = match runtime.health.circuit {
+                    CircuitState::Closed => now,
+                    CircuitState::Open => runtime
+                        .health
+                        .circuit_changed_at_ms
+                        .map_or(now, |at| at + runtime.target.circuit.cooldown_ms),
+                    // Its probe's completion wakes the loop.
+                    CircuitState::HalfOpen => return None,
+                };
+                let gate = runtime
+                    .throttle
+                    .as_ref()
+                    .map_or(gate, |t| gate.max(t.next_free_ms(now)));
+                Some(due_at.max(gate))
+            })
+            .min();
+        match earliest {
+            // Never spin: something due that could not be claimed gets a short breather.
+            Some(at) => {
+                Duration::from_millis(u64::try_from(at - now).unwrap_or(0).max(1)).min(poll)
+            }
+            None => poll,
         }
     }
 
@@ -336,14 +669,11 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         self.running.store(true, Ordering::Relaxed);
         info!(
-            targets = self.targets.len(),
             concurrency = self.settings.concurrency,
             "delivery worker started"
         );
-        if self.targets.is_empty() {
-            info!(
-                "no endpoint to deliver to (ZAPIER_WEBHOOK_URL unset or ENABLE_WEBHOOK=false); events are stored until one is configured"
-            );
+        if !self.config.webhook_enabled {
+            info!("ENABLE_WEBHOOK=false: events are stored and sent once it is true again");
         }
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
@@ -366,7 +696,7 @@ impl Worker {
                 finished(id, &mut in_flight, &mut per_endpoint);
             }
 
-            let claimed = match self.claim(&per_endpoint, tasks.len()).await {
+            let (claimed, requested) = match self.claim(&per_endpoint, tasks.len()).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     error!(error = %e, "claiming deliveries failed");
@@ -376,7 +706,6 @@ impl Worker {
                     }
                 }
             };
-            let (claimed, requested) = claimed;
             let saturated = requested > 0 && claimed.len() == requested;
             for delivery in claimed {
                 let endpoint = delivery.endpoint_id.clone();
@@ -399,7 +728,7 @@ impl Worker {
                 continue;
             }
 
-            let wait = self.idle_wait().await;
+            let wait = self.idle_wait(&per_endpoint).await;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}

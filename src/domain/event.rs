@@ -164,9 +164,16 @@ impl IdempotencyKey {
     }
 
     /// The key for item `index` of a batch sent under this key, so that a retried batch is
-    /// recognised item by item.
+    /// recognised item by item. The space cannot occur in a client's key, so no single key
+    /// can collide with a batch item's.
     pub fn for_item(&self, index: usize) -> Self {
-        Self(format!("{}#{index}", self.0))
+        Self(format!("{} #{index}", self.0))
+    }
+
+    /// The key as stored: scoped by event type, so a usage event and an alert sent with the
+    /// same key are different events.
+    pub fn scoped(&self, event_type: &EventType) -> String {
+        format!("{} {}", event_type.as_str(), self.0)
     }
 
     /// The key as text.
@@ -251,6 +258,15 @@ mod tests {
             assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
         }
         let key = IdempotencyKey::parse("batch").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(key.for_item(2).as_str(), "batch#2");
+        assert_eq!(key.for_item(2).as_str(), "batch #2");
+        assert_ne!(
+            key.for_item(0).as_str(),
+            IdempotencyKey::parse("batch#0")
+                .map(|k| k.0)
+                .unwrap_or_default()
+        );
+        let usage = EventType::usage_tracked();
+        let alert = EventType::parse("alert.fired").unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(key.scoped(&usage), key.scoped(&alert));
     }
 }

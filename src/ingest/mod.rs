@@ -15,9 +15,7 @@ pub use self::payload::{
 use crate::{
     clock::Clock,
     config::QueryMode,
-    domain::{
-        EndpointId, EventId, EventType, GenericEvent, IdempotencyKey, InvalidEvent, UsageEvent,
-    },
+    domain::{EventId, EventType, GenericEvent, IdempotencyKey, InvalidEvent, UsageEvent},
     store::{Ingested, NewEvent, Store, StoreError},
 };
 
@@ -44,32 +42,30 @@ pub struct Ingestor {
     clock: Arc<dyn Clock>,
     wake: Arc<Notify>,
     query_mode: QueryMode,
-    endpoints: Vec<EndpointId>,
 }
 
 impl std::fmt::Debug for Ingestor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ingestor")
-            .field("endpoints", &self.endpoints)
+            .field("query_mode", &self.query_mode)
             .finish_non_exhaustive()
     }
 }
 
 impl Ingestor {
-    /// An ingestor that fans every event out to `endpoints`.
+    /// An ingestor; the store fans each event out to the enabled endpoints whose filter
+    /// matches its type.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         wake: Arc<Notify>,
         query_mode: QueryMode,
-        endpoints: Vec<EndpointId>,
     ) -> Self {
         Self {
             store,
             clock,
             wake,
             query_mode,
-            endpoints,
         }
     }
 
@@ -109,14 +105,14 @@ impl Ingestor {
                 let id = EventId::generate();
                 let payload = usage_payload(&id, now, &event, self.query_mode);
                 NewEvent {
-                    idempotency_key: key
-                        .as_ref()
-                        .map(|k| if single { k.clone() } else { k.for_item(index) }),
+                    idempotency_key: key.as_ref().map(|k| {
+                        let key = if single { k.clone() } else { k.for_item(index) };
+                        key.scoped(&EventType::usage_tracked())
+                    }),
                     session_id: Some(event.session_id),
                     event_type: EventType::usage_tracked(),
                     payload: Bytes::from(payload),
                     created_at_ms: now,
-                    endpoints: self.endpoints.clone(),
                     id,
                 }
             })
@@ -132,12 +128,11 @@ impl Ingestor {
         let stored = self
             .store_events(vec![NewEvent {
                 id,
+                idempotency_key: event.idempotency_key.map(|k| k.scoped(&event.event_type)),
                 event_type: event.event_type,
-                idempotency_key: event.idempotency_key,
                 session_id: None,
                 payload: Bytes::from(payload),
                 created_at_ms: now,
-                endpoints: self.endpoints.clone(),
             }])
             .await?;
         stored.into_iter().next().ok_or_else(|| {

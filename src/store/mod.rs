@@ -14,7 +14,10 @@ use bytes::Bytes;
 use serde::Serialize;
 
 pub use self::sqlite::SqliteStore;
-use crate::domain::{DeliveryId, EndpointId, EventId, EventType, IdempotencyKey};
+use crate::{
+    domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
+    endpoints::{Endpoint, EndpointHealth},
+};
 
 /// A storage operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,16 +47,14 @@ pub struct NewEvent {
     pub id: EventId,
     /// Its type, e.g. `usage.tracked`.
     pub event_type: EventType,
-    /// The client's idempotency key, if any.
-    pub idempotency_key: Option<IdempotencyKey>,
+    /// The client's idempotency key, scoped by event type ([`crate::domain::IdempotencyKey::scoped`]).
+    pub idempotency_key: Option<String>,
     /// The gateway session of a usage event.
     pub session_id: Option<String>,
     /// The exact bytes every delivery will send: serialized once, signed as is.
     pub payload: Bytes,
     /// When it was accepted, unix ms.
     pub created_at_ms: i64,
-    /// One delivery is created per endpoint listed here.
-    pub endpoints: Vec<EndpointId>,
 }
 
 /// The outcome of storing one event.
@@ -101,6 +102,20 @@ pub enum NextState {
     RetryAt(i64),
     /// Give up: move it to the dead-letter queue.
     DeadLetter,
+    /// The receiver is busy (429) or its circuit is probing: try again at this time without
+    /// spending the retry budget.
+    Throttled(i64),
+}
+
+/// An endpoint's health after an attempt, written in the same transaction.
+#[derive(Debug, Clone)]
+pub struct HealthUpdate {
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Its new health.
+    pub health: EndpointHealth,
+    /// Set when the endpoint is to be disabled, with the reason.
+    pub disable: Option<String>,
 }
 
 /// One finished attempt and what follows from it.
@@ -177,6 +192,8 @@ pub struct DeliverySummary {
     pub attempts: u32,
     /// Attempts ever made.
     pub total_attempts: u32,
+    /// Attempts rescheduled because the receiver was busy (429) or a circuit probe failed.
+    pub throttled: u32,
     /// Last HTTP status received.
     pub last_status: Option<u16>,
     /// Last failure reason.
@@ -259,10 +276,12 @@ pub trait Store: Send + Sync + 'static {
         wanted: Vec<(EndpointId, usize)>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
-    /// Records attempts and moves each delivery to its next state (only if still leased).
+    /// Records attempts and moves each delivery to its next state (only if still leased),
+    /// with the endpoints' new health, in one transaction.
     async fn record_attempts(
         &self,
         records: Vec<AttemptRecord>,
+        health: Vec<HealthUpdate>,
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
@@ -273,8 +292,36 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// When the earliest pending delivery of these endpoints falls due, unix ms.
-    async fn next_due_ms(&self, endpoints: Vec<EndpointId>) -> Result<Option<i64>, StoreError>;
+    /// When the earliest pending delivery of each of these endpoints falls due, unix ms
+    /// (endpoints with nothing pending are left out).
+    async fn next_due(
+        &self,
+        endpoints: Vec<EndpointId>,
+    ) -> Result<Vec<(EndpointId, i64)>, StoreError>;
+
+    /// Every endpoint, `ep_default` first.
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError>;
+
+    /// One endpoint.
+    async fn endpoint(&self, id: EndpointId) -> Result<Option<Endpoint>, StoreError>;
+
+    /// Creates an endpoint; false if the id exists.
+    async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError>;
+
+    /// Replaces an endpoint's settings (not its health); false if it does not exist.
+    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError>;
+
+    /// Deletes an endpoint with its pending and dead deliveries (delivered ones stay as
+    /// history); false if it did not exist.
+    async fn delete_endpoint(&self, id: EndpointId) -> Result<bool, StoreError>;
+
+    /// Makes `ep_default` mirror `ZAPIER_WEBHOOK_URL`: created or updated when set, disabled
+    /// (with its pending deliveries kept) when not.
+    async fn sync_default_endpoint(
+        &self,
+        url: Option<EndpointUrl>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
 
     /// Dead letters, newest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeliverySummary>, StoreError>;

@@ -19,19 +19,28 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AttemptRecord, AttemptView, ClaimedDelivery, DeliveryDetail, DeliveryStatus, DeliverySummary,
-    Ingested, LeaseToken, NewEvent, NextState, QueueCounts, Selection, Store, StoreError,
+    HealthUpdate, Ingested, LeaseToken, NewEvent, NextState, QueueCounts, Selection, Store,
+    StoreError,
 };
 use crate::{
     config::SqliteSync,
-    domain::{DeliveryId, EndpointId, EventId, EventType},
+    domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
+    endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
 };
 
 /// Versioned schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "delivery_core",
-    include_str!("../../migrations/sqlite/0001_delivery_core.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "delivery_core",
+        include_str!("../../migrations/sqlite/0001_delivery_core.sql"),
+    ),
+    (
+        2,
+        "endpoints",
+        include_str!("../../migrations/sqlite/0002_endpoints.sql"),
+    ),
+];
 
 /// Most jobs committed in one transaction; bounds how long one commit holds the lock.
 const MAX_GROUP: usize = 2048;
@@ -159,25 +168,40 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
         }
         let begun = conn
             .prepare_cached("BEGIN IMMEDIATE")
-            .and_then(|mut begin| begin.execute([]));
-        let finishes: Vec<Finish> = match begun {
-            Ok(_) => batch.drain(..).map(|job| job(Ok(&conn))).collect(),
-            Err(e) => {
-                let error = StoreError::from(e);
-                batch.drain(..).map(|job| job(Err(error.clone()))).collect()
+            .and_then(|mut begin| begin.execute([]))
+            .map(|_| ())
+            .map_err(StoreError::from);
+        // SQLite itself may roll the whole transaction back on some errors (disk full, I/O).
+        // Jobs that ran before that must not be told they succeeded, and later jobs must not
+        // run outside the transaction: the whole group fails.
+        let mut lost: Option<StoreError> = begun.as_ref().err().cloned();
+        let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            match &lost {
+                Some(error) => finishes.push(job(Err(error.clone()))),
+                None => {
+                    finishes.push(job(Ok(&conn)));
+                    if conn.is_autocommit() {
+                        lost = Some(StoreError::Database(
+                            "the database rolled the transaction back; nothing in it was stored"
+                                .into(),
+                        ));
+                    }
+                }
             }
-        };
-        let committed = if conn.is_autocommit() {
+        }
+        let committed = match (&begun, lost) {
             // BEGIN failed: each job already carries the error.
-            Ok(())
-        } else {
-            conn.prepare_cached("COMMIT")
+            (Err(_), _) => Ok(()),
+            (Ok(()), Some(error)) => Err(error),
+            (Ok(()), None) => conn
+                .prepare_cached("COMMIT")
                 .and_then(|mut commit| commit.execute([]))
                 .map(|_| ())
                 .map_err(|e| {
                     let _ = conn.execute_batch("ROLLBACK");
                     StoreError::from(e)
-                })
+                }),
         };
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = finishes.len(), "database commit failed");
@@ -278,7 +302,8 @@ impl SqliteStore {
 }
 
 const SUMMARY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, e.event_type, e.session_id, d.status, \
-     d.attempts, d.total_attempts, d.last_status, d.last_error, e.created_at, d.next_attempt_at, d.finished_at";
+     d.attempts, d.total_attempts, d.last_status, d.last_error, e.created_at, d.next_attempt_at, d.finished_at, \
+     d.throttled";
 
 fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
     let status = DeliveryStatus::from_db(&row.get::<_, String>(5)?);
@@ -298,7 +323,90 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
             .then(|| row.get(11))
             .transpose()?,
         finished_at_ms: row.get(12)?,
+        throttled: row.get(13)?,
     })
+}
+
+/// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
+const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
+
+const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, secret, previous_secret, previous_secret_until, \
+     headers, timeout_ms, max_retries, rate_limit, rate_burst, circuit_threshold, enabled, disabled_reason, \
+     managed_by_config, circuit_state, circuit_changed_at, consecutive_failures, failing_since, last_attempt_at, \
+     last_success_at, created_at, updated_at";
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn corrupt(column: usize, detail: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        detail.to_string().into(),
+    )
+}
+
+fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    let url: String = row.get(1)?;
+    let url = EndpointUrl::parse(&url).map_err(|e| corrupt(1, e))?;
+    let filter: EventFilter =
+        serde_json::from_str(&row.get::<_, String>(3)?).map_err(|e| corrupt(3, e))?;
+    let headers = serde_json::from_str(&row.get::<_, String>(7)?).map_err(|e| corrupt(7, e))?;
+    let rate_limit = match (
+        row.get::<_, Option<f64>>(10)?,
+        row.get::<_, Option<u32>>(11)?,
+    ) {
+        (Some(per_second), burst) => RateLimit::new(per_second, burst).ok(),
+        _ => None,
+    };
+    let circuit: CircuitState = row
+        .get::<_, String>(16)?
+        .parse()
+        .map_err(|e: String| corrupt(16, e))?;
+    Ok(Endpoint {
+        id: EndpointId::from_trusted(row.get(0)?),
+        url,
+        description: row.get(2)?,
+        filter,
+        secret: row.get(4)?,
+        previous_secret: row.get(5)?,
+        previous_secret_until_ms: row.get(6)?,
+        headers,
+        timeout: row
+            .get::<_, Option<i64>>(8)?
+            .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+        max_retries: row.get(9)?,
+        rate_limit,
+        circuit_threshold: row.get(12)?,
+        enabled: row.get(13)?,
+        disabled_reason: row.get(14)?,
+        managed_by_config: row.get(15)?,
+        health: EndpointHealth {
+            circuit,
+            circuit_changed_at_ms: row.get(17)?,
+            consecutive_failures: row.get(18)?,
+            failing_since_ms: row.get(19)?,
+            last_attempt_at_ms: row.get(20)?,
+            last_success_at_ms: row.get(21)?,
+        },
+        created_at_ms: row.get(22)?,
+        updated_at_ms: row.get(23)?,
+    })
+}
+
+/// The enabled endpoints and their filters.
+fn enabled_filters(conn: &Connection) -> Result<Vec<(EndpointId, EventFilter)>, StoreError> {
+    let mut select =
+        conn.prepare_cached("SELECT id, event_types FROM endpoints WHERE enabled = 1")?;
+    let rows = select
+        .query_map([], |row| {
+            let filter: EventFilter =
+                serde_json::from_str(&row.get::<_, String>(1)?).map_err(|e| corrupt(1, e))?;
+            Ok((EndpointId::from_trusted(row.get(0)?), filter))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }
 
 #[async_trait]
@@ -314,6 +422,9 @@ impl Store for SqliteStore {
                 "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
                  VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
             )?;
+            // Fan-out is decided inside the transaction, so an event goes to exactly the
+            // endpoints enabled when it was stored.
+            let destinations = enabled_filters(conn)?;
             let mut outcomes = Vec::with_capacity(events.len());
             for event in events {
                 if let Some(key) = &event.idempotency_key {
@@ -331,11 +442,15 @@ impl Store for SqliteStore {
                     event.id.as_str(),
                     event.event_type.as_str(),
                     event.session_id,
-                    event.idempotency_key.as_ref().map(|k| k.as_str()),
+                    event.idempotency_key,
                     &event.payload[..],
                     event.created_at_ms,
                 ])?;
-                for endpoint in &event.endpoints {
+                let matching = destinations
+                    .iter()
+                    .filter(|(_, filter)| filter.matches(event.event_type.as_str()))
+                    .map(|(endpoint, _)| endpoint);
+                for endpoint in matching {
                     insert_delivery.execute(params![
                         DeliveryId::generate().as_str(),
                         event.id.as_str(),
@@ -423,6 +538,7 @@ impl Store for SqliteStore {
     async fn record_attempts(
         &self,
         records: Vec<AttemptRecord>,
+        health: Vec<HealthUpdate>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
@@ -432,16 +548,19 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let mut update = conn.prepare_cached(
-                "UPDATE deliveries SET status = ?1, attempts = attempts + 1,
-                     total_attempts = total_attempts + 1, next_attempt_at = ?2, lease_token = NULL,
+                "UPDATE deliveries SET status = ?1, attempts = attempts + ?9,
+                     total_attempts = total_attempts + 1, throttled = throttled + ?10,
+                     next_attempt_at = ?2, lease_token = NULL,
                      last_status = ?3, last_error = ?4, updated_at = ?5, finished_at = ?6
                  WHERE id = ?7 AND lease_token = ?8",
             )?;
             for record in records {
-                let (status, next_at, outcome, finished) = match record.next {
-                    NextState::Delivered => (DeliveryStatus::Delivered, now_ms, "delivered", Some(now_ms)),
-                    NextState::RetryAt(at) => (DeliveryStatus::Pending, at, "retry", None),
-                    NextState::DeadLetter => (DeliveryStatus::Dead, now_ms, "dead", Some(now_ms)),
+                // (status, due, attempt outcome, finished, budget spent, throttled)
+                let (status, next_at, outcome, finished, spent, throttled) = match record.next {
+                    NextState::Delivered => (DeliveryStatus::Delivered, now_ms, "delivered", Some(now_ms), 1, 0),
+                    NextState::RetryAt(at) => (DeliveryStatus::Pending, at, "retry", None, 1, 0),
+                    NextState::DeadLetter => (DeliveryStatus::Dead, now_ms, "dead", Some(now_ms), 1, 0),
+                    NextState::Throttled(at) => (DeliveryStatus::Pending, at, "throttled", None, 0, 1),
                 };
                 insert.execute(params![
                     record.delivery_id.as_str(),
@@ -467,10 +586,32 @@ impl Store for SqliteStore {
                     finished,
                     record.delivery_id.as_str(),
                     record.lease.0,
+                    spent,
+                    throttled,
                 ])?;
                 if updated == 0 {
                     tracing::warn!(delivery_id = %record.delivery_id, "lease lost before the attempt was recorded; its result is kept in the attempt log only");
                 }
+            }
+            let mut health_update = conn.prepare_cached(
+                "UPDATE endpoints SET circuit_state = ?2, circuit_changed_at = ?3, consecutive_failures = ?4,
+                     failing_since = ?5, last_attempt_at = ?6, last_success_at = ?7,
+                     enabled = CASE WHEN ?8 IS NULL THEN enabled ELSE 0 END,
+                     disabled_reason = COALESCE(?8, disabled_reason)
+                 WHERE id = ?1",
+            )?;
+            for update in health {
+                let h = update.health;
+                health_update.execute(params![
+                    update.endpoint_id.as_str(),
+                    h.circuit.as_str(),
+                    h.circuit_changed_at_ms,
+                    h.consecutive_failures,
+                    h.failing_since_ms,
+                    h.last_attempt_at_ms,
+                    h.last_success_at_ms,
+                    update.disable,
+                ])?;
             }
             Ok(())
         })
@@ -495,20 +636,161 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn next_due_ms(&self, endpoints: Vec<EndpointId>) -> Result<Option<i64>, StoreError> {
+    async fn next_due(
+        &self,
+        endpoints: Vec<EndpointId>,
+    ) -> Result<Vec<(EndpointId, i64)>, StoreError> {
         self.read(move |conn| {
             let mut next = conn.prepare_cached(
                 "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending' AND endpoint_id = ?1",
             )?;
-            let mut earliest: Option<i64> = None;
+            let mut due = Vec::new();
             for endpoint in endpoints {
-                let due: Option<i64> = next.query_row([endpoint.as_str()], |row| row.get(0))?;
-                earliest = match (earliest, due) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let at: Option<i64> = next.query_row([endpoint.as_str()], |row| row.get(0))?;
+                if let Some(at) = at {
+                    due.push((endpoint, at));
+                }
             }
-            Ok(earliest)
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        self.read(|conn| {
+            let mut list = conn.prepare_cached(&format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM endpoints ORDER BY id = 'ep_default' DESC, created_at, id"
+            ))?;
+            let rows = list.query_map([], endpoint_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn endpoint(&self, id: EndpointId) -> Result<Option<Endpoint>, StoreError> {
+        self.read(move |conn| {
+            let found = conn
+                .query_row(
+                    &format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = ?1"),
+                    [id.as_str()],
+                    endpoint_from_row,
+                )
+                .optional()?;
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO endpoints (id, url, description, event_types, secret, previous_secret,
+                     previous_secret_until, headers, timeout_ms, max_retries, rate_limit, rate_burst,
+                     circuit_threshold, enabled, disabled_reason, managed_by_config, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)
+                 ON CONFLICT (id) DO NOTHING",
+                params![
+                    endpoint.id.as_str(),
+                    endpoint.url.as_str(),
+                    endpoint.description,
+                    json_text(&endpoint.filter),
+                    endpoint.secret,
+                    endpoint.previous_secret,
+                    endpoint.previous_secret_until_ms,
+                    json_text(&endpoint.headers),
+                    endpoint.timeout.map(|t| t.as_millis() as i64),
+                    endpoint.max_retries,
+                    endpoint.rate_limit.map(|r| r.per_second),
+                    endpoint.rate_limit.map(|r| r.burst),
+                    endpoint.circuit_threshold,
+                    endpoint.enabled,
+                    endpoint.disabled_reason,
+                    endpoint.managed_by_config,
+                    endpoint.created_at_ms,
+                ],
+            )?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let updated = conn.execute(
+                "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, secret = ?5,
+                     previous_secret = ?6, previous_secret_until = ?7, headers = ?8, timeout_ms = ?9,
+                     max_retries = ?10, rate_limit = ?11, rate_burst = ?12, circuit_threshold = ?13,
+                     enabled = ?14, disabled_reason = ?15, updated_at = ?16,
+                     circuit_state = ?17, circuit_changed_at = ?18, consecutive_failures = ?19, failing_since = ?20
+                 WHERE id = ?1",
+                params![
+                    endpoint.id.as_str(),
+                    endpoint.url.as_str(),
+                    endpoint.description,
+                    json_text(&endpoint.filter),
+                    endpoint.secret,
+                    endpoint.previous_secret,
+                    endpoint.previous_secret_until_ms,
+                    json_text(&endpoint.headers),
+                    endpoint.timeout.map(|t| t.as_millis() as i64),
+                    endpoint.max_retries,
+                    endpoint.rate_limit.map(|r| r.per_second),
+                    endpoint.rate_limit.map(|r| r.burst),
+                    endpoint.circuit_threshold,
+                    endpoint.enabled,
+                    endpoint.disabled_reason,
+                    endpoint.updated_at_ms,
+                    endpoint.health.circuit.as_str(),
+                    endpoint.health.circuit_changed_at_ms,
+                    endpoint.health.consecutive_failures,
+                    endpoint.health.failing_since_ms,
+                ],
+            )?;
+            Ok(updated == 1)
+        })
+        .await
+    }
+
+    async fn delete_endpoint(&self, id: EndpointId) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM deliveries WHERE endpoint_id = ?1 AND status IN ('pending', 'dead')",
+                [id.as_str()],
+            )?;
+            let deleted = conn.execute("DELETE FROM endpoints WHERE id = ?1", [id.as_str()])?;
+            Ok(deleted == 1)
+        })
+        .await
+    }
+
+    async fn sync_default_endpoint(
+        &self,
+        url: Option<EndpointUrl>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let id = EndpointId::default_endpoint();
+            match url {
+                Some(url) => {
+                    conn.execute(
+                        "INSERT INTO endpoints (id, url, description, managed_by_config, created_at, updated_at)
+                         VALUES (?1, ?2, 'ZAPIER_WEBHOOK_URL', 1, ?3, ?3)
+                         ON CONFLICT (id) DO UPDATE SET url = excluded.url, managed_by_config = 1,
+                             updated_at = CASE WHEN url = excluded.url THEN updated_at ELSE excluded.updated_at END,
+                             enabled = CASE WHEN disabled_reason = ?4 THEN 1 ELSE enabled END,
+                             disabled_reason = CASE WHEN disabled_reason = ?4 THEN NULL ELSE disabled_reason END",
+                        params![id.as_str(), url.as_str(), now_ms, UNSET_REASON],
+                    )?;
+                }
+                None => {
+                    conn.execute(
+                        "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
+                         WHERE id = ?1 AND enabled = 1",
+                        params![id.as_str(), UNSET_REASON, now_ms],
+                    )?;
+                }
+            }
+            Ok(())
         })
         .await
     }
@@ -536,7 +818,7 @@ impl Store for SqliteStore {
                          WHERE d.id = ?1"
                     ),
                     [id.as_str()],
-                    |row| Ok((summary_from_row(row)?, row.get::<_, Vec<u8>>(13)?)),
+                    |row| Ok((summary_from_row(row)?, row.get::<_, Vec<u8>>(14)?)),
                 )
                 .optional()?;
             let Some((summary, payload)) = found else {

@@ -140,7 +140,7 @@ async fn retry_after_is_honoured_in_seconds_and_as_a_date() {
 
     assert_eq!(
         relay.worker().run_once().await.expect("run"),
-        vec![Outcome::Retrying {
+        vec![Outcome::Throttled {
             at_ms: START_MS + 7_000
         }]
     );
@@ -351,6 +351,7 @@ async fn a_result_from_an_expired_lease_does_not_overwrite_the_new_claim() {
                 response_snippet: None,
                 next: hookrelay::store::NextState::DeadLetter,
             }],
+            vec![],
             clock.now_ms(),
         )
         .await

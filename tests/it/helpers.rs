@@ -70,6 +70,8 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     arrived: std::sync::atomic::AtomicUsize,
+    /// (requests allowed per second, current second, requests in it)
+    per_second: Mutex<Option<(usize, u64, usize)>>,
     script: Mutex<VecDeque<Reply>>,
     default_reply: Mutex<Option<Reply>>,
     received: Mutex<Vec<Received>>,
@@ -91,6 +93,24 @@ async fn receive(
     state
         .arrived
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    if let Some((limit, second, count)) = state
+        .per_second
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now != *second {
+            (*second, *count) = (now, 0);
+        }
+        *count += 1;
+        if *count > *limit {
+            // Like Zapier or Slack beyond their limit.
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+        }
+    }
     let reply = state
         .script
         .lock()
@@ -176,6 +196,15 @@ impl TestReceiver {
             .unwrap_or_else(|e| e.into_inner()) = Some(reply);
     }
 
+    /// Answers 429 with `Retry-After: 1` beyond `limit` requests in a wall-clock second.
+    pub fn limit_per_second(&self, limit: usize) {
+        *self
+            .state
+            .per_second
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((limit, 0, 0));
+    }
+
     /// Requests that reached the receiver, including those it has not answered yet.
     pub fn arrived(&self) -> usize {
         self.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
@@ -232,6 +261,9 @@ pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    // The receivers of these tests listen on loopback, which deliveries may not reach by default.
+    map.entry("HOOKRELAY_ALLOW_PRIVATE_TARGETS".into())
+        .or_insert_with(|| "true".into());
     map.entry("HOOKRELAY_DATA_DIR".into())
         .or_insert_with(|| dir.to_string_lossy().into_owned());
     let (config, _) =

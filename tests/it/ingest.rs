@@ -386,7 +386,16 @@ async fn bad_input_is_refused_with_a_reason_and_nothing_is_stored() {
 #[tokio::test]
 async fn track_usage_returns_only_once_the_event_is_durable() {
     let dir = tempfile::tempdir().expect("dir");
-    let config = config(dir.path(), &[("ENABLE_WEBHOOK", "false")]);
+    let config = config(
+        dir.path(),
+        &[
+            ("ENABLE_WEBHOOK", "false"),
+            (
+                "ZAPIER_WEBHOOK_URL",
+                "https://hooks.zapier.com/hooks/catch/1/a/",
+            ),
+        ],
+    );
     let relay = Relay::open(config.clone()).await.expect("open");
     relay.track_usage(usage("lib")).await.expect("track");
     drop(relay);

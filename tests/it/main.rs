@@ -3,5 +3,6 @@
 mod binary;
 mod delivery;
 mod dlq;
+mod endpoints;
 mod helpers;
 mod ingest;

@@ -1,0 +1,523 @@
+//! Endpoints: fan-out with filters, per-endpoint secrets, rotation, throttling, circuit
+//! breaking, outbound address policy.
+
+use std::{sync::Arc, time::Duration};
+
+use hookrelay::{
+    Relay,
+    clock::ManualClock,
+    delivery::Outcome,
+    domain::{EndpointId, SigningSecret},
+    endpoints::{CircuitState, EndpointSpec},
+    signing::verify_standard,
+};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Received, Reply, TestApp, TestReceiver, config, eventually, usage, usage_event,
+};
+
+const WAIT: Duration = Duration::from_secs(15);
+const TOKEN: &str = "endpoint-test-admin-token-0123456789";
+const START_MS: i64 = 1_800_000_000_000;
+
+fn verifies(received: &Received, secret: &str) -> bool {
+    let secret = SigningSecret::parse(secret).expect("secret");
+    let id = received.header("webhook-id").expect("id");
+    let timestamp = received
+        .header("webhook-timestamp")
+        .and_then(|t| t.parse().ok())
+        .expect("timestamp");
+    let signature = received.header("webhook-signature").expect("signature");
+    verify_standard(&secret, id, timestamp, &received.body, signature).is_ok()
+}
+
+async fn add(app: &TestApp, body: Value) -> (String, String) {
+    let response = app
+        .http
+        .post(app.url("/api/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let created: Value = response.json().await.expect("json");
+    (
+        created["endpoint"]["id"].as_str().expect("id").to_owned(),
+        created["secret"].as_str().expect("secret").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn events_fan_out_to_every_matching_endpoint_each_signed_with_its_own_secret() {
+    let default = TestReceiver::start().await;
+    let usage_only = TestReceiver::start().await;
+    let alerts_only = TestReceiver::start().await;
+    let app = TestApp::spawn(&default.url(), &[("HOOKRELAY_ADMIN_TOKEN", TOKEN)]).await;
+    let (_, usage_secret) = add(
+        &app,
+        json!({"url": usage_only.url(), "event_types": ["usage.tracked"]}),
+    )
+    .await;
+    let (_, alert_secret) = add(
+        &app,
+        json!({"url": alerts_only.url(), "event_types": ["alert.*"], "headers": {"Authorization": "Bearer downstream"}}),
+    )
+    .await;
+    assert!(usage_secret.starts_with("whsec_"));
+
+    app.post_json("/api/webhook/usage", &usage_event("s")).await;
+    app.post_json(
+        "/api/v1/events",
+        &json!({"type": "alert.fired", "data": {"rule": "dlq"}}),
+    )
+    .await;
+    app.post_json(
+        "/api/v1/events",
+        &json!({"type": "report.daily", "data": {}}),
+    )
+    .await;
+
+    let to_default = default.wait_for(3, WAIT).await;
+    let to_usage = usage_only.wait_for(1, WAIT).await;
+    let to_alerts = alerts_only.wait_for(1, WAIT).await;
+    eventually(WAIT, "queue drained", || async {
+        app.relay.counts().await.expect("counts").pending == 0
+    })
+    .await;
+    assert_eq!(
+        default.received().len(),
+        3,
+        "the default endpoint takes every type"
+    );
+    assert_eq!(usage_only.received().len(), 1);
+    assert_eq!(alerts_only.received().len(), 1);
+    assert_eq!(to_usage[0].json()["event_type"], "usage.tracked");
+    assert_eq!(to_alerts[0].json()["event_type"], "alert.fired");
+    assert_eq!(
+        to_alerts[0].header("authorization"),
+        Some("Bearer downstream")
+    );
+
+    assert!(verifies(&to_usage[0], &usage_secret));
+    assert!(
+        !verifies(&to_usage[0], &alert_secret),
+        "secrets must be per endpoint"
+    );
+    assert!(verifies(&to_alerts[0], &alert_secret));
+    assert!(
+        to_default
+            .iter()
+            .all(|r| verifies(r, crate::helpers::SECRET))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_endpoint_never_causes_resends_to_the_others() {
+    let healthy = TestReceiver::start().await;
+    let flaky = TestReceiver::start().await;
+    flaky.script([Reply::status(500), Reply::status(502)]);
+    let app = TestApp::spawn(&healthy.url(), &[("HOOKRELAY_ADMIN_TOKEN", TOKEN)]).await;
+    add(&app, json!({"url": flaky.url()})).await;
+    app.post_json("/api/webhook/usage", &usage_event("s")).await;
+    flaky.wait_for(3, WAIT).await;
+    eventually(WAIT, "queue drained", || async {
+        app.relay.counts().await.expect("counts").pending == 0
+    })
+    .await;
+    assert_eq!(healthy.received().len(), 1);
+    assert_eq!(flaky.received().len(), 3);
+}
+
+#[tokio::test]
+async fn during_a_rotation_both_secrets_sign_and_afterwards_only_the_new_one() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(START_MS);
+    let relay = Relay::open_with_clock(config(dir.path(), &[]), Arc::new(clock.clone()))
+        .await
+        .expect("open");
+    let (endpoint, old_secret) = relay
+        .create_endpoint(EndpointSpec {
+            url: receiver.url(),
+            ..EndpointSpec::default()
+        })
+        .await
+        .expect("create");
+    let (_, new_secret) = relay
+        .rotate_secret(&endpoint.id, None, Some(Duration::from_secs(3600)))
+        .await
+        .expect("rotate");
+    assert_ne!(old_secret, new_secret);
+
+    relay.track_usage(usage("during")).await.expect("track");
+    assert_eq!(
+        relay.worker().run_once().await.expect("run"),
+        vec![Outcome::Delivered]
+    );
+    let during = &receiver.received()[0];
+    assert_eq!(
+        during
+            .header("webhook-signature")
+            .map(|s| s.split(' ').count()),
+        Some(2)
+    );
+    assert!(
+        verifies(during, &old_secret),
+        "receivers still on the old secret keep verifying"
+    );
+    assert!(verifies(during, &new_secret));
+
+    clock.advance(Duration::from_secs(3601));
+    relay.track_usage(usage("after")).await.expect("track");
+    assert_eq!(
+        relay.worker().run_once().await.expect("run"),
+        vec![Outcome::Delivered]
+    );
+    let after = &receiver.received()[1];
+    assert_eq!(
+        after
+            .header("webhook-signature")
+            .map(|s| s.split(' ').count()),
+        Some(1)
+    );
+    assert!(verifies(after, &new_secret));
+    assert!(!verifies(after, &old_secret));
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_receivers_limit_is_delivered_without_spending_retries() {
+    let receiver = TestReceiver::start().await;
+    receiver.limit_per_second(50);
+    // No retries at all: any 429 that spent budget would dead-letter its event.
+    let app = TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("WEBHOOK_MAX_RETRIES", "0"),
+            ("HOOKRELAY_ADMIN_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    let events: Vec<Value> = (0..150)
+        .map(|i| usage_event(&format!("burst-{i}")))
+        .collect();
+    let response = app
+        .post_json("/api/webhook/usage", &Value::Array(events))
+        .await;
+    assert_eq!(response.status(), 202);
+    eventually(Duration::from_secs(30), "burst delivered", || async {
+        app.relay.counts().await.expect("counts").pending == 0
+    })
+    .await;
+    let counts = app.relay.counts().await.expect("counts");
+    assert_eq!(counts.dead, 0);
+    let accepted = receiver.received().len();
+    assert_eq!(accepted, 150, "every event accepted exactly once");
+    assert!(
+        receiver.arrived() > accepted,
+        "the receiver pushed back at least once"
+    );
+}
+
+#[tokio::test]
+async fn our_own_rate_limit_spaces_requests_to_the_endpoint() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(START_MS);
+    let relay = Relay::open_with_clock(config(dir.path(), &[]), Arc::new(clock.clone()))
+        .await
+        .expect("open");
+    relay
+        .create_endpoint(EndpointSpec {
+            url: receiver.url(),
+            rate_limit: Some(10.0),
+            rate_burst: Some(3),
+            ..EndpointSpec::default()
+        })
+        .await
+        .expect("create");
+    for i in 0..10 {
+        relay
+            .track_usage(usage(&format!("s{i}")))
+            .await
+            .expect("track");
+    }
+    // The burst goes at once; then one per 100 ms of (controlled) time.
+    assert_eq!(relay.worker().run_once().await.expect("run").len(), 3);
+    assert_eq!(relay.worker().run_once().await.expect("run").len(), 0);
+    clock.advance(Duration::from_millis(100));
+    assert_eq!(relay.worker().run_once().await.expect("run").len(), 1);
+    clock.advance(Duration::from_millis(350));
+    assert_eq!(relay.worker().run_once().await.expect("run").len(), 3);
+    assert_eq!(receiver.received().len(), 7);
+}
+
+#[tokio::test]
+async fn the_circuit_opens_on_a_dead_receiver_probes_after_the_cooldown_and_closes() {
+    let receiver = TestReceiver::start().await;
+    receiver.always(Reply::status(503));
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(START_MS);
+    let relay = Relay::open_with_clock(
+        config(
+            dir.path(),
+            &[
+                ("ZAPIER_WEBHOOK_URL", &receiver.url()),
+                ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "3"),
+                ("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", "30"),
+                ("WEBHOOK_RETRY_DELAY_SECONDS", "1"),
+                ("WEBHOOK_MAX_RETRIES", "2"),
+            ],
+        ),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("open");
+    for i in 0..5 {
+        relay
+            .track_usage(usage(&format!("s{i}")))
+            .await
+            .expect("track");
+    }
+    let first = relay.worker().run_once().await.expect("run");
+    assert_eq!(first.len(), 5);
+    let default = EndpointId::default_endpoint();
+    let health = relay.endpoint(&default).await.expect("endpoint").health;
+    assert_eq!(health.circuit, CircuitState::Open);
+    assert_eq!(health.consecutive_failures, 5);
+
+    // Retries fall due, but the circuit holds them: no request, no budget spent.
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(relay.worker().run_once().await.expect("run"), vec![]);
+    assert_eq!(receiver.received().len(), 5);
+
+    // After the cool-down exactly one probe goes; it fails and re-opens without spending budget.
+    clock.advance(Duration::from_secs(30));
+    let probe = relay.worker().run_once().await.expect("run");
+    assert!(
+        matches!(probe[..], [Outcome::Throttled { .. }]),
+        "{probe:?}"
+    );
+    assert_eq!(
+        relay
+            .endpoint(&default)
+            .await
+            .expect("endpoint")
+            .health
+            .circuit,
+        CircuitState::Open
+    );
+
+    // The receiver recovers: the next probe closes the circuit and the rest flows.
+    receiver.always(Reply::status(200));
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(
+        relay.worker().run_once().await.expect("run"),
+        vec![Outcome::Delivered]
+    );
+    let health = relay.endpoint(&default).await.expect("endpoint").health;
+    assert_eq!(health.circuit, CircuitState::Closed);
+    assert_eq!(health.consecutive_failures, 0);
+    let rest = relay.worker().run_once().await.expect("run");
+    assert_eq!(rest, vec![Outcome::Delivered; 4]);
+    assert_eq!(
+        relay.counts().await.expect("counts").dead,
+        0,
+        "nothing was dead-lettered while the circuit was open"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_too_long_is_disabled_with_the_reason() {
+    let receiver = TestReceiver::start().await;
+    receiver.always(Reply::status(500));
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = ManualClock::new(START_MS);
+    let relay = Relay::open_with_clock(
+        config(
+            dir.path(),
+            &[
+                ("ZAPIER_WEBHOOK_URL", &receiver.url()),
+                ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0"),
+                ("HOOKRELAY_ENDPOINT_DISABLE_AFTER_SECONDS", "60"),
+                ("WEBHOOK_RETRY_DELAY_SECONDS", "40"),
+                ("WEBHOOK_MAX_RETRIES", "5"),
+            ],
+        ),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("open");
+    relay.track_usage(usage("s")).await.expect("track");
+    relay.worker().run_once().await.expect("run");
+    clock.advance(Duration::from_secs(61));
+    relay.worker().run_once().await.expect("run");
+    let endpoint = relay
+        .endpoint(&EndpointId::default_endpoint())
+        .await
+        .expect("endpoint");
+    assert!(!endpoint.enabled);
+    assert!(
+        endpoint
+            .disabled_reason
+            .unwrap_or_default()
+            .contains("failing continuously")
+    );
+}
+
+#[tokio::test]
+async fn private_destinations_are_refused_unless_allowed() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let strict = Relay::open(config(
+        dir.path(),
+        &[("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "false")],
+    ))
+    .await
+    .expect("open");
+    for url in [
+        receiver.url(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://[::ffff:10.0.0.1]/".to_owned(),
+        "http://2130706433/".to_owned(),
+        "http://localhost/".to_owned(),
+    ] {
+        let refused = strict
+            .create_endpoint(EndpointSpec {
+                url: url.clone(),
+                ..EndpointSpec::default()
+            })
+            .await;
+        assert!(refused.is_err(), "{url} accepted");
+    }
+    assert!(
+        strict
+            .create_endpoint(EndpointSpec {
+                url: "https://user:pw@example.com/".into(),
+                ..EndpointSpec::default()
+            })
+            .await
+            .is_err()
+    );
+
+    // An endpoint stored while allowed, delivered while not: refused at connect time.
+    let allowed = Relay::open(config(dir.path(), &[])).await.expect("open");
+    allowed
+        .create_endpoint(EndpointSpec {
+            url: receiver.url(),
+            ..EndpointSpec::default()
+        })
+        .await
+        .expect("create");
+    drop(allowed);
+    strict.worker().endpoints_changed();
+    strict.track_usage(usage("s")).await.expect("track");
+    assert_eq!(
+        strict.worker().run_once().await.expect("run"),
+        vec![Outcome::DeadLettered]
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "a refused address must never be contacted"
+    );
+    let dead = strict.dead_letters(1).await.expect("dlq");
+    assert!(
+        dead[0]
+            .last_error
+            .clone()
+            .unwrap_or_default()
+            .contains("loopback")
+    );
+}
+
+#[tokio::test]
+async fn endpoints_are_managed_over_the_api_with_the_admin_token() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[("HOOKRELAY_ADMIN_TOKEN", TOKEN)]).await;
+    let unauthorized = app
+        .http
+        .get(app.url("/api/v1/endpoints"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unauthorized.status(), 401);
+
+    let (id, _) = add(
+        &app,
+        json!({"url": receiver.url(), "description": "ops", "rate_limit": 5}),
+    )
+    .await;
+    let list: Value = app
+        .http
+        .get(app.url("/api/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("r")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(list["count"], 2, "ep_default and the new one");
+    assert!(
+        !list.to_string().contains("whsec_"),
+        "secrets are never listed"
+    );
+
+    let patched: Value = app
+        .http
+        .patch(app.url(&format!("/api/v1/endpoints/{id}")))
+        .bearer_auth(TOKEN)
+        .json(&json!({"event_types": ["alert.*"], "rate_limit": null}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(patched["event_types"], json!(["alert.*"]));
+    assert_eq!(patched["rate_limit"], Value::Null);
+
+    let invalid = app
+        .http
+        .post(app.url("/api/v1/endpoints"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"url": "ftp://nope"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(invalid.status(), 422);
+    let invalid: Value = invalid.json().await.expect("json");
+    assert_eq!(invalid["code"], "invalid_endpoint");
+
+    let disabled: Value = app
+        .http
+        .post(app.url(&format!("/api/v1/endpoints/{id}/disable")))
+        .bearer_auth(TOKEN)
+        .json(&json!({"reason": "maintenance"}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(disabled["enabled"], false);
+    assert_eq!(disabled["disabled_reason"], "maintenance");
+
+    let removed = app
+        .http
+        .delete(app.url(&format!("/api/v1/endpoints/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(removed.status(), 200);
+    let gone = app
+        .http
+        .get(app.url(&format!("/api/v1/endpoints/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("r");
+    assert_eq!(gone.status(), 404);
+}
