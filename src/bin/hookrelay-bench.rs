@@ -44,6 +44,10 @@ struct Args {
     /// Measure `Relay::track_usage` in this process instead of HTTP.
     #[arg(long)]
     library: bool,
+    /// The receiver accepts this many requests per second and answers 429 with
+    /// `Retry-After: 1` beyond (like Zapier or Slack at their limits).
+    #[arg(long)]
+    receiver_limit: Option<u64>,
     /// The hookrelay binary (default: next to this one).
     #[arg(long)]
     server: Option<PathBuf>,
@@ -52,13 +56,32 @@ struct Args {
 /// The receiver: counts arrivals and their latency from the payload's acceptance timestamp.
 #[derive(Default)]
 struct Receiver {
+    /// (allowed per second, current second, requests in it)
+    limit: Mutex<Option<(u64, u64, u64)>>,
+    throttled: AtomicU64,
     arrived: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
     seen: Mutex<HashMap<String, u32>>,
 }
 
-async fn receive(State(receiver): State<Arc<Receiver>>, body: Bytes) -> StatusCode {
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    body: Bytes,
+) -> (StatusCode, [(&'static str, &'static str); 1]) {
     let now = OffsetDateTime::now_utc();
+    if let Ok(mut limit) = receiver.limit.lock()
+        && let Some((allowed, second, count)) = limit.as_mut()
+    {
+        let this_second = now.unix_timestamp() as u64;
+        if this_second != *second {
+            (*second, *count) = (this_second, 0);
+        }
+        *count += 1;
+        if *count > *allowed {
+            receiver.throttled.fetch_add(1, Ordering::SeqCst);
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]);
+        }
+    }
     if let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) {
         if let Some(accepted) = payload["timestamp"]
             .as_str()
@@ -80,11 +103,14 @@ async fn receive(State(receiver): State<Arc<Receiver>>, body: Bytes) -> StatusCo
         }
     }
     receiver.arrived.fetch_add(1, Ordering::SeqCst);
-    StatusCode::OK
+    (StatusCode::OK, [("x-bench", "ok")])
 }
 
-async fn start_receiver() -> anyhow::Result<(Arc<Receiver>, String)> {
-    let receiver = Arc::new(Receiver::default());
+async fn start_receiver(limit: Option<u64>) -> anyhow::Result<(Arc<Receiver>, String)> {
+    let receiver = Arc::new(Receiver {
+        limit: Mutex::new(limit.map(|allowed| (allowed, 0, 0))),
+        ..Receiver::default()
+    });
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let app = Router::new()
@@ -161,6 +187,7 @@ fn start_server(binary: &PathBuf, receiver_url: &str) -> anyhow::Result<Server> 
         .env("ZAPIER_WEBHOOK_URL", receiver_url)
         .env("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("HOOKRELAY_MAX_BODY_BYTES", "4194304")
+        .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -239,7 +266,7 @@ async fn http_bench(args: &Args) -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("hookrelay"),
     };
-    let (receiver, receiver_url) = start_receiver().await?;
+    let (receiver, receiver_url) = start_receiver(args.receiver_limit).await?;
     let server = start_server(&binary, &receiver_url)?;
     let pid = server.child.id();
     let url = format!("{}/api/webhook/usage", server.address);
@@ -304,6 +331,24 @@ async fn http_bench(args: &Args) -> anyhow::Result<()> {
         delivery_elapsed.as_secs_f64()
     );
     report_latency(&receiver);
+    if args.receiver_limit.is_some() {
+        println!(
+            "answered 429 by the receiver: {}",
+            receiver.throttled.load(Ordering::SeqCst)
+        );
+        let dead = Command::new(&binary)
+            .args(["dlq", "list", "--json"])
+            .env_clear()
+            .env("HOOKRELAY_DATA_DIR", server._dir.path())
+            .output()
+            .ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v["count"].as_u64());
+        println!(
+            "dead letters: {}",
+            dead.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+        );
+    }
     println!(
         "server CPU: {:.3} s per 1,000 events",
         (cpu_after - cpu_before) / total as f64 * 1000.0

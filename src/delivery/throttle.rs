@@ -1,10 +1,10 @@
 //! Outbound rate limiting per endpoint: GCRA (the generic cell rate algorithm), so requests
 //! are spaced evenly instead of released in lumps at window boundaries.
 //!
-//! The worker needs three things a keyed limiter crate does not offer together: how many
-//! requests may go *now* (to claim exactly that many), when the next one may go (to sleep until
-//! then), and a way to push the schedule back when a receiver answers 429 with `Retry-After`.
-//! With the injected clock, this is a few lines of arithmetic.
+//! The worker needs two things a keyed limiter crate does not offer together: how many
+//! requests may go *now* (to claim exactly that many, never claiming work it cannot send), and
+//! when the next one may go (to sleep until then), both on the injected clock so tests control
+//! time. That is a few lines of arithmetic.
 
 use crate::endpoints::RateLimit;
 
@@ -62,11 +62,6 @@ impl Throttle {
             (self.tat_ms - self.tolerance_ms).ceil() as i64
         }
     }
-
-    /// Holds every request back until `until_ms` (a receiver's `Retry-After`).
-    pub fn pause_until(&mut self, until_ms: i64) {
-        self.tat_ms = self.tat_ms.max(until_ms as f64 + self.tolerance_ms);
-    }
 }
 
 #[cfg(test)]
@@ -93,16 +88,6 @@ mod tests {
         assert_eq!(throttle.available(now + 150), 0);
         // After a quiet second the burst is back, not more.
         assert_eq!(throttle.available(now + 5_000), 5);
-    }
-
-    #[test]
-    fn a_pause_holds_everything_until_it_ends() {
-        let mut throttle = Throttle::new(limit(50.0, 10));
-        let now = 5_000;
-        throttle.pause_until(now + 3_000);
-        assert_eq!(throttle.available(now + 2_999), 0);
-        assert_eq!(throttle.next_free_ms(now), now + 3_000);
-        assert!(throttle.available(now + 3_000) >= 1);
     }
 
     proptest! {

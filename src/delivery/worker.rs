@@ -81,6 +81,8 @@ struct EndpointRuntime {
     target: Target,
     enabled: bool,
     throttle: Option<Throttle>,
+    /// A receiver's 429 `Retry-After` holds every delivery to it until then (unix ms).
+    paused_until_ms: i64,
     health: EndpointHealth,
 }
 
@@ -187,6 +189,7 @@ impl Worker {
         for endpoint in endpoints {
             let target = Target::from_endpoint(&endpoint, &self.config);
             let previous = runtimes.remove(&endpoint.id);
+            let paused_until_ms = previous.as_ref().map_or(0, |p| p.paused_until_ms);
             // Keep the limiter's schedule unless the limit itself changed.
             let throttle = match (previous.and_then(|p| p.throttle), target.rate_limit) {
                 (Some(throttle), Some(limit)) if throttle.limit() == limit => Some(throttle),
@@ -198,6 +201,7 @@ impl Worker {
                     enabled: endpoint.enabled,
                     health: endpoint.health,
                     throttle,
+                    paused_until_ms,
                     target,
                 },
             );
@@ -233,7 +237,7 @@ impl Worker {
         let mut free = self.settings.concurrency.saturating_sub(total_in_flight);
         let mut wants = Vec::new();
         for (id, runtime) in self.runtimes().iter() {
-            if !runtime.enabled || free == 0 {
+            if !runtime.enabled || free == 0 || runtime.paused_until_ms > now {
                 continue;
             }
             let busy = in_flight.get(id).copied().unwrap_or(0);
@@ -498,11 +502,10 @@ impl Worker {
             runtimes.get_mut(&delivery.endpoint_id).map(|runtime| {
                 let before = runtime.health;
                 runtime.health = after_attempt(before, signal, target.circuit, now);
-                if let (Some(throttle), NextState::Throttled(until), Some(429)) =
-                    (&mut runtime.throttle, record.next, record.status_code)
+                if let (NextState::Throttled(until), Some(429)) = (record.next, record.status_code)
                 {
                     // The receiver asked everyone to wait, not just this delivery.
-                    throttle.pause_until(until);
+                    runtime.paused_until_ms = runtime.paused_until_ms.max(until);
                 }
                 self.log_circuit_change(&target.id, before, runtime.health, target.circuit);
                 let disable =
@@ -651,7 +654,8 @@ impl Worker {
                 let gate = runtime
                     .throttle
                     .as_ref()
-                    .map_or(gate, |t| gate.max(t.next_free_ms(now)));
+                    .map_or(gate, |t| gate.max(t.next_free_ms(now)))
+                    .max(runtime.paused_until_ms);
                 Some(due_at.max(gate))
             })
             .min();

@@ -521,3 +521,34 @@ async fn endpoints_are_managed_over_the_api_with_the_admin_token() {
         .expect("r");
     assert_eq!(gone.status(), 404);
 }
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_hold_back_a_fast_one() {
+    let fast = TestReceiver::start().await;
+    let slow = TestReceiver::start().await;
+    slow.always(Reply::status(200).delayed(Duration::from_secs(3)));
+    let app = TestApp::spawn(
+        &fast.url(),
+        &[
+            ("HOOKRELAY_ADMIN_TOKEN", TOKEN),
+            ("HOOKRELAY_ENDPOINT_CONCURRENCY", "2"),
+            ("WEBHOOK_TIMEOUT_SECONDS", "10"),
+        ],
+    )
+    .await;
+    add(&app, json!({"url": slow.url()})).await;
+    for i in 0..10 {
+        app.post_json("/api/webhook/usage", &usage_event(&format!("s{i}")))
+            .await;
+    }
+    fast.wait_for(10, Duration::from_secs(2)).await;
+    assert!(
+        slow.received().is_empty(),
+        "the slow receiver has not answered anything yet"
+    );
+    assert_eq!(
+        slow.arrived(),
+        2,
+        "the slow endpoint holds exactly its concurrency cap"
+    );
+}
