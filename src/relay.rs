@@ -80,9 +80,17 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// Opens the configured database (creating and migrating it as needed).
+    /// Opens the configured database (creating and migrating it as needed) for a process that
+    /// ingests and delivers: `ep_default` is made to mirror `ZAPIER_WEBHOOK_URL`.
     pub async fn open(config: Config) -> Result<Self, RelayError> {
         Self::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Opens the database for management commands (`endpoints`, `dlq`, `send`): unlike
+    /// [`Relay::open`] it leaves `ep_default` as the serving process configured it, so a
+    /// command run from a shell without `ZAPIER_WEBHOOK_URL` cannot disable it.
+    pub async fn open_for_management(config: Config) -> Result<Self, RelayError> {
+        Self::build(config, Arc::new(SystemClock), false).await
     }
 
     /// Like [`Relay::open`], with a clock of the caller's choosing (tests use a manual one).
@@ -90,15 +98,25 @@ impl Relay {
         config: Config,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, RelayError> {
+        Self::build(config, clock, true).await
+    }
+
+    async fn build(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        sync_default: bool,
+    ) -> Result<Self, RelayError> {
         let store: Arc<dyn Store> = match &config.database {
             DatabaseLocation::Sqlite(path) => {
                 Arc::new(SqliteStore::open(path, config.sqlite_sync).await?)
             }
         };
         // ep_default mirrors ZAPIER_WEBHOOK_URL; events queued for it while it is unset wait.
-        store
-            .sync_default_endpoint(config.webhook_url.clone(), clock.now_ms())
-            .await?;
+        if sync_default {
+            store
+                .sync_default_endpoint(config.webhook_url.clone(), clock.now_ms())
+                .await?;
+        }
         let wake = Arc::new(Notify::new());
         let policy = AddressPolicy {
             allow_private: config.allow_private_targets,

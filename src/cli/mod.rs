@@ -145,10 +145,12 @@ fn print_problems(problems: &[Problem]) {
 }
 
 /// Loads the configuration or explains why it cannot be used.
-fn load_config() -> Result<Config, ExitCode> {
+/// Warnings are logged only by `serve`: management commands stay quiet (`config check`
+/// lists them).
+fn load_config(log_warnings: bool) -> Result<Config, ExitCode> {
     match Config::from_env() {
         Ok((config, warnings)) => {
-            for warning in &warnings {
+            for warning in warnings.iter().filter(|_| log_warnings) {
                 tracing::warn!(variable = warning.variable, fix = %warning.fix, "{}", warning.message);
             }
             Ok(config)
@@ -250,7 +252,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         command => {
-            let config = match load_config() {
+            let config = match load_config(matches!(command, Command::Serve { .. })) {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
@@ -295,7 +297,9 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 .as_deref()
                 .map(IdempotencyKey::parse)
                 .transpose()?;
-            let relay = Relay::open(config).await.context("opening the database")?;
+            let relay = Relay::open_for_management(config)
+                .await
+                .context("opening the database")?;
             let event = UsageEvent {
                 session_id,
                 query,
@@ -330,7 +334,7 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 (Some(url), _) => Target::for_url(EndpointUrl::parse(&url)?, &config),
                 (None, Some(id)) => {
                     let id = EndpointId::parse(&id)?;
-                    let relay = Relay::open(config.clone())
+                    let relay = Relay::open_for_management(config.clone())
                         .await
                         .context("opening the database")?;
                     Target::from_endpoint(&relay.endpoint(&id).await?, &config)
@@ -386,11 +390,15 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             })
         }
         Command::Endpoints { command } => {
-            let relay = Relay::open(config).await.context("opening the database")?;
+            let relay = Relay::open_for_management(config)
+                .await
+                .context("opening the database")?;
             endpoints::run(relay, command).await
         }
         Command::Dlq { command } => {
-            let relay = Relay::open(config).await.context("opening the database")?;
+            let relay = Relay::open_for_management(config)
+                .await
+                .context("opening the database")?;
             dlq::run(relay, command).await
         }
         Command::Config { .. } | Command::Sink { .. } => {
