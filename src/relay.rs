@@ -87,8 +87,8 @@ impl Relay {
     }
 
     /// Opens the database for management commands (`endpoints`, `dlq`, `send`): unlike
-    /// [`Relay::open`] it leaves `ep_default` as the serving process configured it, so a
-    /// command run from a shell without `ZAPIER_WEBHOOK_URL` cannot disable it.
+    /// [`Relay::open`] it leaves an existing `ep_default` as the serving process configured it,
+    /// so a command run from a shell without `ZAPIER_WEBHOOK_URL` cannot disable it.
     pub async fn open_for_management(config: Config) -> Result<Self, RelayError> {
         Self::build(config, Arc::new(SystemClock), false).await
     }
@@ -112,7 +112,10 @@ impl Relay {
             }
         };
         // ep_default mirrors ZAPIER_WEBHOOK_URL; events queued for it while it is unset wait.
-        if sync_default {
+        // A management command only creates it on a fresh database, never changes it.
+        let first_use = config.webhook_url.is_some()
+            && store.endpoint(EndpointId::default_endpoint()).await?.is_none();
+        if sync_default || first_use {
             store
                 .sync_default_endpoint(config.webhook_url.clone(), clock.now_ms())
                 .await?;
