@@ -114,7 +114,10 @@ impl Relay {
         // ep_default mirrors ZAPIER_WEBHOOK_URL; events queued for it while it is unset wait.
         // A management command only creates it on a fresh database, never changes it.
         let first_use = config.webhook_url.is_some()
-            && store.endpoint(EndpointId::default_endpoint()).await?.is_none();
+            && store
+                .endpoint(EndpointId::default_endpoint())
+                .await?
+                .is_none();
         if sync_default || first_use {
             store
                 .sync_default_endpoint(config.webhook_url.clone(), clock.now_ms())
