@@ -150,6 +150,32 @@ pub struct Config {
     /// `HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS` (default 24): how long a rotated-out secret
     /// keeps signing beside the new one.
     pub secret_rotation_overlap: Duration,
+    /// `HOOKRELAY_INGEST_SECRET`: secrets ingest clients sign with (comma-separated, for
+    /// rotation). Set: every ingest request must be signed. Separate from `WEBHOOK_SECRET`, so
+    /// whoever verifies our deliveries cannot forge events into us.
+    pub ingest_secrets: Vec<SigningSecret>,
+    /// `HOOKRELAY_SIGNATURE_TOLERANCE_SECONDS` (default 300): how far a Standard Webhooks
+    /// `webhook-timestamp` may be from now, and how long `webhook-id`s are remembered against replay.
+    pub signature_tolerance: Duration,
+    /// `HOOKRELAY_TRUSTED_PROXIES`: CIDRs of reverse proxies whose `X-Forwarded-For` /
+    /// `Forwarded` headers are believed. Empty (default): those headers are ignored.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `HOOKRELAY_ALLOW_NO_ADMIN_TOKEN` (default false): let `serve` start on a non-loopback
+    /// address without `HOOKRELAY_ADMIN_TOKEN` (management routes then answer loopback only).
+    pub allow_no_admin_token: bool,
+    /// `HOOKRELAY_MAX_HEADER_BYTES` (default 16384): largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// `HOOKRELAY_HEADER_TIMEOUT_SECONDS` (default 10): time a client has to send its request
+    /// head; slower clients (slowloris) are disconnected.
+    pub header_timeout: Duration,
+    /// `HOOKRELAY_REQUEST_TIMEOUT_SECONDS` (default 30): time to read a request and answer it (408 beyond).
+    pub request_timeout: Duration,
+    /// `HOOKRELAY_MAX_CONNECTIONS` (default 1024): open client connections at once; beyond, new
+    /// connections get 503 and are closed.
+    pub max_connections: usize,
+    /// `HOOKRELAY_MAX_CONCURRENT_REQUESTS` (default 512): requests handled at once; beyond,
+    /// 503 with `Retry-After` instead of queueing.
+    pub max_concurrent_requests: usize,
 }
 
 /// How serious a configuration problem is.
@@ -568,6 +594,81 @@ impl Config {
             24.0 * 365.0,
         );
         let secret_rotation_overlap = overlap_hours * 3600;
+        let ingest_secrets = r
+            .raw("HOOKRELAY_INGEST_SECRET")
+            .map_or_else(Vec::new, |raw| {
+                let mut secrets = Vec::new();
+                for (n, part) in raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .enumerate()
+                {
+                    match SigningSecret::parse(part) {
+                        Ok(secret) => {
+                            if secret.key().len() < 32 {
+                                r.warn(
+                                    "HOOKRELAY_INGEST_SECRET",
+                                    format!(
+                                        "secret #{} is only {} bytes long",
+                                        n + 1,
+                                        secret.key().len()
+                                    ),
+                                    "use at least 32 random bytes, e.g. `openssl rand -hex 32`",
+                                );
+                            }
+                            secrets.push(secret);
+                        }
+                        Err(e) => r.error(
+                            "HOOKRELAY_INGEST_SECRET",
+                            format!("secret #{}: {e}", n + 1),
+                            "use `openssl rand -hex 32`, several separated by commas",
+                        ),
+                    }
+                }
+                secrets
+            });
+        if let Some(secret) = &signing_secret
+            && ingest_secrets.iter().any(|s| s == secret)
+        {
+            r.warn(
+                "HOOKRELAY_INGEST_SECRET",
+                "contains WEBHOOK_SECRET: whoever verifies deliveries could then sign events into hookrelay",
+                "use a different secret for ingest",
+            );
+        }
+        let signature_tolerance = r.seconds(
+            "HOOKRELAY_SIGNATURE_TOLERANCE_SECONDS",
+            300.0,
+            1.0,
+            86_400.0,
+        );
+        let trusted_proxies = r.cidrs("HOOKRELAY_TRUSTED_PROXIES");
+        let allow_no_admin_token = r.bool("HOOKRELAY_ALLOW_NO_ADMIN_TOKEN", false);
+        let max_header_bytes =
+            r.number("HOOKRELAY_MAX_HEADER_BYTES", 16_384, 1024, 1 << 20) as usize;
+        let header_timeout = r.seconds("HOOKRELAY_HEADER_TIMEOUT_SECONDS", 10.0, 0.1, 600.0);
+        let request_timeout = r.seconds("HOOKRELAY_REQUEST_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0);
+        let max_connections = r.number("HOOKRELAY_MAX_CONNECTIONS", 1024, 1, 1_000_000) as usize;
+        let max_concurrent_requests =
+            r.number("HOOKRELAY_MAX_CONCURRENT_REQUESTS", 512, 1, 1_000_000) as usize;
+        if ingest_secrets.is_empty() && !listen.ip().is_loopback() {
+            r.warn(
+                "HOOKRELAY_INGEST_SECRET",
+                format!("is not set while listening on the non-loopback address {listen}: anyone who reaches the port can put events in"),
+                "set HOOKRELAY_INGEST_SECRET and sign ingest requests (or WEBHOOK_ALLOWED_IPS to restrict callers)",
+            );
+        }
+        if let Some(url) = &webhook_url
+            && !require_https
+            && !is_loopback_url(url)
+        {
+            r.warn(
+                "REQUIRE_HTTPS",
+                "is false while ZAPIER_WEBHOOK_URL is not on loopback",
+                "set REQUIRE_HTTPS=true so no endpoint can receive events over plain http",
+            );
+        }
 
         if let Some(url) = &webhook_url {
             let policy = crate::delivery::AddressPolicy {
@@ -649,6 +750,15 @@ impl Config {
             circuit_cooldown,
             endpoint_disable_after,
             secret_rotation_overlap,
+            ingest_secrets,
+            signature_tolerance,
+            trusted_proxies,
+            allow_no_admin_token,
+            max_header_bytes,
+            header_timeout,
+            request_timeout,
+            max_connections,
+            max_concurrent_requests,
         };
         Ok((config, problems))
     }

@@ -40,6 +40,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod endpoints;
+pub mod guard;
 pub mod ingest;
 pub mod relay;
 pub mod signing;

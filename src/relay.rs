@@ -163,6 +163,11 @@ impl Relay {
         })
     }
 
+    /// The clock this relay runs on.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.inner.clock)
+    }
+
     /// The configuration this relay runs with.
     pub fn config(&self) -> &Arc<Config> {
         &self.inner.config

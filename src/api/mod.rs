@@ -6,8 +6,10 @@ mod error;
 mod extract;
 mod health;
 mod ingest;
+mod ratelimit;
+mod server;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -17,26 +19,37 @@ use axum::{
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::ApiError;
 use self::extract::{json_body, parse};
-use crate::relay::Relay;
+use crate::{
+    guard::{Guard, Limits, ingest_guard, request_limits},
+    relay::Relay,
+};
 
 /// What every handler can reach.
 pub type AppState = Relay;
 
 /// The whole API.
 pub fn router(relay: Relay) -> Router {
-    let max_body = relay.config().max_body_bytes;
+    let config = relay.config().clone();
+    let max_body = config.max_body_bytes;
+    let guard = Arc::new(Guard::new(&config, relay.clock()));
+    let limits = Limits {
+        in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+        timeout: config.request_timeout,
+    };
     let management = Router::new()
         .merge(dlq::router())
         .merge(endpoints::router())
+        .merge(ratelimit::router(Arc::clone(&guard)))
         .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin));
+    let ingest = ingest::router().route_layer(middleware::from_fn_with_state(guard, ingest_guard));
     Router::new()
         .merge(health::router())
-        .merge(ingest::router())
+        .merge(ingest)
         .merge(management)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -47,6 +60,7 @@ pub fn router(relay: Relay) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(limits, request_limits))
         .with_state(relay)
 }
 
@@ -93,16 +107,12 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let app = router(relay).into_make_service_with_connect_info::<SocketAddr>();
-    let stopping = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopping.cancelled().await });
-    let server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = server => result,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("requests still open after the grace period; closing them");
-            Ok(())
-        }
-    }
+    let config = relay.config().clone();
+    let limits = server::ServerLimits {
+        max_connections: config.max_connections,
+        max_header_bytes: config.max_header_bytes,
+        header_timeout: config.header_timeout,
+        shutdown_grace: grace,
+    };
+    server::run(router(relay), listener, shutdown, limits).await
 }

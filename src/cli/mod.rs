@@ -88,6 +88,11 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Rate-limit state of ingest clients, from the running server.
+    Ratelimit {
+        #[command(subcommand)]
+        command: RatelimitCommand,
+    },
     /// Manage endpoints: where events are delivered.
     Endpoints {
         #[command(subcommand)]
@@ -125,6 +130,21 @@ enum Command {
         /// One line per request, without the body.
         #[arg(long)]
         quiet: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RatelimitCommand {
+    /// Show where clients stand (all limited clients, or one: an IP or `key:N`).
+    Status {
+        /// The client: an IP address, or `key:N` for ingest secret N.
+        client: Option<String>,
+        /// The server's base URL (default: from HOOKRELAY_LISTEN).
+        #[arg(long)]
+        server: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -268,6 +288,17 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 config.listen = listen;
             }
             let address = config.listen;
+            if !address.ip().to_canonical().is_loopback()
+                && config.admin_token.is_none()
+                && !config.allow_no_admin_token
+            {
+                eprintln!(
+                    "error: refusing to listen on the non-loopback address {address} without HOOKRELAY_ADMIN_TOKEN.\n\
+                     Set HOOKRELAY_ADMIN_TOKEN (e.g. $(openssl rand -hex 32)), or HOOKRELAY_ALLOW_NO_ADMIN_TOKEN=true \
+                     if management should answer loopback clients only."
+                );
+                return Ok(ExitCode::from(2));
+            }
             let relay = Relay::open(config).await.context("opening the database")?;
             let listener = TcpListener::bind(address)
                 .await
@@ -389,6 +420,14 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 ExitCode::FAILURE
             })
         }
+        Command::Ratelimit {
+            command:
+                RatelimitCommand::Status {
+                    client,
+                    server,
+                    json: as_json,
+                },
+        } => ratelimit_status(&config, client, server, as_json).await,
         Command::Endpoints { command } => {
             let relay = Relay::open_for_management(config)
                 .await
@@ -405,6 +444,70 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             unreachable!("handled before loading the configuration")
         }
     }
+}
+
+/// Asks the running server, which holds the limiter's state in memory.
+async fn ratelimit_status(
+    config: &Config,
+    client: Option<String>,
+    server: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let base = server.unwrap_or_else(|| {
+        let mut address = config.listen;
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{address}")
+    });
+    let mut request =
+        reqwest::Client::new().get(format!("{}/api/v1/ratelimit", base.trim_end_matches('/')));
+    if let Some(client) = &client {
+        request = request.query(&[("client", client)]);
+    }
+    if let Some(token) = &config.admin_token {
+        request = request.bearer_auth(token.expose());
+    }
+    let response = request.send().await.with_context(|| {
+        format!("cannot reach the server at {base}; is `hookrelay serve` running?")
+    })?;
+    let status = response.status();
+    let body: serde_json::Value = serde_json::from_str(&response.text().await?).unwrap_or_default();
+    if !status.is_success() {
+        eprintln!(
+            "error: the server answered {status}: {}",
+            body["detail"].as_str().unwrap_or("")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if as_json {
+        output::json(&body);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "limit: {} requests, refilling at {:.4} per second ({} s window)",
+        body["limit"],
+        body["requests_per_second"].as_f64().unwrap_or_default(),
+        body["window_seconds"]
+    );
+    let clients = body["clients"].as_array().cloned().unwrap_or_default();
+    if clients.is_empty() {
+        println!("No client is below its full allowance.");
+    } else {
+        let rows: Vec<Vec<String>> = clients
+            .iter()
+            .map(|c| {
+                vec![
+                    c["client"].as_str().unwrap_or("").to_owned(),
+                    c["remaining"].to_string(),
+                    format!("{} s", c["retry_after_seconds"]),
+                    format!("{} s", c["reset_seconds"]),
+                ]
+            })
+            .collect();
+        output::table(&["CLIENT", "REMAINING", "NEXT IN", "FULL IN"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn config_check(as_json: bool) -> ExitCode {

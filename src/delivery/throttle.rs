@@ -54,6 +54,11 @@ impl Throttle {
         self.tat_ms = tat + self.interval_ms * count as f64;
     }
 
+    /// When the full burst is available again, unix ms.
+    pub fn full_at_ms(&self, now_ms: i64) -> i64 {
+        (self.tat_ms.max(now_ms as f64)).ceil() as i64
+    }
+
     /// When the next request may start, unix ms.
     pub fn next_free_ms(&self, now_ms: i64) -> i64 {
         if self.available(now_ms) > 0 {

@@ -25,6 +25,7 @@ fn hookrelay(dir: &Path, vars: &[(&str, &str)]) -> Command {
         .env("HOOKRELAY_DATA_DIR", dir)
         .env("RUST_LOG", "hookrelay=warn")
         .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
+        .env("WEBHOOK_RATE_LIMIT", "1000000")
         .envs(vars.iter().copied());
     command
 }

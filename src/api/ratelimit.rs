@@ -1,0 +1,45 @@
+//! `GET /api/v1/ratelimit`: where ingest clients stand against the rate limit (admin only).
+
+use std::sync::Arc;
+
+use axum::{
+    Extension, Json, Router,
+    extract::{Query, rejection::QueryRejection},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::guard::Guard;
+
+pub fn router(guard: Arc<Guard>) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/ratelimit", get(status))
+        .layer(Extension(guard))
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    client: Option<String>,
+}
+
+async fn status(
+    Extension(guard): Extension<Arc<Guard>>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limiter = guard.limiter();
+    let now = guard.now_ms();
+    let limit = limiter.limit();
+    let clients = match &query.client {
+        Some(client) => vec![limiter.status(client, now)],
+        None => limiter.active(now),
+    };
+    Ok(Json(json!({
+        "limit": limit.burst,
+        "requests_per_second": limit.per_second,
+        "window_seconds": limiter.window().as_secs_f64(),
+        "clients": clients,
+    })))
+}

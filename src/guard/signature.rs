@@ -1,0 +1,345 @@
+//! Signed ingest: a request must carry a valid signature made with one of the ingest secrets,
+//! in either the guide's scheme or Standard Webhooks'.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+};
+
+use axum::http::HeaderMap;
+
+use crate::{
+    domain::SigningSecret,
+    signing::{self, SignatureAlgorithm, VerifyError},
+};
+
+/// Why a request's signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// No signature in either scheme.
+    #[error(
+        "the request is not signed: send {0} (hex HMAC of the body) or Standard Webhooks headers"
+    )]
+    Missing(String),
+    /// A signature that no ingest secret produced.
+    #[error("the signature does not match the body with any ingest secret")]
+    Invalid,
+    /// Standard Webhooks headers present but incomplete or malformed.
+    #[error("malformed Standard Webhooks headers: {0}")]
+    Malformed(&'static str),
+    /// The timestamp is too old or too far in the future.
+    #[error("webhook-timestamp is {0} s away from now, beyond the {1} s tolerance")]
+    Expired(i64, i64),
+    /// This `webhook-id` was accepted before, within the tolerance.
+    #[error("webhook-id was already used: replayed request refused")]
+    Replayed,
+}
+
+impl SignatureError {
+    /// A stable code for the API body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing(_) => "missing_signature",
+            Self::Invalid => "invalid_signature",
+            Self::Malformed(_) => "malformed_signature",
+            Self::Expired(..) => "signature_expired",
+            Self::Replayed => "replayed_request",
+        }
+    }
+}
+
+/// Remembers accepted `webhook-id`s for the tolerance window.
+#[derive(Debug, Default)]
+struct ReplayCache {
+    seen: HashMap<String, i64>,
+    order: VecDeque<(i64, String)>,
+}
+
+impl ReplayCache {
+    /// Records `id` at `now_ms`; false if it was already seen within `window_ms`.
+    fn insert(&mut self, id: &str, now_ms: i64, window_ms: i64) -> bool {
+        while let Some((at, _)) = self.order.front() {
+            if now_ms - at <= window_ms {
+                break;
+            }
+            if let Some((at, old)) = self.order.pop_front()
+                && self.seen.get(&old) == Some(&at)
+            {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(id) {
+            return false;
+        }
+        self.seen.insert(id.to_owned(), now_ms);
+        self.order.push_back((now_ms, id.to_owned()));
+        true
+    }
+}
+
+/// Verifies ingest signatures.
+#[derive(Debug)]
+pub struct Verifier {
+    secrets: Vec<SigningSecret>,
+    header: String,
+    algorithm: SignatureAlgorithm,
+    tolerance_ms: i64,
+    replays: Mutex<ReplayCache>,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Verifier {
+    /// A verifier; with no secrets every request passes unsigned.
+    pub fn new(
+        secrets: Vec<SigningSecret>,
+        header: String,
+        algorithm: SignatureAlgorithm,
+        tolerance_ms: i64,
+    ) -> Self {
+        Self {
+            secrets,
+            header,
+            algorithm,
+            tolerance_ms,
+            replays: Mutex::new(ReplayCache::default()),
+        }
+    }
+
+    /// Whether signatures are required.
+    pub fn enabled(&self) -> bool {
+        !self.secrets.is_empty()
+    }
+
+    /// Checks the request; on success returns which secret signed it (1-based), which is the
+    /// client's identity for rate limiting. `Ok(None)` when no secret is configured.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<usize>, SignatureError> {
+        if self.secrets.is_empty() {
+            return Ok(None);
+        }
+        if let Some(signature) = header(headers, "webhook-signature") {
+            let id = header(headers, "webhook-id")
+                .ok_or(SignatureError::Malformed("webhook-id is missing"))?;
+            let timestamp: i64 = header(headers, "webhook-timestamp")
+                .ok_or(SignatureError::Malformed("webhook-timestamp is missing"))?
+                .trim()
+                .parse()
+                .map_err(|_| {
+                    SignatureError::Malformed("webhook-timestamp is not a number of seconds")
+                })?;
+            if id.is_empty() || id.len() > 256 {
+                return Err(SignatureError::Malformed(
+                    "webhook-id must be 1-256 characters",
+                ));
+            }
+            let skew_s = (now_ms.div_euclid(1000)).saturating_sub(timestamp);
+            if skew_s.saturating_abs().saturating_mul(1000) > self.tolerance_ms {
+                return Err(SignatureError::Expired(skew_s, self.tolerance_ms / 1000));
+            }
+            let matched = self
+                .secrets
+                .iter()
+                .position(|secret| {
+                    signing::verify_standard(secret, id, timestamp, body, signature).is_ok()
+                })
+                .ok_or(SignatureError::Invalid)?;
+            // Only a verified id is remembered, so forged requests cannot poison the cache.
+            let fresh = self
+                .replays
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, now_ms, self.tolerance_ms * 2);
+            if !fresh {
+                return Err(SignatureError::Replayed);
+            }
+            return Ok(Some(matched + 1));
+        }
+        let Some(signature) = header(headers, &self.header) else {
+            return Err(SignatureError::Missing(self.header.clone()));
+        };
+        let mut saw_wellformed = false;
+        for (n, secret) in self.secrets.iter().enumerate() {
+            match signing::verify_legacy(secret, self.algorithm, body, signature) {
+                Ok(()) => return Ok(Some(n + 1)),
+                Err(VerifyError::Mismatch) => saw_wellformed = true,
+                Err(VerifyError::Missing) => {}
+            }
+        }
+        if saw_wellformed {
+            Err(SignatureError::Invalid)
+        } else {
+            Err(SignatureError::Malformed("the signature header is not hex"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn verifier() -> Verifier {
+        let secrets = ["ingest-secret-one", "ingest-secret-two"]
+            .iter()
+            .map(|s| SigningSecret::parse(s).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        Verifier::new(
+            secrets,
+            "X-Webhook-Signature".into(),
+            SignatureAlgorithm::Sha256,
+            300_000,
+        )
+    }
+
+    fn standard(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> HeaderMap {
+        let secret = SigningSecret::parse(secret).unwrap_or_else(|e| panic!("{e}"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "webhook-id",
+            HeaderValue::from_str(id).unwrap_or_else(|e| panic!("{e}")),
+        );
+        headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
+        let signature = signing::standard_signature(&secret, id, timestamp, body);
+        headers.insert(
+            "webhook-signature",
+            HeaderValue::from_str(&signature).unwrap_or_else(|e| panic!("{e}")),
+        );
+        headers
+    }
+
+    #[test]
+    fn either_secret_verifies_in_both_schemes() {
+        let verifier = verifier();
+        let body = br#"{"a":1}"#;
+        let ts = NOW / 1000;
+        assert_eq!(
+            verifier.verify(&standard("ingest-secret-one", "m1", ts, body), body, NOW),
+            Ok(Some(1))
+        );
+        assert_eq!(
+            verifier.verify(&standard("ingest-secret-two", "m2", ts, body), body, NOW),
+            Ok(Some(2))
+        );
+        let secret = SigningSecret::parse("ingest-secret-two").unwrap_or_else(|e| panic!("{e}"));
+        let legacy = signing::legacy_signature(&secret, SignatureAlgorithm::Sha256, body);
+        for value in [
+            legacy.clone(),
+            legacy.trim_start_matches("sha256=").to_owned(),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "x-webhook-signature",
+                HeaderValue::from_str(&value).unwrap_or_else(|e| panic!("{e}")),
+            );
+            assert_eq!(verifier.verify(&headers, body, NOW), Ok(Some(2)));
+        }
+    }
+
+    #[test]
+    fn every_bad_signature_is_refused_with_its_reason() {
+        let verifier = verifier();
+        let body = br#"{"a":1}"#;
+        let ts = NOW / 1000;
+        assert!(matches!(
+            verifier.verify(&HeaderMap::new(), body, NOW),
+            Err(SignatureError::Missing(_))
+        ));
+        assert_eq!(
+            verifier.verify(&standard("wrong-secret", "m1", ts, body), body, NOW),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            verifier.verify(
+                &standard("ingest-secret-one", "m1", ts, body),
+                b"tampered",
+                NOW
+            ),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            verifier.verify(
+                &standard("ingest-secret-one", "old", ts - 301, body),
+                body,
+                NOW
+            ),
+            Err(SignatureError::Expired(301, 300))
+        );
+        assert!(matches!(
+            verifier.verify(
+                &standard("ingest-secret-one", "future", ts + 301, body),
+                body,
+                NOW
+            ),
+            Err(SignatureError::Expired(..))
+        ));
+        let first = standard("ingest-secret-one", "once", ts, body);
+        assert_eq!(verifier.verify(&first, body, NOW), Ok(Some(1)));
+        assert_eq!(
+            verifier.verify(&first, body, NOW + 1_000),
+            Err(SignatureError::Replayed)
+        );
+        let mut no_id = first.clone();
+        no_id.remove("webhook-id");
+        assert!(matches!(
+            verifier.verify(&no_id, body, NOW),
+            Err(SignatureError::Malformed(_))
+        ));
+        let mut legacy = HeaderMap::new();
+        legacy.insert(
+            "x-webhook-signature",
+            HeaderValue::from_static("sha256=deadbeef"),
+        );
+        assert_eq!(
+            verifier.verify(&legacy, body, NOW),
+            Err(SignatureError::Invalid)
+        );
+        legacy.insert("x-webhook-signature", HeaderValue::from_static("not-hex"));
+        assert!(matches!(
+            verifier.verify(&legacy, body, NOW),
+            Err(SignatureError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn an_invalid_request_never_burns_an_id_for_the_genuine_one() {
+        let verifier = verifier();
+        let body = br#"{"a":1}"#;
+        let ts = NOW / 1000;
+        let forged = standard("wrong-secret", "shared-id", ts, body);
+        assert_eq!(
+            verifier.verify(&forged, body, NOW),
+            Err(SignatureError::Invalid)
+        );
+        let genuine = standard("ingest-secret-one", "shared-id", ts, body);
+        assert_eq!(verifier.verify(&genuine, body, NOW), Ok(Some(1)));
+    }
+
+    #[test]
+    fn ids_are_forgotten_after_the_window() {
+        let mut cache = ReplayCache::default();
+        assert!(cache.insert("a", 0, 600_000));
+        assert!(!cache.insert("a", 599_000, 600_000));
+        assert!(cache.insert("a", 600_001, 600_000));
+    }
+
+    #[test]
+    fn without_secrets_everything_passes() {
+        let open = Verifier::new(
+            Vec::new(),
+            "X-Webhook-Signature".into(),
+            SignatureAlgorithm::Sha256,
+            300_000,
+        );
+        assert_eq!(open.verify(&HeaderMap::new(), b"{}", NOW), Ok(None));
+    }
+}
