@@ -386,3 +386,60 @@ async fn send_and_dlq_commands_work_on_the_database_directly() {
         serde_json::from_slice(&run(&["dlq", "list", "--json"]).stdout).expect("json");
     assert_eq!(list["count"], 0);
 }
+
+#[test]
+fn serve_refuses_a_public_address_without_an_admin_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = hookrelay(dir.path(), &[])
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HOOKRELAY_ADMIN_TOKEN"));
+}
+
+#[tokio::test]
+async fn ratelimit_status_asks_the_running_server() {
+    let receiver = TestReceiver::start().await;
+    let token = "ratelimit-admin-token-0123456789abcdef";
+    let app = crate::helpers::TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("HOOKRELAY_ADMIN_TOKEN", token),
+            ("WEBHOOK_RATE_LIMIT", "5"),
+        ],
+    )
+    .await;
+    app.post_json("/api/webhook/usage", &usage_event("a")).await;
+    let server = format!("http://{}", app.addr);
+    let output = tokio::task::spawn_blocking({
+        let dir = app.dir.path().to_path_buf();
+        move || {
+            hookrelay(&dir, &[("HOOKRELAY_ADMIN_TOKEN", token)])
+                .args([
+                    "ratelimit",
+                    "status",
+                    "127.0.0.1",
+                    "--json",
+                    "--server",
+                    &server,
+                ])
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("run");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(status["clients"][0]["client"], "127.0.0.1");
+    assert_eq!(
+        status["clients"][0]["remaining"], 14,
+        "5 + 10 burst, one used"
+    );
+}

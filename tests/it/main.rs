@@ -4,5 +4,6 @@ mod binary;
 mod delivery;
 mod dlq;
 mod endpoints;
+mod guard;
 mod helpers;
 mod ingest;

@@ -1,0 +1,434 @@
+//! Inbound protection: signatures, rate limits, allowlists, hostile clients.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, extract::ConnectInfo, http::Request};
+use hookrelay::{
+    clock::{Clock, ManualClock},
+    domain::SigningSecret,
+    signing::{self, SignatureAlgorithm},
+};
+use proptest::prelude::*;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tower::ServiceExt;
+
+use crate::helpers::{TestApp, TestReceiver, config, usage_event};
+
+const INGEST_SECRET: &str = "ingest-secret-0123456789abcdef0123456789";
+const OLD_INGEST_SECRET: &str = "ingest-secret-previous-0123456789abcdef";
+
+fn body() -> Vec<u8> {
+    serde_json::to_vec(&usage_event("signed")).expect("json")
+}
+
+async fn signed_app(receiver: &TestReceiver, extra: &[(&str, &str)]) -> TestApp {
+    let secrets = format!("{INGEST_SECRET},{OLD_INGEST_SECRET}");
+    let mut vars = vec![("HOOKRELAY_INGEST_SECRET", secrets.as_str())];
+    vars.extend_from_slice(extra);
+    TestApp::spawn(&receiver.url(), &vars).await
+}
+
+async fn post(
+    app: &TestApp,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = app
+        .http
+        .post(app.url("/api/webhook/usage"))
+        .header("content-type", "application/json")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let json = response.json().await.unwrap_or(Value::Null);
+    (status, json, headers)
+}
+
+fn standard_headers(
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    let secret = SigningSecret::parse(secret).expect("secret");
+    vec![
+        ("webhook-id", id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        (
+            "webhook-signature",
+            signing::standard_signature(&secret, id, timestamp, body),
+        ),
+    ]
+}
+
+fn now_s() -> i64 {
+    hookrelay::clock::SystemClock.now_ms() / 1000
+}
+
+#[tokio::test]
+async fn with_an_ingest_secret_only_signed_requests_get_in() {
+    let receiver = TestReceiver::start().await;
+    let app = signed_app(&receiver, &[]).await;
+    let body = body();
+
+    let (status, error, _) = post(&app, body.clone(), &[]).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("missing_signature"))
+    );
+
+    let secret = SigningSecret::parse(INGEST_SECRET).expect("secret");
+    let legacy = signing::legacy_signature(&secret, SignatureAlgorithm::Sha256, &body);
+    let (status, _, _) = post(
+        &app,
+        body.clone(),
+        &[("x-webhook-signature", legacy.clone())],
+    )
+    .await;
+    assert_eq!(status, 202, "the guide's scheme with the sha256= prefix");
+    let bare = legacy.trim_start_matches("sha256=").to_owned();
+    assert_eq!(
+        post(&app, body.clone(), &[("x-webhook-signature", bare)])
+            .await
+            .0,
+        202,
+        "and without it"
+    );
+
+    let (status, error, _) = post(
+        &app,
+        b"{\"tampered\":1}".to_vec(),
+        &[("x-webhook-signature", legacy)],
+    )
+    .await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("invalid_signature"))
+    );
+
+    // Standard Webhooks, with either secret of a rotation.
+    for (n, secret) in [INGEST_SECRET, OLD_INGEST_SECRET].iter().enumerate() {
+        let headers = standard_headers(secret, &format!("msg_{n}"), now_s(), &body);
+        assert_eq!(
+            post(&app, body.clone(), &headers).await.0,
+            202,
+            "secret #{n}"
+        );
+    }
+    let wrong = standard_headers(
+        "not-an-ingest-secret-at-all-000000000",
+        "msg_x",
+        now_s(),
+        &body,
+    );
+    assert_eq!(
+        post(&app, body.clone(), &wrong).await.1["code"],
+        "invalid_signature"
+    );
+
+    // Whoever holds the delivery secret cannot sign events in.
+    let delivery_secret = standard_headers(crate::helpers::SECRET, "msg_y", now_s(), &body);
+    assert_eq!(post(&app, body.clone(), &delivery_secret).await.0, 401);
+
+    receiver.wait_for(4, Duration::from_secs(10)).await;
+    crate::helpers::eventually(Duration::from_secs(10), "queue drained", || async {
+        app.relay.counts().await.expect("counts").pending == 0
+    })
+    .await;
+    assert_eq!(
+        receiver.received().len(),
+        4,
+        "only the four signed events were stored"
+    );
+}
+
+#[tokio::test]
+async fn stale_and_replayed_standard_webhooks_requests_are_refused() {
+    let receiver = TestReceiver::start().await;
+    let app = signed_app(&receiver, &[]).await;
+    let body = body();
+    let stale = standard_headers(INGEST_SECRET, "msg_old", now_s() - 301, &body);
+    let (status, error, _) = post(&app, body.clone(), &stale).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("signature_expired"))
+    );
+    let future = standard_headers(INGEST_SECRET, "msg_future", now_s() + 301, &body);
+    assert_eq!(
+        post(&app, body.clone(), &future).await.1["code"],
+        "signature_expired"
+    );
+
+    let fresh = standard_headers(INGEST_SECRET, "msg_once", now_s(), &body);
+    assert_eq!(post(&app, body.clone(), &fresh).await.0, 202);
+    let (status, error, _) = post(&app, body.clone(), &fresh).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("replayed_request"))
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limit_refills_continuously_on_the_controlled_clock() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let config = config(
+        dir.path(),
+        &[
+            ("ZAPIER_WEBHOOK_URL", &url),
+            ("WEBHOOK_RATE_LIMIT", "3"),
+            ("WEBHOOK_RATE_WINDOW", "60"),
+            ("WEBHOOK_BURST_ALLOWANCE", "1"),
+        ],
+    );
+    let clock = ManualClock::new(1_800_000_000_000);
+    let app = TestApp::spawn_with(config, dir, Arc::new(clock.clone())).await;
+
+    for remaining in ["3", "2", "1", "0"] {
+        let (status, _, headers) = post(&app, body(), &[]).await;
+        assert_eq!(status, 202);
+        assert_eq!(
+            headers.get("ratelimit-limit").map(|v| v.as_bytes()),
+            Some(&b"4"[..])
+        );
+        assert_eq!(
+            headers
+                .get("ratelimit-remaining")
+                .map(|v| v.to_str().unwrap_or("")),
+            Some(remaining)
+        );
+    }
+    let (status, error, headers) = post(&app, body(), &[]).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"20"[..]),
+        "60 s / 3 requests"
+    );
+    assert_eq!(
+        headers.get("ratelimit-remaining").map(|v| v.as_bytes()),
+        Some(&b"0"[..])
+    );
+    assert!(headers.contains_key("ratelimit-reset"));
+
+    clock.advance(Duration::from_secs(19));
+    assert_eq!(post(&app, body(), &[]).await.0, 429);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        post(&app, body(), &[]).await.0,
+        202,
+        "one request back after one interval, not a window"
+    );
+    assert_eq!(post(&app, body(), &[]).await.0, 429);
+
+    let status: Value = app
+        .http
+        .get(app.url("/api/v1/ratelimit"))
+        .send()
+        .await
+        .expect("r")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(status["clients"][0]["client"], "127.0.0.1");
+    assert_eq!(status["clients"][0]["remaining"], 0);
+}
+
+#[tokio::test]
+async fn addresses_outside_the_allowlist_are_refused_and_forwarded_headers_need_a_trusted_proxy() {
+    let receiver = TestReceiver::start().await;
+    let closed = TestApp::spawn(
+        &receiver.url(),
+        &[("WEBHOOK_ALLOWED_IPS", "10.0.0.0/8,2001:db8::/32")],
+    )
+    .await;
+    let (status, error, _) = post(&closed, body(), &[]).await;
+    assert_eq!((status, error["code"].as_str()), (403, Some("forbidden")));
+    // A client cannot claim an allowed address itself.
+    let forged = [
+        ("x-forwarded-for", "10.1.2.3".to_owned()),
+        ("forwarded", "for=10.1.2.3".to_owned()),
+    ];
+    assert_eq!(post(&closed, body(), &forged).await.0, 403);
+
+    let proxied = TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("WEBHOOK_ALLOWED_IPS", "10.0.0.0/8"),
+            ("HOOKRELAY_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        post(
+            &proxied,
+            body(),
+            &[("x-forwarded-for", "10.1.2.3".to_owned())]
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        post(
+            &proxied,
+            body(),
+            &[("x-forwarded-for", "192.0.2.1".to_owned())]
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(closed.relay.counts().await.expect("counts").pending, 0);
+}
+
+async fn read_response(stream: &mut TcpStream, within: Duration) -> String {
+    let mut buffer = Vec::new();
+    let deadline = Instant::now() + within;
+    let mut chunk = [0u8; 4096];
+    while Instant::now() < deadline {
+        match tokio::time::timeout(deadline - Instant::now(), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => {
+                buffer.extend_from_slice(&chunk[..n]);
+                if buffer.windows(4).any(|w| w == b"\r\n\r\n")
+                    && String::from_utf8_lossy(&buffer).contains('}')
+                {
+                    break;
+                }
+            }
+            Ok(Err(_)) => break,
+        }
+    }
+    String::from_utf8_lossy(&buffer).into_owned()
+}
+
+#[tokio::test]
+async fn hostile_clients_get_limits_not_resources() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("HOOKRELAY_HEADER_TIMEOUT_SECONDS", "0.3"),
+            ("HOOKRELAY_REQUEST_TIMEOUT_SECONDS", "0.5"),
+            ("HOOKRELAY_MAX_HEADER_BYTES", "8192"),
+            ("HOOKRELAY_MAX_CONNECTIONS", "2"),
+        ],
+    )
+    .await;
+
+    // Oversized head: refused before any handler runs.
+    let huge = "x".repeat(20_000);
+    let response = app
+        .http
+        .get(app.url("/health"))
+        .header("x-filler", huge)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 431);
+
+    // Slowloris: a head that never completes is cut off.
+    let mut slow = TcpStream::connect(app.addr).await.expect("connect");
+    slow.write_all(b"POST /api/webhook/usage HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let answer = read_response(&mut slow, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the slow client was not cut off"
+    );
+    assert!(answer.is_empty() || answer.contains("408"), "{answer}");
+
+    // A body that never arrives: 408 once the request timeout passes.
+    let mut dribble = TcpStream::connect(app.addr).await.expect("connect");
+    dribble
+        .write_all(b"POST /api/webhook/usage HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\"")
+        .await
+        .expect("write");
+    let answer = read_response(&mut dribble, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // Connection cap: two held open, the third is refused with 503.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(
+            read_response(&mut stream, Duration::from_secs(5))
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        held.push(stream);
+    }
+    let mut third = TcpStream::connect(app.addr).await.expect("connect");
+    let answer = read_response(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("retry-after: 1") && answer.contains("overloaded"),
+        "{answer}"
+    );
+    drop(held);
+    assert_eq!(
+        app.relay.counts().await.expect("counts").pending,
+        0,
+        "nothing half-written"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever bytes arrive as the body or the signature, the answer is never a 5xx.
+    #[test]
+    fn arbitrary_bodies_and_signatures_never_cause_a_server_error(
+        body in prop::collection::vec(any::<u8>(), 0..600),
+        signature in "[ -~]{0,120}",
+        timestamp in any::<i64>(),
+        standard in any::<bool>(),
+        path in prop::sample::select(vec!["/api/webhook/usage", "/api/v1/events"]),
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("dir");
+            let config = config(dir.path(), &[("HOOKRELAY_INGEST_SECRET", INGEST_SECRET)]);
+            let relay = hookrelay::Relay::open(config).await.expect("open");
+            let app = hookrelay::api::router(relay);
+            let mut request = Request::post(path).header("content-type", "application/json");
+            request = if standard {
+                request
+                    .header("webhook-id", "msg_1")
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signature.clone())
+            } else {
+                request.header("x-webhook-signature", signature.clone())
+            };
+            let mut request = request.body(Body::from(body)).expect("request");
+            request.extensions_mut().insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 4242))));
+            let response = app.oneshot(request).await.expect("infallible");
+            prop_assert!(!response.status().is_server_error(), "{}", response.status());
+            Ok(())
+        })?;
+    }
+}
