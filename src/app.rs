@@ -1,4 +1,6 @@
-//! `serve`: the HTTP API and the delivery worker, side by side, until shutdown.
+//! `serve`: the HTTP API, the delivery worker and the monitor, side by side, until shutdown.
+
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,13 +18,20 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let grace = relay.config().shutdown_grace;
+    crate::monitor::metrics::install();
     let worker = tokio::spawn(relay.clone().run_worker(shutdown.clone()));
+    let monitor = relay.monitor().map_err(std::io::Error::other)?;
+    let alive = Arc::clone(relay.worker());
+    let monitor = tokio::spawn(monitor.run(move || alive.is_alive(), shutdown.clone()));
     let served = api::serve(relay, listener, shutdown.clone(), grace).await;
     info!("HTTP API stopped");
     // If the API failed on its own, the worker must stop too.
     shutdown.cancel();
     if let Err(e) = worker.await {
         tracing::error!(error = %e, "delivery worker ended abnormally");
+    }
+    if let Err(e) = monitor.await {
+        tracing::error!(error = %e, "monitor ended abnormally");
     }
     info!("delivery worker stopped");
     served

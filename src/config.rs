@@ -54,6 +54,29 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// Alert thresholds (the guide's rules are the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AlertThresholds {
+    /// Success rate of attempts over the last hour below which a warning fires (0.90).
+    pub success_rate_warning: f64,
+    /// … and below which a critical alert fires (0.80).
+    pub success_rate_critical: f64,
+    /// Average attempt duration over the last hour above which a warning fires (5 s).
+    pub response_time_warning_ms: f64,
+    /// … and above which a critical alert fires (10 s).
+    pub response_time_critical_ms: f64,
+    /// Share of deliveries finished in the last hour that were dead-lettered, above which a
+    /// critical alert fires (0.10).
+    pub error_rate_critical: f64,
+    /// Dead letters above which a warning fires (50).
+    pub dlq_warning: u64,
+    /// … and above which a critical alert fires (100).
+    pub dlq_critical: u64,
+    /// Attempts in the hour needed before rate rules judge (10), so one failure at night is
+    /// not a 0% success rate.
+    pub min_attempts: u64,
+}
+
 /// Where the data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseLocation {
@@ -176,6 +199,24 @@ pub struct Config {
     /// `HOOKRELAY_MAX_CONCURRENT_REQUESTS` (default 512): requests handled at once; beyond,
     /// 503 with `Retry-After` instead of queueing.
     pub max_concurrent_requests: usize,
+    /// `HOOKRELAY_ALERT_*`: alert rule thresholds.
+    pub alerts: AlertThresholds,
+    /// `HOOKRELAY_ALERT_WEBHOOK_URL`: where alerts are sent (Slack's incoming-webhook format
+    /// for a Slack URL, JSON otherwise). The URL is treated as a secret.
+    pub alert_webhook_url: Option<EndpointUrl>,
+    /// `HOOKRELAY_ALERT_INTERVAL_SECONDS` (default 30): how often alert rules are evaluated.
+    pub alert_interval: Duration,
+    /// `HOOKRELAY_METRICS_REQUIRE_TOKEN` (default false): `/metrics` needs the admin token.
+    pub metrics_require_token: bool,
+    /// `HOOKRELAY_LOG_FILE` (default false): also write JSON lines to `DATA_DIR/logs/hookrelay.log`,
+    /// rotated daily.
+    pub log_file: bool,
+    /// `HOOKRELAY_ENVIRONMENT` (default `production`): reported to Sentry.
+    pub environment: String,
+    /// `HOOKRELAY_DISK_WARNING_PERCENT` (default 10): free disk below this turns health degraded.
+    pub disk_warning_percent: f64,
+    /// `HOOKRELAY_DISK_CRITICAL_PERCENT` (default 2): free disk below this turns health unhealthy.
+    pub disk_critical_percent: f64,
 }
 
 /// How serious a configuration problem is.
@@ -327,6 +368,29 @@ impl<F: Fn(&str) -> Option<String>> Reader<F> {
         Duration::from_millis((value * 1000.0).round() as u64)
     }
 
+    /// A fraction from 0 to 1; `90%` and `0.9` both mean 0.9.
+    fn fraction(&mut self, name: &'static str, default: f64) -> f64 {
+        let Some(raw) = self.raw(name) else {
+            return default;
+        };
+        let raw = raw.trim();
+        let parsed = match raw.strip_suffix('%') {
+            Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+            None => raw.parse::<f64>(),
+        };
+        match parsed {
+            Ok(value) if (0.0..=1.0).contains(&value) => value,
+            _ => {
+                self.error(
+                    name,
+                    format!("`{raw}` is not a fraction"),
+                    "use a number from 0 to 1, or a percentage like 90%",
+                );
+                default
+            }
+        }
+    }
+
     fn cidrs(&mut self, name: &'static str) -> Vec<IpNet> {
         let Some(raw) = self.raw(name) else {
             return Vec::new();
@@ -468,6 +532,15 @@ impl Config {
             }
         }
         let sentry_dsn = r.secret("SENTRY_DSN");
+        if let Some(dsn) = &sentry_dsn
+            && dsn.expose().parse::<sentry::types::Dsn>().is_err()
+        {
+            r.error(
+                "SENTRY_DSN",
+                "is not a valid Sentry DSN",
+                "copy the DSN from your Sentry project settings (https://PUBLIC_KEY@HOST/PROJECT_ID)",
+            );
+        }
         let log_level = r
             .raw("LOG_LEVEL")
             .map_or_else(|| "INFO".to_owned(), |v| v.trim().to_owned());
@@ -652,6 +725,80 @@ impl Config {
         let max_connections = r.number("HOOKRELAY_MAX_CONNECTIONS", 1024, 1, 1_000_000) as usize;
         let max_concurrent_requests =
             r.number("HOOKRELAY_MAX_CONCURRENT_REQUESTS", 512, 1, 1_000_000) as usize;
+        let alerts = AlertThresholds {
+            success_rate_warning: r.fraction("HOOKRELAY_ALERT_SUCCESS_RATE_WARNING", 0.90),
+            success_rate_critical: r.fraction("HOOKRELAY_ALERT_SUCCESS_RATE_CRITICAL", 0.80),
+            response_time_warning_ms: r
+                .seconds(
+                    "HOOKRELAY_ALERT_RESPONSE_TIME_WARNING_SECONDS",
+                    5.0,
+                    0.001,
+                    3600.0,
+                )
+                .as_secs_f64()
+                * 1000.0,
+            response_time_critical_ms: r
+                .seconds(
+                    "HOOKRELAY_ALERT_RESPONSE_TIME_CRITICAL_SECONDS",
+                    10.0,
+                    0.001,
+                    3600.0,
+                )
+                .as_secs_f64()
+                * 1000.0,
+            error_rate_critical: r.fraction("HOOKRELAY_ALERT_ERROR_RATE_CRITICAL", 0.10),
+            dlq_warning: r.number("HOOKRELAY_ALERT_DLQ_WARNING", 50, 0, u64::MAX / 2),
+            dlq_critical: r.number("HOOKRELAY_ALERT_DLQ_CRITICAL", 100, 0, u64::MAX / 2),
+            min_attempts: r.number("HOOKRELAY_ALERT_MIN_ATTEMPTS", 10, 1, 1_000_000_000),
+        };
+        let alert_webhook_url =
+            r.raw("HOOKRELAY_ALERT_WEBHOOK_URL")
+                .and_then(|raw| match EndpointUrl::parse(&raw) {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        r.error(
+                            "HOOKRELAY_ALERT_WEBHOOK_URL",
+                            e.to_string(),
+                            "set it to a Slack incoming-webhook URL or any https URL",
+                        );
+                        None
+                    }
+                });
+        let alert_interval = r.seconds("HOOKRELAY_ALERT_INTERVAL_SECONDS", 30.0, 0.1, 86_400.0);
+        let metrics_require_token = r.bool("HOOKRELAY_METRICS_REQUIRE_TOKEN", false);
+        if metrics_require_token && admin_token.is_none() {
+            r.warn(
+                "HOOKRELAY_METRICS_REQUIRE_TOKEN",
+                "is true but HOOKRELAY_ADMIN_TOKEN is unset: /metrics answers loopback clients only",
+                "set HOOKRELAY_ADMIN_TOKEN for Prometheus to scrape with",
+            );
+        }
+        let log_file = r.bool("HOOKRELAY_LOG_FILE", false);
+        let environment = r
+            .raw("HOOKRELAY_ENVIRONMENT")
+            .map_or_else(|| "production".to_owned(), |v| v.trim().to_owned());
+        let disk_warning_percent: f64 = r.parsed(
+            "HOOKRELAY_DISK_WARNING_PERCENT",
+            10.0,
+            "a percentage from 0 to 100",
+        );
+        let disk_critical_percent: f64 = r.parsed(
+            "HOOKRELAY_DISK_CRITICAL_PERCENT",
+            2.0,
+            "a percentage from 0 to 100",
+        );
+        for (name, value) in [
+            ("HOOKRELAY_DISK_WARNING_PERCENT", disk_warning_percent),
+            ("HOOKRELAY_DISK_CRITICAL_PERCENT", disk_critical_percent),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                r.error(
+                    name,
+                    format!("{value} is not a percentage"),
+                    "use a number from 0 to 100",
+                );
+            }
+        }
         if ingest_secrets.is_empty() && !listen.ip().is_loopback() {
             r.warn(
                 "HOOKRELAY_INGEST_SECRET",
@@ -759,6 +906,14 @@ impl Config {
             request_timeout,
             max_connections,
             max_concurrent_requests,
+            alerts,
+            alert_webhook_url,
+            alert_interval,
+            metrics_require_token,
+            log_file,
+            environment,
+            disk_warning_percent,
+            disk_critical_percent,
         };
         Ok((config, problems))
     }

@@ -6,7 +6,8 @@ fn main() -> ExitCode {
     // Before any thread starts: real environment variables win over `.env`.
     let _ = dotenvy::dotenv();
     let cli = hookrelay::cli::Cli::parse();
-    hookrelay::telemetry::init();
+    // Sentry must start before the runtime's threads.
+    let _telemetry = hookrelay::telemetry::init(cli.is_serve());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -349,6 +349,41 @@ impl Relay {
         Ok(endpoint)
     }
 
+    /// The status report: health verdict, windowed figures, alerts, queue, endpoints.
+    /// `worker_alive` is known by a process that runs the worker; `None` judges by heartbeats.
+    pub async fn report(&self, worker_alive: Option<bool>) -> crate::monitor::StatusReport {
+        crate::monitor::report(
+            self.inner.store.as_ref(),
+            &self.inner.config,
+            self.inner.clock.now_ms(),
+            worker_alive,
+        )
+        .await
+    }
+
+    /// The latest alerts (fired and resolved), newest first.
+    pub async fn recent_alerts(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::monitor::Alert>, StoreError> {
+        self.inner.store.recent_alerts(limit).await
+    }
+
+    /// The monitor loop of a serving process (alerts, gauges, heartbeat).
+    pub fn monitor(&self) -> Result<crate::monitor::Monitor, RelayError> {
+        let policy = AddressPolicy {
+            allow_private: self.inner.config.allow_private_targets,
+            allowed: self.inner.config.allowed_target_cidrs.clone(),
+        };
+        let sender = HttpSender::new(1, policy).map_err(|e| RelayError::Client(e.to_string()))?;
+        Ok(crate::monitor::Monitor::new(
+            Arc::clone(&self.inner.store),
+            Arc::clone(&self.inner.config),
+            Arc::clone(&self.inner.clock),
+            sender,
+        ))
+    }
+
     /// Whether the database answers and (when running) the worker goes round.
     pub async fn ready(&self) -> Result<(), String> {
         self.inner.store.ping().await.map_err(|e| {

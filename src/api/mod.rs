@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod health;
 mod ingest;
+mod monitoring;
 mod ratelimit;
 mod server;
 
@@ -45,11 +46,19 @@ pub fn router(relay: Relay) -> Router {
         .merge(dlq::router())
         .merge(endpoints::router())
         .merge(ratelimit::router(Arc::clone(&guard)))
+        .merge(monitoring::router())
         .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin));
     let ingest = ingest::router().route_layer(middleware::from_fn_with_state(guard, ingest_guard));
+    let metrics = if config.metrics_require_token {
+        monitoring::metrics_router()
+            .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin))
+    } else {
+        monitoring::metrics_router()
+    };
     Router::new()
         .merge(health::router())
         .merge(ingest)
+        .merge(metrics)
         .merge(management)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

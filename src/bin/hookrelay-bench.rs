@@ -135,7 +135,7 @@ fn event(n: u64) -> UsageEvent {
         model_name: "gpt-4o-mini".into(),
         response_time_ms: 850 + n % 400,
         estimated_tokens: 120 + n % 50,
-        success: n % 20 != 0,
+        success: !n.is_multiple_of(20),
         user_agent: Some("hookrelay-bench".into()),
     }
 }

@@ -5,6 +5,7 @@
 
 mod dlq;
 mod endpoints;
+mod monitor;
 mod output;
 
 use std::{net::SocketAddr, process::ExitCode};
@@ -87,6 +88,33 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
+    },
+    /// One screen: health, throughput, backlog, dead letters, alerts, endpoints.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delivery figures over the last hour, day and all time.
+    Metrics {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The health verdict; exit code 0 healthy, 1 degraded, 2 unhealthy.
+    Health {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Active and recent alerts.
+    Alerts {
+        /// How many recent alerts to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Rate-limit state of ingest clients, from the running server.
     Ratelimit {
@@ -213,12 +241,21 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+impl Cli {
+    /// Whether this is `serve` (which logs to a file when configured).
+    pub fn is_serve(&self) -> bool {
+        matches!(self.command, Command::Serve { .. })
+    }
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            eprintln!("error: {message}");
+            crate::telemetry::report_failure(&message);
             ExitCode::FAILURE
         }
     }
@@ -428,6 +465,54 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                     json: as_json,
                 },
         } => ratelimit_status(&config, client, server, as_json).await,
+        Command::Status { json: as_json } => {
+            monitor::status(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                as_json,
+            )
+            .await
+        }
+        Command::Metrics { json: as_json } => {
+            monitor::metrics(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                as_json,
+            )
+            .await
+        }
+        Command::Health { json: as_json } => match Relay::open_for_management(config).await {
+            Ok(relay) => monitor::health(relay, as_json).await,
+            Err(e) => {
+                // The database cannot even be opened: that is the verdict.
+                if as_json {
+                    output::json(&json!({
+                        "health": { "status": "unhealthy", "reasons": [format!("the database cannot be opened: {e}")] },
+                        "worker_alive": false
+                    }));
+                } else {
+                    println!(
+                        "health       Unhealthy\n             - the database cannot be opened: {e}"
+                    );
+                }
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Alerts {
+            limit,
+            json: as_json,
+        } => {
+            monitor::alerts(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                limit,
+                as_json,
+            )
+            .await
+        }
         Command::Endpoints { command } => {
             let relay = Relay::open_for_management(config)
                 .await

@@ -383,6 +383,7 @@ impl Worker {
             error_detail: None,
             response_snippet: None,
             next: NextState::Delivered,
+            latency_ms: now_ms - delivery.event_created_at_ms,
         };
         let failure = match result {
             Ok(response) => {
@@ -523,21 +524,38 @@ impl Worker {
         };
 
         let latency_ms = now - delivery.event_created_at_ms;
+        let outcome_label = match record.next {
+            NextState::Delivered => "delivered",
+            NextState::RetryAt(_) => "retry",
+            NextState::Throttled(_) => "throttled",
+            NextState::DeadLetter => "dead",
+        };
+        crate::monitor::metrics::attempt(
+            target.id.as_str(),
+            outcome_label,
+            record.status_code,
+            record.duration_ms,
+            (record.next == NextState::Delivered).then_some(latency_ms),
+        );
         match outcome {
             Outcome::Delivered => info!(
                 event_id = %delivery.event_id, delivery_id = %delivery.id, endpoint = %target.id,
+                session_id = delivery.session_id.as_deref().unwrap_or_default(),
                 attempt = record.attempt_no, status = record.status_code, duration_ms = record.duration_ms,
                 latency_ms, "delivered"
             ),
             Outcome::Retrying { at_ms } | Outcome::Throttled { at_ms } => warn!(
                 event_id = %delivery.event_id, delivery_id = %delivery.id, endpoint = %target.id,
+                session_id = delivery.session_id.as_deref().unwrap_or_default(),
                 attempt = record.attempt_no, status = record.status_code, duration_ms = record.duration_ms,
                 error = record.error_detail.as_deref().unwrap_or_default(),
                 throttled = matches!(outcome, Outcome::Throttled { .. }),
                 retry_in_ms = at_ms - now, "attempt failed; will retry"
             ),
-            Outcome::DeadLettered | Outcome::Released => error!(
+            // A receiver's refusal is for a person to look at, not an error of hookrelay's.
+            Outcome::DeadLettered | Outcome::Released => warn!(
                 event_id = %delivery.event_id, delivery_id = %delivery.id, endpoint = %target.id,
+                session_id = delivery.session_id.as_deref().unwrap_or_default(),
                 attempt = record.attempt_no, status = record.status_code, duration_ms = record.duration_ms,
                 error = record.error_detail.as_deref().unwrap_or_default(), "dead-lettered"
             ),

@@ -160,7 +160,11 @@ pub async fn ingest_guard(
     request: Request,
     next: Next,
 ) -> Response {
-    guard.check(peer, request, next).await
+    let response = guard.check(peer, request, next).await;
+    if response.status().is_client_error() || response.status().is_server_error() {
+        crate::monitor::metrics::rejected(response.status().as_u16());
+    }
+    response
 }
 
 /// Request-level limits for every route.

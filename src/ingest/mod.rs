@@ -141,7 +141,17 @@ impl Ingestor {
     }
 
     async fn store_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, IngestError> {
+        let kind = if events
+            .iter()
+            .all(|e| e.event_type.as_str() == EventType::USAGE_TRACKED)
+        {
+            "usage"
+        } else {
+            "event"
+        };
         let stored = self.store.ingest(events).await?;
+        let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
+        crate::monitor::metrics::ingested(kind, stored.len() as u64 - duplicates, duplicates);
         if stored.iter().any(|s| !s.duplicate) {
             self.wake.notify_one();
         }

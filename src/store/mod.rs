@@ -17,6 +17,7 @@ pub use self::sqlite::SqliteStore;
 use crate::{
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{Endpoint, EndpointHealth},
+    monitor::{Alert, Condition, WindowTotals},
 };
 
 /// A storage operation failed.
@@ -85,6 +86,8 @@ pub struct ClaimedDelivery {
     pub payload: Bytes,
     /// When the event was accepted, unix ms (for ingest-to-delivery latency).
     pub event_created_at_ms: i64,
+    /// The usage event's session, for logs.
+    pub session_id: Option<String>,
     /// Attempts already spent from the retry budget (reset by a replay).
     pub attempts: u32,
     /// Attempts ever made, across replays.
@@ -141,6 +144,8 @@ pub struct AttemptRecord {
     pub response_snippet: Option<String>,
     /// The state the delivery moves to.
     pub next: NextState,
+    /// Time from acceptance to this attempt's end, ms (for delivered ones' latency).
+    pub latency_ms: i64,
 }
 
 /// The lifecycle state of a delivery.
@@ -340,4 +345,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Sums the per-minute roll-ups since `since_ms` (all of them with `None`).
+    async fn window_totals(&self, since_ms: Option<i64>) -> Result<WindowTotals, StoreError>;
+
+    /// Alerts not resolved yet.
+    async fn active_alerts(&self) -> Result<Vec<Alert>, StoreError>;
+
+    /// The latest alerts, active or not, newest first.
+    async fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError>;
+
+    /// Fires and resolves alerts in one transaction; returns (fired, resolved) as stored.
+    async fn apply_alerts(
+        &self,
+        fire: Vec<Condition>,
+        resolve: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<(Vec<Alert>, Vec<Alert>), StoreError>;
+
+    /// Records that a delivery worker instance is alive.
+    async fn heartbeat(
+        &self,
+        instance: String,
+        started_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The most recent worker heartbeat, unix ms.
+    async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError>;
 }

@@ -26,6 +26,7 @@ use crate::{
     config::SqliteSync,
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
+    monitor::{Alert, AlertLevel, Condition, WindowTotals, bucket},
 };
 
 /// Versioned schema migrations, applied in order, each once.
@@ -39,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "endpoints",
         include_str!("../../migrations/sqlite/0002_endpoints.sql"),
+    ),
+    (
+        3,
+        "monitoring",
+        include_str!("../../migrations/sqlite/0003_monitoring.sql"),
     ),
 ];
 
@@ -327,6 +333,91 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
     })
 }
 
+/// One minute's worth of counts, added to `rollups` in the same transaction as what it counts.
+#[derive(Debug, Default)]
+struct Rollup {
+    ingested: i64,
+    duplicates: i64,
+    attempts: i64,
+    successes: i64,
+    failures: i64,
+    throttled: i64,
+    retries: i64,
+    delivered: i64,
+    dead_lettered: i64,
+    duration_sum_ms: i64,
+    latency_sum_ms: i64,
+    buckets: [i64; 12],
+}
+
+impl Rollup {
+    fn count(&mut self, record: &AttemptRecord) {
+        match record.next {
+            NextState::Throttled(_) => {
+                self.throttled += 1;
+                return;
+            }
+            NextState::Delivered => {
+                self.successes += 1;
+                self.delivered += 1;
+                self.latency_sum_ms += record.latency_ms.max(0);
+            }
+            NextState::RetryAt(_) => {
+                self.failures += 1;
+                self.retries += 1;
+            }
+            NextState::DeadLetter => {
+                self.failures += 1;
+                self.dead_lettered += 1;
+            }
+        }
+        self.attempts += 1;
+        self.duration_sum_ms += record.duration_ms.max(0);
+        self.buckets[bucket(record.duration_ms)] += 1;
+    }
+}
+
+fn add_rollup(conn: &Connection, minute: i64, r: &Rollup) -> Result<(), StoreError> {
+    let b = &r.buckets;
+    conn.prepare_cached(
+        "INSERT INTO rollups (minute, ingested, duplicates, attempts, successes, failures, throttled, retries,
+             delivered, dead_lettered, duration_sum_ms, latency_sum_ms, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+         ON CONFLICT (minute) DO UPDATE SET
+             ingested = ingested + excluded.ingested, duplicates = duplicates + excluded.duplicates,
+             attempts = attempts + excluded.attempts, successes = successes + excluded.successes,
+             failures = failures + excluded.failures, throttled = throttled + excluded.throttled,
+             retries = retries + excluded.retries, delivered = delivered + excluded.delivered,
+             dead_lettered = dead_lettered + excluded.dead_lettered,
+             duration_sum_ms = duration_sum_ms + excluded.duration_sum_ms,
+             latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
+             d0 = d0 + excluded.d0, d1 = d1 + excluded.d1, d2 = d2 + excluded.d2, d3 = d3 + excluded.d3,
+             d4 = d4 + excluded.d4, d5 = d5 + excluded.d5, d6 = d6 + excluded.d6, d7 = d7 + excluded.d7,
+             d8 = d8 + excluded.d8, d9 = d9 + excluded.d9, d10 = d10 + excluded.d10, d11 = d11 + excluded.d11",
+    )?
+    .execute(params![
+        minute, r.ingested, r.duplicates, r.attempts, r.successes, r.failures, r.throttled, r.retries,
+        r.delivered, r.dead_lettered, r.duration_sum_ms, r.latency_sum_ms,
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+    ])?;
+    Ok(())
+}
+
+const ALERT_COLUMNS: &str = "id, rule, level, message, value, threshold, fired_at, resolved_at";
+
+fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<Alert> {
+    Ok(Alert {
+        id: row.get(0)?,
+        rule: row.get(1)?,
+        level: AlertLevel::parse(&row.get::<_, String>(2)?),
+        message: row.get(3)?,
+        value: row.get(4)?,
+        threshold: row.get(5)?,
+        fired_at_ms: row.get(6)?,
+        resolved_at_ms: row.get(7)?,
+    })
+}
+
 /// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
 const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
 
@@ -425,6 +516,7 @@ impl Store for SqliteStore {
             // Fan-out is decided inside the transaction, so an event goes to exactly the
             // endpoints enabled when it was stored.
             let destinations = enabled_filters(conn)?;
+            let minute = events.first().map_or(0, |e| e.created_at_ms.div_euclid(60_000));
             let mut outcomes = Vec::with_capacity(events.len());
             for event in events {
                 if let Some(key) = &event.idempotency_key {
@@ -463,6 +555,13 @@ impl Store for SqliteStore {
                     duplicate: false,
                 });
             }
+            let duplicates = outcomes.iter().filter(|o| o.duplicate).count() as i64;
+            let rollup = Rollup {
+                ingested: outcomes.len() as i64 - duplicates,
+                duplicates,
+                ..Rollup::default()
+            };
+            add_rollup(conn, minute, &rollup)?;
             Ok(outcomes)
         })
         .await
@@ -485,7 +584,7 @@ impl Store for SqliteStore {
                  RETURNING id, event_id, attempts, total_attempts",
             )?;
             let mut event = conn.prepare_cached(
-                "SELECT event_type, payload, created_at FROM events WHERE id = ?1",
+                "SELECT event_type, payload, created_at, session_id FROM events WHERE id = ?1",
             )?;
             let mut claimed = Vec::new();
             for (endpoint, limit) in wanted.into_iter().filter(|(_, limit)| *limit > 0) {
@@ -509,12 +608,13 @@ impl Store for SqliteStore {
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
                 for (id, event_id, attempts, total_attempts) in rows {
-                    let (event_type, payload, created_at) =
+                    let (event_type, payload, created_at, session_id) =
                         event.query_row([&event_id], |row| {
                             Ok((
                                 row.get::<_, String>(0)?,
                                 row.get::<_, Vec<u8>>(1)?,
                                 row.get::<_, i64>(2)?,
+                                row.get::<_, Option<String>>(3)?,
                             ))
                         })?;
                     claimed.push(ClaimedDelivery {
@@ -524,6 +624,7 @@ impl Store for SqliteStore {
                         event_type: EventType::from_trusted(event_type),
                         payload: Bytes::from(payload),
                         event_created_at_ms: created_at,
+                        session_id,
                         attempts,
                         total_attempts,
                         lease: token,
@@ -554,6 +655,10 @@ impl Store for SqliteStore {
                      last_status = ?3, last_error = ?4, updated_at = ?5, finished_at = ?6
                  WHERE id = ?7 AND lease_token = ?8",
             )?;
+            let mut rollup = Rollup::default();
+            for record in &records {
+                rollup.count(record);
+            }
             for record in records {
                 // (status, due, attempt outcome, finished, budget spent, throttled)
                 let (status, next_at, outcome, finished, spent, throttled) = match record.next {
@@ -593,6 +698,7 @@ impl Store for SqliteStore {
                     tracing::warn!(delivery_id = %record.delivery_id, "lease lost before the attempt was recorded; its result is kept in the attempt log only");
                 }
             }
+            add_rollup(conn, now_ms.div_euclid(60_000), &rollup)?;
             let mut health_update = conn.prepare_cached(
                 "UPDATE endpoints SET circuit_state = ?2, circuit_changed_at = ?3, consecutive_failures = ?4,
                      failing_since = ?5, last_attempt_at = ?6, last_success_at = ?7,
@@ -913,6 +1019,145 @@ impl Store for SqliteStore {
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn window_totals(&self, since_ms: Option<i64>) -> Result<WindowTotals, StoreError> {
+        self.read(move |conn| {
+            let since = since_ms.map_or(i64::MIN, |ms| ms.div_euclid(60_000));
+            let totals = conn.prepare_cached(
+                "SELECT COALESCE(SUM(ingested), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(attempts), 0),
+                     COALESCE(SUM(successes), 0), COALESCE(SUM(failures), 0), COALESCE(SUM(throttled), 0),
+                     COALESCE(SUM(retries), 0), COALESCE(SUM(delivered), 0), COALESCE(SUM(dead_lettered), 0),
+                     COALESCE(SUM(duration_sum_ms), 0), COALESCE(SUM(latency_sum_ms), 0),
+                     COALESCE(SUM(d0), 0), COALESCE(SUM(d1), 0), COALESCE(SUM(d2), 0), COALESCE(SUM(d3), 0),
+                     COALESCE(SUM(d4), 0), COALESCE(SUM(d5), 0), COALESCE(SUM(d6), 0), COALESCE(SUM(d7), 0),
+                     COALESCE(SUM(d8), 0), COALESCE(SUM(d9), 0), COALESCE(SUM(d10), 0), COALESCE(SUM(d11), 0)
+                 FROM rollups WHERE minute >= ?1",
+            )?
+            .query_row([since], |row| {
+                let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
+                let mut buckets = [0u64; 12];
+                for (k, slot) in buckets.iter_mut().enumerate() {
+                    *slot = n(11 + k)?;
+                }
+                Ok(WindowTotals {
+                    ingested: n(0)?,
+                    duplicates: n(1)?,
+                    attempts: n(2)?,
+                    successes: n(3)?,
+                    failures: n(4)?,
+                    throttled: n(5)?,
+                    retries: n(6)?,
+                    delivered: n(7)?,
+                    dead_lettered: n(8)?,
+                    duration_sum_ms: n(9)?,
+                    latency_sum_ms: n(10)?,
+                    buckets,
+                })
+            })?;
+            Ok(totals)
+        })
+        .await
+    }
+
+    async fn active_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        self.read(|conn| {
+            let mut list = conn.prepare_cached(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL ORDER BY fired_at, id"
+            ))?;
+            let rows = list
+                .query_map([], alert_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        self.read(move |conn| {
+            let mut list = conn.prepare_cached(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts ORDER BY fired_at DESC, id DESC LIMIT ?1"
+            ))?;
+            let rows = list
+                .query_map([limit as i64], alert_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn apply_alerts(
+        &self,
+        fire: Vec<Condition>,
+        resolve: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
+        self.write(move |conn| {
+            let mut resolved = Vec::new();
+            for id in resolve {
+                let alert = conn
+                    .prepare_cached(&format!(
+                        "UPDATE alerts SET resolved_at = ?2 WHERE id = ?1 AND resolved_at IS NULL RETURNING {ALERT_COLUMNS}"
+                    ))?
+                    .query_row(params![id, now_ms], alert_from_row)
+                    .optional()?;
+                resolved.extend(alert);
+            }
+            let mut fired = Vec::new();
+            for condition in fire {
+                // Another instance may have fired the same rule: the unique index keeps one.
+                let alert = conn
+                    .prepare_cached(&format!(
+                        "INSERT INTO alerts (rule, level, message, value, threshold, fired_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT DO NOTHING RETURNING {ALERT_COLUMNS}"
+                    ))?
+                    .query_row(
+                        params![
+                            condition.rule,
+                            condition.level.as_str(),
+                            condition.message,
+                            condition.value,
+                            condition.threshold,
+                            now_ms
+                        ],
+                        alert_from_row,
+                    )
+                    .optional()?;
+                fired.extend(alert);
+            }
+            Ok((fired, resolved))
+        })
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: String,
+        started_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO heartbeats (instance, started_at, beat_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (instance) DO UPDATE SET beat_at = excluded.beat_at",
+            )?
+            .execute(params![instance, started_at_ms, now_ms])?;
+            // Instances gone for a day are forgotten.
+            conn.prepare_cached("DELETE FROM heartbeats WHERE beat_at < ?1")?
+                .execute([now_ms - 86_400_000])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            let latest: Option<i64> =
+                conn.query_row("SELECT MAX(beat_at) FROM heartbeats", [], |row| row.get(0))?;
+            Ok(latest)
         })
         .await
     }

@@ -350,6 +350,7 @@ async fn a_result_from_an_expired_lease_does_not_overwrite_the_new_claim() {
                 error_detail: Some("stale".into()),
                 response_snippet: None,
                 next: hookrelay::store::NextState::DeadLetter,
+                latency_ms: 0,
             }],
             vec![],
             clock.now_ms(),

@@ -143,12 +143,22 @@ async fn dead_letters_can_be_listed_shown_replayed_and_purged() {
         app.relay.counts().await.expect("counts").dead == 2
     })
     .await;
-    let replayed: Value = get(&format!("/api/v1/dlq/{id}"))
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("json");
+    // The receiver has it; the result is recorded right after.
+    let mut replayed = Value::Null;
+    let deadline = std::time::Instant::now() + WAIT;
+    while replayed["status"] != json!("delivered") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replay never recorded: {replayed}"
+        );
+        replayed = get(&format!("/api/v1/dlq/{id}"))
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(replayed["status"], json!("delivered"));
     assert_eq!(replayed["total_attempts"], json!(2));
 

@@ -1,0 +1,65 @@
+//! `GET /metrics` (Prometheus), `GET /api/v1/health` and `GET /api/v1/alerts` (admin).
+
+use axum::{
+    Json, Router,
+    extract::{Query, State, rejection::QueryRejection},
+    http::{StatusCode, header::CONTENT_TYPE},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::{monitor, relay::Relay};
+
+/// `/metrics`; the caller decides whether it needs the admin token.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// The admin routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/alerts", get(alerts))
+}
+
+async fn metrics() -> Response {
+    monitor::metrics::install();
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        monitor::metrics::render(),
+    )
+        .into_response()
+}
+
+async fn health(State(relay): State<Relay>) -> Json<monitor::StatusReport> {
+    let alive = relay.worker().is_alive();
+    Json(relay.report(Some(alive)).await)
+}
+
+#[derive(Deserialize)]
+struct AlertsQuery {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+async fn alerts(
+    State(relay): State<Relay>,
+    query: Result<Query<AlertsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let recent = relay.recent_alerts(query.limit.min(1000)).await?;
+    let active: Vec<_> = recent
+        .iter()
+        .filter(|a| a.resolved_at_ms.is_none())
+        .cloned()
+        .collect();
+    Ok(Json(json!({ "active": active, "recent": recent })))
+}
