@@ -7,3 +7,4 @@ mod endpoints;
 mod guard;
 mod helpers;
 mod ingest;
+mod monitor;
