@@ -183,6 +183,9 @@ pub struct Config {
     /// `HOOKRELAY_TRUSTED_PROXIES`: CIDRs of reverse proxies whose `X-Forwarded-For` /
     /// `Forwarded` headers are believed. Empty (default): those headers are ignored.
     pub trusted_proxies: Vec<IpNet>,
+    /// `HOOKRELAY_FORWARDED_HEADER` (default `x-forwarded-for`; or `forwarded`): the one
+    /// header the trusted proxies append the client's address to.
+    pub forwarded_header: crate::guard::ForwardedHeader,
     /// `HOOKRELAY_ALLOW_NO_ADMIN_TOKEN` (default false): let `serve` start on a non-loopback
     /// address without `HOOKRELAY_ADMIN_TOKEN` (management routes then answer loopback only).
     pub allow_no_admin_token: bool,
@@ -717,6 +720,11 @@ impl Config {
             86_400.0,
         );
         let trusted_proxies = r.cidrs("HOOKRELAY_TRUSTED_PROXIES");
+        let forwarded_header = r.parsed(
+            "HOOKRELAY_FORWARDED_HEADER",
+            crate::guard::ForwardedHeader::XForwardedFor,
+            "x-forwarded-for or forwarded",
+        );
         let allow_no_admin_token = r.bool("HOOKRELAY_ALLOW_NO_ADMIN_TOKEN", false);
         let max_header_bytes =
             r.number("HOOKRELAY_MAX_HEADER_BYTES", 16_384, 1024, 1 << 20) as usize;
@@ -900,6 +908,7 @@ impl Config {
             ingest_secrets,
             signature_tolerance,
             trusted_proxies,
+            forwarded_header,
             allow_no_admin_token,
             max_header_bytes,
             header_timeout,

@@ -44,6 +44,7 @@ pub mod guard;
 pub mod ingest;
 pub mod monitor;
 pub mod relay;
+pub mod sessions;
 pub mod signing;
 pub mod sink;
 pub mod store;

@@ -369,6 +369,62 @@ impl Relay {
         self.inner.store.recent_alerts(limit).await
     }
 
+    /// One session's aggregate: queries, successes, response times, tokens, models, and how
+    /// its webhooks are doing.
+    pub async fn session_stats(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<crate::sessions::SessionStats>, StoreError> {
+        self.inner.store.session(session_id.to_owned()).await
+    }
+
+    /// Sessions last seen in `[since_ms, until_ms)`, most recent first.
+    pub async fn sessions(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::sessions::SessionStats>, StoreError> {
+        self.inner.store.sessions(since_ms, until_ms, limit).await
+    }
+
+    /// The analytics summary of the last `days` days.
+    pub async fn analytics(&self, days: u32) -> Result<crate::sessions::Analytics, StoreError> {
+        self.inner
+            .store
+            .analytics(self.inner.clock.now_ms(), days)
+            .await
+    }
+
+    /// Removes delivered events (with their deliveries and attempts), idle sessions, resolved
+    /// alerts and roll-ups older than `days`; undelivered work and dead letters stay.
+    pub async fn cleanup(
+        &self,
+        days: u32,
+        dry_run: bool,
+    ) -> Result<crate::sessions::CleanupReport, StoreError> {
+        let cutoff = self.inner.clock.now_ms() - i64::from(days) * 86_400_000;
+        self.inner.store.cleanup(cutoff, dry_run).await
+    }
+
+    /// Database sizes and counts.
+    pub async fn db_stats(&self) -> Result<crate::store::DbStats, StoreError> {
+        self.inner.store.db_stats().await
+    }
+
+    /// Integrity check, `ANALYZE`, vacuum.
+    pub async fn maintain(
+        &self,
+        full: bool,
+    ) -> Result<crate::store::MaintenanceReport, StoreError> {
+        self.inner.store.maintain(full).await
+    }
+
+    /// A consistent copy of the database at `path`, taken while it is in use.
+    pub async fn backup(&self, path: std::path::PathBuf) -> Result<(), StoreError> {
+        self.inner.store.backup(path).await
+    }
+
     /// The monitor loop of a serving process (alerts, gauges, heartbeat).
     pub fn monitor(&self) -> Result<crate::monitor::Monitor, RelayError> {
         let policy = AddressPolicy {

@@ -9,6 +9,7 @@ mod ingest;
 mod monitoring;
 mod ratelimit;
 mod server;
+mod sessions;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -47,6 +48,7 @@ pub fn router(relay: Relay) -> Router {
         .merge(endpoints::router())
         .merge(ratelimit::router(Arc::clone(&guard)))
         .merge(monitoring::router())
+        .merge(sessions::router())
         .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin));
     let ingest = ingest::router().route_layer(middleware::from_fn_with_state(guard, ingest_guard));
     let metrics = if config.metrics_require_token {
@@ -98,7 +100,12 @@ async fn require_admin(
                 return Err(ApiError::unauthorized("the admin token is not valid"));
             }
         }
-        None if peer.ip().to_canonical().is_loopback() => {}
+        // Loopback only when no proxy is in front: behind a proxy on the same host every
+        // request comes from loopback.
+        None if peer.ip().to_canonical().is_loopback()
+            && relay.config().trusted_proxies.is_empty()
+            && !request.headers().contains_key("x-forwarded-for")
+            && !request.headers().contains_key("forwarded") => {}
         None => {
             return Err(ApiError::forbidden(
                 "management routes answer only loopback clients while HOOKRELAY_ADMIN_TOKEN is unset",

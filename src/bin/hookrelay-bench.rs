@@ -189,7 +189,7 @@ fn start_server(binary: &PathBuf, receiver_url: &str) -> anyhow::Result<Server> 
         .env("HOOKRELAY_MAX_BODY_BYTES", "4194304")
         .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
         // The load comes from one address; the guide's default allows 100 requests per hour.
-        .env("WEBHOOK_RATE_LIMIT", "1000000000")
+        .env("WEBHOOK_RATE_LIMIT", "10000000")
         .env("WEBHOOK_RATE_WINDOW", "1")
         .env("HOOKRELAY_MAX_CONCURRENT_REQUESTS", "4096")
         .stdout(Stdio::piped())

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the operation failed (an endpoint test failed, an id was not
 //! found, a confirmation was declined); 2 the configuration or the command line is invalid.
 
+mod data;
 mod dlq;
 mod endpoints;
 mod monitor;
@@ -115,6 +116,51 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Per-session usage.
+    Sessions {
+        #[command(subcommand)]
+        command: data::SessionsCommand,
+    },
+    /// Sessions, queries, tokens by model, response times and webhook success over a period.
+    Analytics {
+        /// Days to cover.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove delivered events, their attempts, idle sessions and resolved alerts older than N
+    /// days (undelivered work and dead letters are kept).
+    Cleanup {
+        /// Age in days (default: HOOKRELAY_RETENTION_DAYS).
+        #[arg(long)]
+        days: Option<u32>,
+        /// Only say what would go.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Database statistics, maintenance and migrations.
+    Db {
+        #[command(subcommand)]
+        command: data::DbCommand,
+    },
+    /// Write a consistent copy of the database, while the server runs.
+    Backup {
+        /// The file to write (must not exist).
+        path: std::path::PathBuf,
+    },
+    /// Replace the database with a backup (refused while a server uses it).
+    Restore {
+        /// The backup file.
+        path: std::path::PathBuf,
+        /// Restore even though a server reported in recently.
+        #[arg(long)]
+        force: bool,
     },
     /// Rate-limit state of ingest clients, from the running server.
     Ratelimit {
@@ -513,6 +559,66 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             )
             .await
         }
+        Command::Sessions { command } => {
+            data::sessions(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                command,
+            )
+            .await
+        }
+        Command::Analytics {
+            days,
+            json: as_json,
+        } => {
+            if !(1..=3650).contains(&days) {
+                anyhow::bail!("--days must be between 1 and 3650");
+            }
+            data::analytics(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                days,
+                as_json,
+            )
+            .await
+        }
+        Command::Cleanup {
+            days,
+            dry_run,
+            json: as_json,
+        } => {
+            let days = days.unwrap_or(config.retention_days);
+            data::cleanup(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                days,
+                dry_run,
+                as_json,
+            )
+            .await
+        }
+        Command::Db { command } => {
+            data::db(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                command,
+            )
+            .await
+        }
+        Command::Backup { path } => {
+            data::backup(
+                Relay::open_for_management(config)
+                    .await
+                    .context("opening the database")?,
+                path,
+            )
+            .await
+        }
+        Command::Restore { path, force } => data::restore(config, path, force).await,
         Command::Endpoints { command } => {
             let relay = Relay::open_for_management(config)
                 .await

@@ -253,6 +253,28 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn names_resolving_to_refused_addresses_are_refused_at_resolution() {
+        use reqwest::dns::Resolve;
+        let resolver = GuardedResolver::new(Arc::new(AddressPolicy::default()));
+        let name: reqwest::dns::Name = "localhost".parse().unwrap_or_else(|_| panic!("name"));
+        let refused = resolver
+            .resolve(name)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("localhost resolved"));
+        assert!(
+            refused.downcast_ref::<BlockedAddress>().is_some(),
+            "{refused}"
+        );
+        let open = GuardedResolver::new(Arc::new(AddressPolicy {
+            allow_private: true,
+            allowed: vec![],
+        }));
+        let name: reqwest::dns::Name = "localhost".parse().unwrap_or_else(|_| panic!("name"));
+        assert!(open.resolve(name).await.is_ok());
+    }
+
     #[test]
     fn ip_literal_urls_in_every_spelling_are_refused() {
         let policy = AddressPolicy::default();

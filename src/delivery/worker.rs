@@ -62,6 +62,10 @@ pub enum Outcome {
     Released,
 }
 
+/// A delivery answered 429 this many times starts spending its retry budget on further 429s,
+/// so a receiver that never accepts anything cannot hold an event forever.
+pub const MAX_THROTTLED: u32 = 100;
+
 /// Tuning of a [`Worker`].
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -439,6 +443,7 @@ impl Worker {
             code: 429,
             retry_after,
         } = failure
+            && delivery.throttled < MAX_THROTTLED
         {
             // Busy, not broken: come back later without spending the budget.
             let wait = retry_after
@@ -662,6 +667,10 @@ impl Worker {
                 let runtime = runtimes.get(&id)?;
                 let gate = match runtime.health.circuit {
                     CircuitState::Closed => now,
+                    // With attempts still in flight no probe goes: their completion wakes the loop.
+                    CircuitState::Open if in_flight.get(&id).copied().unwrap_or(0) > 0 => {
+                        return None;
+                    }
                     CircuitState::Open => runtime
                         .health
                         .circuit_changed_at_ms

@@ -5,14 +5,51 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 
+/// Which header the trusted proxies write the client chain into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!("unknown header `{other}`")),
+        }
+    }
+}
+
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     let ip = ip.to_canonical();
     proxies.iter().any(|net| net.contains(&ip))
 }
 
-/// Addresses listed by `X-Forwarded-For` and `Forwarded: for=…`, nearest proxy last.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
+/// Addresses listed by the proxies' header, nearest proxy last. Only that one header is read:
+/// a proxy passes other forwarding headers through unchanged, so they are the client's words.
+fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<IpAddr> {
     let mut chain = Vec::new();
+    if header == ForwardedHeader::XForwardedFor {
+        for value in headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            chain.extend(
+                value
+                    .split(',')
+                    .filter_map(|part| part.trim().parse::<IpAddr>().ok()),
+            );
+        }
+        return chain;
+    }
     for value in headers
         .get_all("forwarded")
         .iter()
@@ -41,31 +78,23 @@ fn forwarded_chain(headers: &HeaderMap) -> Vec<IpAddr> {
             }
         }
     }
-    if chain.is_empty() {
-        for value in headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            chain.extend(
-                value
-                    .split(',')
-                    .filter_map(|part| part.trim().parse::<IpAddr>().ok()),
-            );
-        }
-    }
     chain
 }
 
 /// The client's address. Forwarding headers count only when the peer is a trusted proxy, and
 /// then the client is the nearest address in the chain that is not itself a trusted proxy;
 /// so a client cannot choose its own address by sending the header itself.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    proxies: &[IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
     let peer = peer.to_canonical();
     if !trusted(peer, proxies) {
         return peer;
     }
-    forwarded_chain(headers)
+    forwarded_chain(headers, header)
         .into_iter()
         .rev()
         .map(|ip| ip.to_canonical())
@@ -101,12 +130,22 @@ mod tests {
             ("forwarded", "for=10.0.0.1"),
         ]);
         assert_eq!(
-            client_ip(ip("203.0.113.9"), &forged, &[]),
+            client_ip(
+                ip("203.0.113.9"),
+                &forged,
+                &[],
+                ForwardedHeader::XForwardedFor
+            ),
             ip("203.0.113.9")
         );
         let proxies: Vec<IpNet> = vec!["10.9.0.0/16".parse().unwrap_or_else(|e| panic!("{e}"))];
         assert_eq!(
-            client_ip(ip("203.0.113.9"), &forged, &proxies),
+            client_ip(
+                ip("203.0.113.9"),
+                &forged,
+                &proxies,
+                ForwardedHeader::XForwardedFor
+            ),
             ip("203.0.113.9")
         );
     }
@@ -117,7 +156,12 @@ mod tests {
         // The client prepended a forged address; the proxy appended the real one.
         let chain = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.9.0.2")]);
         assert_eq!(
-            client_ip(ip("10.9.0.1"), &chain, &proxies),
+            client_ip(
+                ip("10.9.0.1"),
+                &chain,
+                &proxies,
+                ForwardedHeader::XForwardedFor
+            ),
             ip("198.51.100.7")
         );
         let forwarded = headers(&[(
@@ -125,22 +169,56 @@ mod tests {
             "for=\"[2001:db8::7]:4711\";proto=https, for=10.9.0.3",
         )]);
         assert_eq!(
-            client_ip(ip("10.9.0.1"), &forwarded, &proxies),
+            client_ip(
+                ip("10.9.0.1"),
+                &forwarded,
+                &proxies,
+                ForwardedHeader::Forwarded
+            ),
             ip("2001:db8::7")
         );
         let with_port = headers(&[("forwarded", "for=192.0.2.60:8080")]);
         assert_eq!(
-            client_ip(ip("10.9.0.1"), &with_port, &proxies),
+            client_ip(
+                ip("10.9.0.1"),
+                &with_port,
+                &proxies,
+                ForwardedHeader::Forwarded
+            ),
             ip("192.0.2.60")
         );
         // No header: the proxy itself.
         assert_eq!(
-            client_ip(ip("10.9.0.1"), &HeaderMap::new(), &proxies),
+            client_ip(
+                ip("10.9.0.1"),
+                &HeaderMap::new(),
+                &proxies,
+                ForwardedHeader::XForwardedFor
+            ),
             ip("10.9.0.1")
+        );
+        // A client's own Forwarded header, passed through by an X-Forwarded-For proxy, is ignored.
+        let smuggled = headers(&[
+            ("forwarded", "for=10.1.2.3"),
+            ("x-forwarded-for", "203.0.113.50"),
+        ]);
+        assert_eq!(
+            client_ip(
+                ip("10.9.0.1"),
+                &smuggled,
+                &proxies,
+                ForwardedHeader::XForwardedFor
+            ),
+            ip("203.0.113.50")
         );
         // IPv4-mapped peers count as their IPv4 address.
         assert_eq!(
-            client_ip(ip("::ffff:10.9.0.1"), &chain, &proxies),
+            client_ip(
+                ip("::ffff:10.9.0.1"),
+                &chain,
+                &proxies,
+                ForwardedHeader::XForwardedFor
+            ),
             ip("198.51.100.7")
         );
     }

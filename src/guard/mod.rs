@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
 pub use self::{
-    client::client_ip,
+    client::{ForwardedHeader, client_ip},
     ratelimit::{RateLimiter, RateState},
     signature::{SignatureError, Verifier},
 };
@@ -29,6 +29,7 @@ use crate::{api::ApiError, clock::Clock, config::Config};
 pub struct Guard {
     allowed_ips: Vec<IpNet>,
     trusted_proxies: Vec<IpNet>,
+    forwarded_header: ForwardedHeader,
     verifier: Verifier,
     limiter: RateLimiter,
     max_body_bytes: usize,
@@ -59,6 +60,7 @@ impl Guard {
         Self {
             allowed_ips: config.allowed_ips.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            forwarded_header: config.forwarded_header,
             verifier: Verifier::new(
                 config.ingest_secrets.clone(),
                 config.signature_header.clone(),
@@ -88,7 +90,12 @@ impl Guard {
     /// The checks, in order: allowlist (403), body size (413), signature (401), rate (429).
     /// On success, the request goes on with its body and the response carries `RateLimit-*`.
     pub async fn check(&self, peer: SocketAddr, request: Request, next: Next) -> Response {
-        let ip = client_ip(peer.ip(), request.headers(), &self.trusted_proxies);
+        let ip = client_ip(
+            peer.ip(),
+            request.headers(),
+            &self.trusted_proxies,
+            self.forwarded_header,
+        );
         if !self.allowed_ips.is_empty() && !self.allowed_ips.iter().any(|net| net.contains(&ip)) {
             tracing::warn!(client = %ip, "ingest refused: address not in WEBHOOK_ALLOWED_IPS");
             return ApiError::forbidden(format!(
@@ -111,45 +118,62 @@ impl Guard {
         };
 
         let now = self.clock.now_ms();
-        let client = match self.verifier.verify(&parts.headers, &body, now) {
-            Ok(Some(key)) => format!("key:{key}"),
-            Ok(None) => ip.to_string(),
+        let address = ip.to_string();
+        let verified = match self.verifier.verify(&parts.headers, &body, now) {
+            Ok(verified) => verified,
             Err(error) => {
                 tracing::warn!(client = %ip, reason = error.code(), "ingest refused: bad signature");
-                // Failed attempts count against the address, which slows down guessing.
-                let _ = self.limiter.check(&ip.to_string(), now);
+                // Failures count against the address, so guessing is rate-limited too.
+                if let Err(state) = self.limiter.check(&address, now) {
+                    return self.too_many(&state);
+                }
                 return ApiError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string())
                     .into_response();
             }
         };
-
+        let client = verified
+            .as_ref()
+            .map_or(address, |v| format!("key:{}", v.key));
         match self.limiter.check(&client, now) {
             Ok(state) => {
                 let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+                if !response.status().is_success()
+                    && let Some(verified) = &verified
+                {
+                    // Not accepted: the sender may retry with the same webhook-id.
+                    self.verifier.release(verified);
+                }
                 rate_headers(response.headers_mut(), &state);
                 response
             }
             Err(state) => {
+                if let Some(verified) = &verified {
+                    self.verifier.release(verified);
+                }
                 tracing::warn!(client, "ingest refused: rate limit");
-                let mut response = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "more than {} requests per {} s (WEBHOOK_RATE_LIMIT, WEBHOOK_BURST_ALLOWANCE); retry in {} s",
-                        state.limit,
-                        self.limiter.window().as_secs(),
-                        state.retry_after_seconds
-                    ),
-                )
-                .into_response();
-                rate_headers(response.headers_mut(), &state);
-                response.headers_mut().insert(
-                    "retry-after",
-                    HeaderValue::from(state.retry_after_seconds.max(1)),
-                );
-                response
+                self.too_many(&state)
             }
         }
+    }
+
+    fn too_many(&self, state: &RateState) -> Response {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} requests per {} s (WEBHOOK_RATE_LIMIT, WEBHOOK_BURST_ALLOWANCE); retry in {} s",
+                state.limit,
+                self.limiter.window().as_secs(),
+                state.retry_after_seconds
+            ),
+        )
+        .into_response();
+        rate_headers(response.headers_mut(), state);
+        response.headers_mut().insert(
+            "retry-after",
+            HeaderValue::from(state.retry_after_seconds.max(1)),
+        );
+        response
     }
 }
 

@@ -75,6 +75,21 @@ impl ReplayCache {
         self.order.push_back((now_ms, id.to_owned()));
         true
     }
+
+    /// Forgets `id` (its request was not accepted after all).
+    fn remove(&mut self, id: &str) {
+        self.seen.remove(id);
+    }
+}
+
+/// A verified request: which secret signed it, and the `webhook-id` reserved against replay
+/// (release it with [`Verifier::release`] if the request is not accepted after all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// 1-based index of the ingest secret that matched.
+    pub key: usize,
+    /// The Standard Webhooks id, when that scheme was used.
+    pub reserved_id: Option<String>,
 }
 
 /// Verifies ingest signatures.
@@ -108,19 +123,30 @@ impl Verifier {
         }
     }
 
+    /// Forgets a reserved `webhook-id` whose request was refused later (rate limit, storage),
+    /// so the sender's retry with the same id is not taken for a replay.
+    pub fn release(&self, verified: &Verified) {
+        if let Some(id) = &verified.reserved_id {
+            self.replays
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+        }
+    }
+
     /// Whether signatures are required.
     pub fn enabled(&self) -> bool {
         !self.secrets.is_empty()
     }
 
-    /// Checks the request; on success returns which secret signed it (1-based), which is the
-    /// client's identity for rate limiting. `Ok(None)` when no secret is configured.
+    /// Checks the request; on success returns which secret signed it, the client's identity
+    /// for rate limiting. `Ok(None)` when no secret is configured.
     pub fn verify(
         &self,
         headers: &HeaderMap,
         body: &[u8],
         now_ms: i64,
-    ) -> Result<Option<usize>, SignatureError> {
+    ) -> Result<Option<Verified>, SignatureError> {
         if self.secrets.is_empty() {
             return Ok(None);
         }
@@ -159,7 +185,10 @@ impl Verifier {
             if !fresh {
                 return Err(SignatureError::Replayed);
             }
-            return Ok(Some(matched + 1));
+            return Ok(Some(Verified {
+                key: matched + 1,
+                reserved_id: Some(id.to_owned()),
+            }));
         }
         let Some(signature) = header(headers, &self.header) else {
             return Err(SignatureError::Missing(self.header.clone()));
@@ -167,7 +196,12 @@ impl Verifier {
         let mut saw_wellformed = false;
         for (n, secret) in self.secrets.iter().enumerate() {
             match signing::verify_legacy(secret, self.algorithm, body, signature) {
-                Ok(()) => return Ok(Some(n + 1)),
+                Ok(()) => {
+                    return Ok(Some(Verified {
+                        key: n + 1,
+                        reserved_id: None,
+                    }));
+                }
                 Err(VerifyError::Mismatch) => saw_wellformed = true,
                 Err(VerifyError::Missing) => {}
             }
@@ -187,6 +221,12 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_800_000_000_000;
+
+    fn key(
+        result: Result<Option<Verified>, SignatureError>,
+    ) -> Result<Option<usize>, SignatureError> {
+        result.map(|verified| verified.map(|v| v.key))
+    }
 
     fn verifier() -> Verifier {
         let secrets = ["ingest-secret-one", "ingest-secret-two"]
@@ -223,11 +263,11 @@ mod tests {
         let body = br#"{"a":1}"#;
         let ts = NOW / 1000;
         assert_eq!(
-            verifier.verify(&standard("ingest-secret-one", "m1", ts, body), body, NOW),
+            key(verifier.verify(&standard("ingest-secret-one", "m1", ts, body), body, NOW)),
             Ok(Some(1))
         );
         assert_eq!(
-            verifier.verify(&standard("ingest-secret-two", "m2", ts, body), body, NOW),
+            key(verifier.verify(&standard("ingest-secret-two", "m2", ts, body), body, NOW)),
             Ok(Some(2))
         );
         let secret = SigningSecret::parse("ingest-secret-two").unwrap_or_else(|e| panic!("{e}"));
@@ -241,7 +281,7 @@ mod tests {
                 "x-webhook-signature",
                 HeaderValue::from_str(&value).unwrap_or_else(|e| panic!("{e}")),
             );
-            assert_eq!(verifier.verify(&headers, body, NOW), Ok(Some(2)));
+            assert_eq!(key(verifier.verify(&headers, body, NOW)), Ok(Some(2)));
         }
     }
 
@@ -251,47 +291,47 @@ mod tests {
         let body = br#"{"a":1}"#;
         let ts = NOW / 1000;
         assert!(matches!(
-            verifier.verify(&HeaderMap::new(), body, NOW),
+            key(verifier.verify(&HeaderMap::new(), body, NOW)),
             Err(SignatureError::Missing(_))
         ));
         assert_eq!(
-            verifier.verify(&standard("wrong-secret", "m1", ts, body), body, NOW),
+            key(verifier.verify(&standard("wrong-secret", "m1", ts, body), body, NOW)),
             Err(SignatureError::Invalid)
         );
         assert_eq!(
-            verifier.verify(
+            key(verifier.verify(
                 &standard("ingest-secret-one", "m1", ts, body),
                 b"tampered",
                 NOW
-            ),
+            )),
             Err(SignatureError::Invalid)
         );
         assert_eq!(
-            verifier.verify(
+            key(verifier.verify(
                 &standard("ingest-secret-one", "old", ts - 301, body),
                 body,
                 NOW
-            ),
+            )),
             Err(SignatureError::Expired(301, 300))
         );
         assert!(matches!(
-            verifier.verify(
+            key(verifier.verify(
                 &standard("ingest-secret-one", "future", ts + 301, body),
                 body,
                 NOW
-            ),
+            )),
             Err(SignatureError::Expired(..))
         ));
         let first = standard("ingest-secret-one", "once", ts, body);
-        assert_eq!(verifier.verify(&first, body, NOW), Ok(Some(1)));
+        assert_eq!(key(verifier.verify(&first, body, NOW)), Ok(Some(1)));
         assert_eq!(
-            verifier.verify(&first, body, NOW + 1_000),
+            key(verifier.verify(&first, body, NOW + 1_000)),
             Err(SignatureError::Replayed)
         );
         let mut no_id = first.clone();
         no_id.remove("webhook-id");
         assert!(matches!(
-            verifier.verify(&no_id, body, NOW),
+            key(verifier.verify(&no_id, body, NOW)),
             Err(SignatureError::Malformed(_))
         ));
         let mut legacy = HeaderMap::new();
@@ -300,12 +340,12 @@ mod tests {
             HeaderValue::from_static("sha256=deadbeef"),
         );
         assert_eq!(
-            verifier.verify(&legacy, body, NOW),
+            key(verifier.verify(&legacy, body, NOW)),
             Err(SignatureError::Invalid)
         );
         legacy.insert("x-webhook-signature", HeaderValue::from_static("not-hex"));
         assert!(matches!(
-            verifier.verify(&legacy, body, NOW),
+            key(verifier.verify(&legacy, body, NOW)),
             Err(SignatureError::Malformed(_))
         ));
     }
@@ -317,11 +357,11 @@ mod tests {
         let ts = NOW / 1000;
         let forged = standard("wrong-secret", "shared-id", ts, body);
         assert_eq!(
-            verifier.verify(&forged, body, NOW),
+            key(verifier.verify(&forged, body, NOW)),
             Err(SignatureError::Invalid)
         );
         let genuine = standard("ingest-secret-one", "shared-id", ts, body);
-        assert_eq!(verifier.verify(&genuine, body, NOW), Ok(Some(1)));
+        assert_eq!(key(verifier.verify(&genuine, body, NOW)), Ok(Some(1)));
     }
 
     #[test]
@@ -340,6 +380,6 @@ mod tests {
             SignatureAlgorithm::Sha256,
             300_000,
         );
-        assert_eq!(open.verify(&HeaderMap::new(), b"{}", NOW), Ok(None));
+        assert_eq!(key(open.verify(&HeaderMap::new(), b"{}", NOW)), Ok(None));
     }
 }

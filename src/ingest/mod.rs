@@ -109,6 +109,13 @@ impl Ingestor {
                         let key = if single { k.clone() } else { k.for_item(index) };
                         key.scoped(&EventType::usage_tracked())
                     }),
+                    usage: Some(crate::sessions::UsageFacts {
+                        session_id: event.session_id.clone(),
+                        model: event.model_name.clone(),
+                        response_time_ms: event.response_time_ms,
+                        tokens: event.estimated_tokens,
+                        success: event.success,
+                    }),
                     session_id: Some(event.session_id),
                     event_type: EventType::usage_tracked(),
                     payload: Bytes::from(payload),
@@ -131,6 +138,7 @@ impl Ingestor {
                 idempotency_key: event.idempotency_key.map(|k| k.scoped(&event.event_type)),
                 event_type: event.event_type,
                 session_id: None,
+                usage: None,
                 payload: Bytes::from(payload),
                 created_at_ms: now,
             }])

@@ -409,7 +409,23 @@ impl Monitor {
         Ok(changes)
     }
 
-    /// Runs until `shutdown`: gauges and heartbeat every few seconds, alerts every interval.
+    /// One retention pass with `HOOKRELAY_RETENTION_DAYS`.
+    pub async fn retention(&self) -> Result<crate::sessions::CleanupReport, StoreError> {
+        let cutoff = self.clock.now_ms() - i64::from(self.config.retention_days) * 86_400_000;
+        let report = self.store.cleanup(cutoff, false).await?;
+        info!(
+            events = report.events,
+            attempts = report.attempts,
+            sessions = report.sessions,
+            alerts = report.alerts,
+            days = self.config.retention_days,
+            "retention pass finished"
+        );
+        Ok(report)
+    }
+
+    /// Runs until `shutdown`: gauges and heartbeat every few seconds, alerts every interval,
+    /// retention every hour (the first a minute after start).
     pub async fn run(
         self,
         worker_alive: impl Fn() -> bool + Send + 'static,
@@ -417,7 +433,14 @@ impl Monitor {
     ) {
         let tick = self.config.alert_interval.min(Duration::from_secs(5));
         let mut next_evaluation = self.clock.now_ms();
+        let mut next_retention = self.clock.now_ms() + 60_000;
         loop {
+            if self.clock.now_ms() >= next_retention {
+                if let Err(e) = self.retention().await {
+                    warn!(error = %e, "retention pass failed");
+                }
+                next_retention = self.clock.now_ms() + 3_600_000;
+            }
             if worker_alive()
                 && let Err(e) = self
                     .store

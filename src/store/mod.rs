@@ -13,12 +13,56 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 
-pub use self::sqlite::SqliteStore;
+pub use self::sqlite::{SqliteStore, restore};
 use crate::{
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{Endpoint, EndpointHealth},
     monitor::{Alert, Condition, WindowTotals},
+    sessions::{Analytics, CleanupReport, SessionStats, UsageFacts},
 };
+
+/// One table's share of the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableStats {
+    /// The table.
+    pub name: String,
+    /// Its rows.
+    pub rows: u64,
+    /// Bytes of the table and its indexes.
+    pub bytes: u64,
+}
+
+/// The database file's vital signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DbStats {
+    /// Bytes of the main file.
+    pub file_bytes: u64,
+    /// Bytes of the write-ahead log.
+    pub wal_bytes: u64,
+    /// Page size.
+    pub page_size: u64,
+    /// Pages in the file.
+    pub page_count: u64,
+    /// Pages free for reuse (returned by `db maintain`).
+    pub free_pages: u64,
+    /// Newest applied migration.
+    pub schema_version: i64,
+    /// Each table, largest first.
+    pub tables: Vec<TableStats>,
+}
+
+/// What `db maintain` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MaintenanceReport {
+    /// `ok`, or the problems `PRAGMA integrity_check` found.
+    pub integrity: Vec<String>,
+    /// Free pages before.
+    pub free_pages_before: u64,
+    /// Free pages after.
+    pub free_pages_after: u64,
+    /// `incremental` or `full`.
+    pub vacuum: String,
+}
 
 /// A storage operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -56,6 +100,8 @@ pub struct NewEvent {
     pub payload: Bytes,
     /// When it was accepted, unix ms.
     pub created_at_ms: i64,
+    /// For usage events: what the session aggregates and analytics count.
+    pub usage: Option<UsageFacts>,
 }
 
 /// The outcome of storing one event.
@@ -92,6 +138,8 @@ pub struct ClaimedDelivery {
     pub attempts: u32,
     /// Attempts ever made, across replays.
     pub total_attempts: u32,
+    /// Attempts answered 429 (or sent back by a circuit probe) so far.
+    pub throttled: u32,
     /// The claim.
     pub lease: LeaseToken,
 }
@@ -373,4 +421,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// The most recent worker heartbeat, unix ms.
     async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError>;
+
+    /// One session's aggregate, with its models and webhook counts.
+    async fn session(&self, session_id: String) -> Result<Option<SessionStats>, StoreError>;
+
+    /// Sessions last seen in `[since, until)`, most recent first.
+    async fn sessions(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SessionStats>, StoreError>;
+
+    /// The summary of the `days` days up to `now_ms`.
+    async fn analytics(&self, now_ms: i64, days: u32) -> Result<Analytics, StoreError>;
+
+    /// Removes, in small transactions, delivered events older than `cutoff_ms` with their
+    /// deliveries and attempts, idle sessions, resolved alerts and roll-ups; never pending or
+    /// dead-lettered work. With `dry_run`, only counts.
+    async fn cleanup(&self, cutoff_ms: i64, dry_run: bool) -> Result<CleanupReport, StoreError>;
+
+    /// Sizes and counts.
+    async fn db_stats(&self) -> Result<DbStats, StoreError>;
+
+    /// Integrity check, `ANALYZE`, and an incremental (or, with `full`, complete) vacuum.
+    async fn maintain(&self, full: bool) -> Result<MaintenanceReport, StoreError>;
+
+    /// Writes a consistent copy of the database to `path` while it is in use.
+    async fn backup(&self, path: std::path::PathBuf) -> Result<(), StoreError>;
 }

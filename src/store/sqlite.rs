@@ -18,15 +18,19 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AttemptRecord, AttemptView, ClaimedDelivery, DeliveryDetail, DeliveryStatus, DeliverySummary,
-    HealthUpdate, Ingested, LeaseToken, NewEvent, NextState, QueueCounts, Selection, Store,
-    StoreError,
+    AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
+    DeliverySummary, HealthUpdate, Ingested, LeaseToken, MaintenanceReport, NewEvent, NextState,
+    QueueCounts, Selection, Store, StoreError, TableStats,
 };
 use crate::{
     config::SqliteSync,
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
     monitor::{Alert, AlertLevel, Condition, WindowTotals, bucket},
+    sessions::{
+        Analytics, CleanupReport, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
+        UsageFacts, WebhookCounts, WebhooksSummary,
+    },
 };
 
 /// Versioned schema migrations, applied in order, each once.
@@ -45,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "monitoring",
         include_str!("../../migrations/sqlite/0003_monitoring.sql"),
+    ),
+    (
+        4,
+        "sessions",
+        include_str!("../../migrations/sqlite/0004_sessions.sql"),
     ),
 ];
 
@@ -252,6 +261,9 @@ impl SqliteStore {
                 })?;
             }
             let mut conn = open_connection(&writer_path, sync)?;
+            // Takes effect on a new, empty database: lets `db maintain` return free pages to
+            // the file system without a full VACUUM.
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
             migrate(&mut conn)?;
             Ok(conn)
         })
@@ -418,6 +430,126 @@ fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<Alert> {
     })
 }
 
+/// Rows removed per retention transaction.
+const RETENTION_BATCH: u64 = 1000;
+
+const SESSION_COLUMNS: &str =
+    "session_id, first_seen, last_seen, queries, successes, failures, response_time_sum_ms, tokens";
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionStats> {
+    let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
+    let queries = n(3)?;
+    let total = n(6)?;
+    Ok(SessionStats {
+        session_id: row.get(0)?,
+        first_seen_ms: row.get(1)?,
+        last_seen_ms: row.get(2)?,
+        queries,
+        successes: n(4)?,
+        failures: n(5)?,
+        total_response_time_ms: total,
+        avg_response_time_ms: (queries > 0).then(|| total as f64 / queries as f64),
+        estimated_tokens: n(7)?,
+        models: Vec::new(),
+        webhooks: WebhookCounts::default(),
+    })
+}
+
+/// Adds a session's models and webhook counts (indexed look-ups by session).
+fn complete_session(
+    conn: &Connection,
+    mut session: SessionStats,
+) -> Result<SessionStats, StoreError> {
+    session.models = conn
+        .prepare_cached("SELECT model, queries FROM session_models WHERE session_id = ?1 ORDER BY queries DESC, model")?
+        .query_map([&session.session_id], |r| {
+            Ok(ModelUsage {
+                model: r.get(0)?,
+                queries: r.get::<_, i64>(1)?.unsigned_abs(),
+                tokens: 0,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut counts = conn.prepare_cached(
+        "SELECT d.status, COUNT(*) FROM events e JOIN deliveries d ON d.event_id = e.id
+         WHERE e.session_id = ?1 GROUP BY d.status",
+    )?;
+    for row in counts.query_map([&session.session_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })? {
+        let (status, n) = row?;
+        let n = n.unsigned_abs();
+        match status.as_str() {
+            "delivered" => session.webhooks.delivered = n,
+            "dead" => session.webhooks.dead = n,
+            _ => session.webhooks.pending = n,
+        }
+    }
+    Ok(session)
+}
+
+/// Updates the session aggregate and the daily usage for one stored usage event.
+fn count_usage(conn: &Connection, usage: &UsageFacts, at_ms: i64) -> Result<(), StoreError> {
+    let (ok, failed) = if usage.success { (1, 0) } else { (0, 1) };
+    conn.prepare_cached(
+        "INSERT INTO sessions (session_id, first_seen, last_seen, queries, successes, failures, response_time_sum_ms, tokens)
+         VALUES (?1, ?2, ?2, 1, ?3, ?4, ?5, ?6)
+         ON CONFLICT (session_id) DO UPDATE SET
+             first_seen = MIN(first_seen, excluded.first_seen), last_seen = MAX(last_seen, excluded.last_seen),
+             queries = queries + 1, successes = successes + excluded.successes, failures = failures + excluded.failures,
+             response_time_sum_ms = response_time_sum_ms + excluded.response_time_sum_ms, tokens = tokens + excluded.tokens",
+    )?
+    .execute(params![usage.session_id, at_ms, ok, failed, usage.response_time_ms as i64, usage.tokens as i64])?;
+    conn.prepare_cached(
+        "INSERT INTO session_models (session_id, model, queries) VALUES (?1, ?2, 1)
+         ON CONFLICT (session_id, model) DO UPDATE SET queries = queries + 1",
+    )?
+    .execute(params![usage.session_id, usage.model])?;
+    conn.prepare_cached(
+        "INSERT INTO usage_daily (day, model, queries, successes, tokens, response_time_sum_ms) VALUES (?1, ?2, 1, ?3, ?4, ?5)
+         ON CONFLICT (day, model) DO UPDATE SET queries = queries + 1, successes = successes + excluded.successes,
+             tokens = tokens + excluded.tokens, response_time_sum_ms = response_time_sum_ms + excluded.response_time_sum_ms",
+    )?
+    .execute(params![at_ms.div_euclid(86_400_000), usage.model, ok, usage.tokens as i64, usage.response_time_ms as i64])?;
+    Ok(())
+}
+
+/// Replaces the database at `target` with the backup at `backup`, after checking the backup.
+/// The caller makes sure no process has the database open.
+pub fn restore(backup: &Path, target: &Path) -> Result<(), StoreError> {
+    let check = Connection::open_with_flags(backup, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let verdict: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if verdict != "ok" {
+        return Err(StoreError::Database(format!(
+            "the backup fails its integrity check: {verdict}"
+        )));
+    }
+    let _: i64 = check
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+            r.get(0)
+        })
+        .map_err(|_| StoreError::Database("the file is not a hookrelay database".into()))?;
+    drop(check);
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Database(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
+    let mut staging = target.as_os_str().to_owned();
+    staging.push(".restoring");
+    let staging = std::path::PathBuf::from(staging);
+    std::fs::copy(backup, &staging)
+        .map_err(|e| StoreError::Database(format!("cannot copy the backup: {e}")))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = target.as_os_str().to_owned();
+        side.push(suffix);
+        let _ = std::fs::remove_file(side);
+    }
+    std::fs::rename(&staging, target)
+        .map_err(|e| StoreError::Database(format!("cannot replace the database: {e}")))?;
+    Ok(())
+}
+
 /// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
 const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
 
@@ -488,8 +620,12 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
 
 /// The enabled endpoints and their filters.
 fn enabled_filters(conn: &Connection) -> Result<Vec<(EndpointId, EventFilter)>, StoreError> {
-    let mut select =
-        conn.prepare_cached("SELECT id, event_types FROM endpoints WHERE enabled = 1")?;
+    // An endpoint disabled automatically (failing for too long) keeps queuing, so nothing is
+    // lost when it is enabled again; one disabled by an operator or unconfigured does not.
+    let mut select = conn.prepare_cached(
+        "SELECT id, event_types FROM endpoints
+         WHERE enabled = 1 OR disabled_reason LIKE 'failing continuously%'",
+    )?;
     let rows = select
         .query_map([], |row| {
             let filter: EventFilter =
@@ -550,6 +686,9 @@ impl Store for SqliteStore {
                         event.created_at_ms,
                     ])?;
                 }
+                if let Some(usage) = &event.usage {
+                    count_usage(conn, usage, event.created_at_ms)?;
+                }
                 outcomes.push(Ingested {
                     id: event.id,
                     duplicate: false,
@@ -581,7 +720,7 @@ impl Store for SqliteStore {
                      SELECT id FROM deliveries
                      WHERE status = 'pending' AND endpoint_id = ?4 AND next_attempt_at <= ?3
                      ORDER BY next_attempt_at LIMIT ?5)
-                 RETURNING id, event_id, attempts, total_attempts",
+                 RETURNING id, event_id, attempts, total_attempts, throttled",
             )?;
             let mut event = conn.prepare_cached(
                 "SELECT event_type, payload, created_at, session_id FROM events WHERE id = ?1",
@@ -603,11 +742,12 @@ impl Store for SqliteStore {
                                 row.get::<_, String>(1)?,
                                 row.get::<_, u32>(2)?,
                                 row.get::<_, u32>(3)?,
+                                row.get::<_, u32>(4)?,
                             ))
                         },
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
-                for (id, event_id, attempts, total_attempts) in rows {
+                for (id, event_id, attempts, total_attempts, throttled) in rows {
                     let (event_type, payload, created_at, session_id) =
                         event.query_row([&event_id], |row| {
                             Ok((
@@ -627,6 +767,7 @@ impl Store for SqliteStore {
                         session_id,
                         attempts,
                         total_attempts,
+                        throttled,
                         lease: token,
                     });
                 }
@@ -1158,6 +1299,299 @@ impl Store for SqliteStore {
             let latest: Option<i64> =
                 conn.query_row("SELECT MAX(beat_at) FROM heartbeats", [], |row| row.get(0))?;
             Ok(latest)
+        })
+        .await
+    }
+
+    async fn session(&self, session_id: String) -> Result<Option<SessionStats>, StoreError> {
+        self.read(move |conn| {
+            let found = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1"
+                ))?
+                .query_row([&session_id], session_from_row)
+                .optional()?;
+            found
+                .map(|session| complete_session(conn, session))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn sessions(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SessionStats>, StoreError> {
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(&format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE last_seen >= ?1 AND last_seen < ?2
+                     ORDER BY last_seen DESC LIMIT ?3"
+                ))?
+                .query_map(params![since_ms, until_ms, limit as i64], session_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|session| complete_session(conn, session))
+                .collect()
+        })
+        .await
+    }
+
+    async fn analytics(&self, now_ms: i64, days: u32) -> Result<Analytics, StoreError> {
+        self.read(move |conn| {
+            let since_ms = now_ms - i64::from(days) * 86_400_000;
+            let first_day = since_ms.div_euclid(86_400_000);
+            let sessions: i64 =
+                conn.prepare_cached("SELECT COUNT(*) FROM sessions WHERE last_seen >= ?1")?.query_row([since_ms], |r| r.get(0))?;
+            let mut models = Vec::new();
+            let (mut queries, mut successes, mut tokens, mut response_sum) = (0u64, 0u64, 0u64, 0u64);
+            let mut by_model = conn.prepare_cached(
+                "SELECT model, SUM(queries), SUM(successes), SUM(tokens), SUM(response_time_sum_ms)
+                 FROM usage_daily WHERE day >= ?1 GROUP BY model ORDER BY SUM(tokens) DESC, model",
+            )?;
+            let rows = by_model.query_map([first_day], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?.unsigned_abs(),
+                    row.get::<_, i64>(2)?.unsigned_abs(),
+                    row.get::<_, i64>(3)?.unsigned_abs(),
+                    row.get::<_, i64>(4)?.unsigned_abs(),
+                ))
+            })?;
+            for row in rows {
+                let (model, q, s, t, r) = row?;
+                queries += q;
+                successes += s;
+                tokens += t;
+                response_sum += r;
+                models.push(ModelUsage { model, queries: q, tokens: t });
+            }
+            let (delivered, dead, attempts): (i64, i64, i64) = conn
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(delivered), 0), COALESCE(SUM(dead_lettered), 0), COALESCE(SUM(attempts), 0)
+                     FROM rollups WHERE minute >= ?1",
+                )?
+                .query_row([since_ms.div_euclid(60_000)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let (delivered, dead) = (delivered.unsigned_abs(), dead.unsigned_abs());
+            let ratio = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
+            Ok(Analytics {
+                since_ms,
+                days,
+                sessions: SessionsSummary {
+                    total: sessions.unsigned_abs(),
+                    total_queries: queries,
+                },
+                queries: QueriesSummary {
+                    total: queries,
+                    successes,
+                    success_rate: ratio(successes, queries),
+                    avg_response_time_ms: ratio(response_sum, queries),
+                    tokens,
+                },
+                models,
+                webhooks: WebhooksSummary {
+                    delivered,
+                    dead_lettered: dead,
+                    attempts: attempts.unsigned_abs(),
+                    success_rate: ratio(delivered, delivered + dead),
+                },
+            })
+        })
+        .await
+    }
+
+    async fn cleanup(&self, cutoff_ms: i64, dry_run: bool) -> Result<CleanupReport, StoreError> {
+        // Old events whose every delivery arrived (or that have none left).
+        const FINISHED: &str = "SELECT id FROM events e WHERE created_at < ?1
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered')";
+        if dry_run {
+            return self
+                .read(move |conn| {
+                    let count = |sql: &str| -> Result<u64, StoreError> {
+                        Ok(conn
+                            .prepare(sql)?
+                            .query_row([cutoff_ms], |r| r.get::<_, i64>(0))?
+                            .unsigned_abs())
+                    };
+                    Ok(CleanupReport {
+                        events: count(&format!("SELECT COUNT(*) FROM ({FINISHED})"))?,
+                        deliveries: count(&format!(
+                            "SELECT COUNT(*) FROM deliveries WHERE event_id IN ({FINISHED})"
+                        ))?,
+                        attempts: count(&format!(
+                            "SELECT COUNT(*) FROM attempts WHERE delivery_id IN
+                             (SELECT id FROM deliveries WHERE event_id IN ({FINISHED}))"
+                        ))?,
+                        sessions: count("SELECT COUNT(*) FROM sessions WHERE last_seen < ?1")?,
+                        alerts: count("SELECT COUNT(*) FROM alerts WHERE resolved_at < ?1")?,
+                        rollups: count("SELECT COUNT(*) FROM rollups WHERE minute < ?1 / 60000")?,
+                        dry_run: true,
+                    })
+                })
+                .await;
+        }
+        let mut report = CleanupReport::default();
+        loop {
+            // Small transactions: each holds the write lock for a few milliseconds, so ingest
+            // and delivery interleave with a long pass.
+            let batch = self
+                .write(move |conn| {
+                    conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS retention_batch (id TEXT PRIMARY KEY); DELETE FROM retention_batch;")?;
+                    conn.prepare_cached(&format!("INSERT INTO retention_batch {FINISHED} ORDER BY created_at LIMIT {RETENTION_BATCH}"))?
+                        .execute([cutoff_ms])?;
+                    let count = |sql: &str| -> Result<u64, StoreError> {
+                        Ok(conn.prepare_cached(sql)?.query_row([], |r| r.get::<_, i64>(0))?.unsigned_abs())
+                    };
+                    let events = count("SELECT COUNT(*) FROM retention_batch")?;
+                    let deliveries = count("SELECT COUNT(*) FROM deliveries WHERE event_id IN (SELECT id FROM retention_batch)")?;
+                    let attempts = count(
+                        "SELECT COUNT(*) FROM attempts WHERE delivery_id IN
+                         (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM retention_batch))",
+                    )?;
+                    // Deliveries and their attempts go with the event (ON DELETE CASCADE).
+                    conn.prepare_cached("DELETE FROM events WHERE id IN (SELECT id FROM retention_batch)")?.execute([])?;
+                    Ok((events, deliveries, attempts))
+                })
+                .await?;
+            report.events += batch.0;
+            report.deliveries += batch.1;
+            report.attempts += batch.2;
+            if batch.0 < RETENTION_BATCH {
+                break;
+            }
+        }
+        loop {
+            let removed = self
+                .write(move |conn| {
+                    let n = conn
+                        .prepare_cached(&format!(
+                            "DELETE FROM sessions WHERE session_id IN
+                             (SELECT session_id FROM sessions WHERE last_seen < ?1 LIMIT {RETENTION_BATCH})"
+                        ))?
+                        .execute([cutoff_ms])?;
+                    Ok(n as u64)
+                })
+                .await?;
+            report.sessions += removed;
+            if removed < RETENTION_BATCH {
+                break;
+            }
+        }
+        let (alerts, rollups) = self
+            .write(move |conn| {
+                let alerts = conn
+                    .prepare_cached("DELETE FROM alerts WHERE resolved_at < ?1")?
+                    .execute([cutoff_ms])?;
+                let rollups = conn
+                    .prepare_cached("DELETE FROM rollups WHERE minute < ?1")?
+                    .execute([cutoff_ms.div_euclid(60_000)])?;
+                Ok((alerts as u64, rollups as u64))
+            })
+            .await?;
+        report.alerts = alerts;
+        report.rollups = rollups;
+        Ok(report)
+    }
+
+    async fn db_stats(&self) -> Result<DbStats, StoreError> {
+        let path = self.readers.path.clone();
+        self.read(move |conn| {
+            let pragma = |name: &str| -> Result<u64, StoreError> {
+                Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0))?.unsigned_abs())
+            };
+            let mut sizes: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+            // dbstat reports every b-tree; indexes are charged to their table.
+            let mut dbstat = conn.prepare(
+                "SELECT COALESCE(m.tbl_name, s.name), SUM(s.pgsize) FROM dbstat s
+                 LEFT JOIN sqlite_schema m ON m.name = s.name GROUP BY 1",
+            )?;
+            for row in dbstat.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (name, bytes) = row?;
+                sizes.insert(name, bytes.unsigned_abs());
+            }
+            let names: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut tables = Vec::new();
+            for name in names {
+                let rows: i64 = conn.query_row(&format!("SELECT COUNT(*) FROM \"{name}\""), [], |r| r.get(0))?;
+                tables.push(TableStats {
+                    bytes: sizes.get(&name).copied().unwrap_or(0),
+                    rows: rows.unsigned_abs(),
+                    name,
+                });
+            }
+            tables.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+            let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            Ok(DbStats {
+                file_bytes: file_len(&path),
+                wal_bytes: file_len(Path::new(&wal)),
+                page_size: pragma("page_size")?,
+                page_count: pragma("page_count")?,
+                free_pages: pragma("freelist_count")?,
+                schema_version: conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0))?,
+                tables,
+            })
+        })
+        .await
+    }
+
+    async fn maintain(&self, full: bool) -> Result<MaintenanceReport, StoreError> {
+        let integrity = self
+            .read(|conn| {
+                let problems: Vec<String> = conn
+                    .prepare("PRAGMA integrity_check")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                Ok(problems)
+            })
+            .await?;
+        // ANALYZE and vacuuming change the file: they go through the writer like any write,
+        // but VACUUM cannot run inside a transaction, so it gets its own connection.
+        let free_pages_before = self.db_stats().await?.free_pages;
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let conn = open_connection(&path, SqliteSync::Full)?;
+            conn.execute_batch("ANALYZE; PRAGMA optimize;")?;
+            if full {
+                conn.execute_batch("VACUUM")?;
+            } else {
+                conn.execute_batch("PRAGMA incremental_vacuum")?;
+            }
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+            Ok(())
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+        let free_pages_after = self.db_stats().await?.free_pages;
+        Ok(MaintenanceReport {
+            integrity,
+            free_pages_before,
+            free_pages_after,
+            vacuum: if full {
+                "full".into()
+            } else {
+                "incremental".into()
+            },
+        })
+    }
+
+    async fn backup(&self, target: std::path::PathBuf) -> Result<(), StoreError> {
+        self.read(move |conn| {
+            if target.exists() {
+                return Err(StoreError::Database(format!(
+                    "{} already exists; choose a new file",
+                    target.display()
+                )));
+            }
+            // VACUUM INTO reads one consistent snapshot while writers go on (WAL).
+            conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
+            Ok(())
         })
         .await
     }

@@ -432,3 +432,73 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test]
+async fn a_refused_request_can_be_retried_with_its_webhook_id_and_guessing_is_rate_limited() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let config = config(
+        dir.path(),
+        &[
+            ("ZAPIER_WEBHOOK_URL", &url),
+            ("HOOKRELAY_INGEST_SECRET", INGEST_SECRET),
+            ("WEBHOOK_RATE_LIMIT", "1"),
+            ("WEBHOOK_RATE_WINDOW", "60"),
+            ("WEBHOOK_BURST_ALLOWANCE", "0"),
+        ],
+    );
+    let clock = ManualClock::new(now_s() * 1000);
+    let app = TestApp::spawn_with(config, dir, Arc::new(clock.clone())).await;
+    let body = body();
+    let ts = clock.now_ms() / 1000;
+    assert_eq!(
+        post(
+            &app,
+            body.clone(),
+            &standard_headers(INGEST_SECRET, "msg_a", ts, &body)
+        )
+        .await
+        .0,
+        202
+    );
+    let second = standard_headers(INGEST_SECRET, "msg_b", ts, &body);
+    assert_eq!(post(&app, body.clone(), &second).await.0, 429);
+    clock.advance(Duration::from_secs(60));
+    let (status, _, _) = post(&app, body.clone(), &second).await;
+    assert_eq!(status, 202, "the retry after Retry-After is not a replay");
+
+    // Bad signatures count against the address: guessing turns into 429s.
+    let mut statuses = Vec::new();
+    for n in 0..3 {
+        let forged = standard_headers(
+            "guessed-secret-000000000000000000000",
+            &format!("msg_x{n}"),
+            ts,
+            &body,
+        );
+        statuses.push(post(&app, body.clone(), &forged).await.0);
+    }
+    assert_eq!(statuses, [401, 429, 429]);
+}
+
+#[tokio::test]
+async fn without_an_admin_token_a_proxied_request_is_not_trusted_as_loopback() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let direct = app
+        .http
+        .get(app.url("/api/v1/dlq"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(direct.status(), 200);
+    let proxied = app
+        .http
+        .get(app.url("/api/v1/dlq"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(proxied.status(), 403);
+}
