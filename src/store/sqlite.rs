@@ -1328,7 +1328,7 @@ impl Store for SqliteStore {
             let rows = conn
                 .prepare_cached(&format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE last_seen >= ?1 AND last_seen < ?2
-                     ORDER BY last_seen DESC LIMIT ?3"
+                     ORDER BY last_seen DESC, session_id LIMIT ?3"
                 ))?
                 .query_map(params![since_ms, until_ms, limit as i64], session_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;

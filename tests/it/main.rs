@@ -8,3 +8,4 @@ mod guard;
 mod helpers;
 mod ingest;
 mod monitor;
+mod sessions;
