@@ -129,8 +129,11 @@ fn open_connection(path: &Path, sync: SqliteSync) -> Result<Connection, StoreErr
         SqliteSync::Full => "FULL",
         SqliteSync::Normal => "NORMAL",
     };
+    // auto_vacuum first: it only takes effect on a new, empty database, before WAL mode writes
+    // the header; it lets `db maintain` return free pages without a full VACUUM.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL;
+        "PRAGMA auto_vacuum = INCREMENTAL;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {synchronous};
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;"
@@ -261,9 +264,6 @@ impl SqliteStore {
                 })?;
             }
             let mut conn = open_connection(&writer_path, sync)?;
-            // Takes effect on a new, empty database: lets `db maintain` return free pages to
-            // the file system without a full VACUUM.
-            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")?;
             migrate(&mut conn)?;
             Ok(conn)
         })
