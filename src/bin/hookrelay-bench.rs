@@ -1,13 +1,14 @@
 //! `hookrelay-bench`: measures hookrelay end to end on this machine.
 //!
-//! It starts `hookrelay serve` (the binary next to this one) on a fresh database, a fast
-//! receiver in this process, drives usage events over keep-alive HTTP, and prints ingest
-//! rate, delivery rate, ingest-to-delivery latency, CPU per 1,000 events and the server's peak
-//! memory. `--library` measures `Relay::track_usage` in-process instead.
+//! Each scenario starts `hookrelay serve` (the binary next to this one) on a fresh database,
+//! with a fast receiver in this process, drives usage events over keep-alive HTTP and prints
+//! the same figures: ingest rate, delivery rate, ingest-to-delivery latency (p50/p99/max),
+//! server CPU per 1,000 events and the server's peak memory. `library` measures
+//! `Relay::track_usage` in-process. `all` runs every scenario in turn.
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
@@ -18,34 +19,54 @@ use std::{
 
 use anyhow::{Context, bail};
 use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hookrelay::{Config, Relay, domain::UsageEvent};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::{net::TcpListener, task::JoinSet};
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// A steady rate (`--rate`, `--duration`): latency at moderate load.
+    Steady,
+    /// As fast as `--concurrency` clients can send `--events`: maximum throughput.
+    Flat,
+    /// Flat out against a receiver that fails the first attempt of every event.
+    Retry,
+    /// A steady rate to a fast endpoint beside one that answers in 5 s.
+    Slow,
+    /// `--backlog` pending deliveries queued before the server starts, then flat out on top.
+    Backlog,
+    /// `Relay::track_usage` from many tasks in one process.
+    Library,
+    /// Every scenario in turn.
+    All,
+}
+
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "hookrelay-bench",
     about = "Measure hookrelay's ingest and delivery on this machine"
 )]
 struct Args {
-    /// Events to send (flat-out mode).
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "flat")]
+    scenario: Scenario,
+    /// Events to send (flat, retry, backlog, library).
     #[arg(long, default_value_t = 20_000)]
     events: u64,
-    /// Concurrent HTTP clients (or tasks, with --library).
+    /// Concurrent HTTP clients (or tasks, for library).
     #[arg(long, default_value_t = 64)]
     concurrency: u64,
-    /// Send at this many events per second instead of flat out (steady mode).
-    #[arg(long)]
-    rate: Option<u64>,
-    /// How long a steady run lasts, in seconds.
+    /// Events per second (steady, slow).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds a steady run lasts.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// Measure `Relay::track_usage` in this process instead of HTTP.
-    #[arg(long)]
-    library: bool,
-    /// The receiver accepts this many requests per second and answers 429 with
-    /// `Retry-After: 1` beyond (like Zapier or Slack at their limits).
+    /// Pending deliveries queued before the server starts (backlog).
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: u64,
+    /// The receiver accepts this many requests per second and answers 429 beyond.
     #[arg(long)]
     receiver_limit: Option<u64>,
     /// The hookrelay binary (default: next to this one).
@@ -53,12 +74,15 @@ struct Args {
     server: Option<PathBuf>,
 }
 
-/// The receiver: counts arrivals and their latency from the payload's acceptance timestamp.
+/// A receiver: counts arrivals and their latency from the payload's acceptance timestamp.
 #[derive(Default)]
 struct Receiver {
     /// (allowed per second, current second, requests in it)
     limit: Mutex<Option<(u64, u64, u64)>>,
+    fail_first_attempt: bool,
+    delay: Duration,
     throttled: AtomicU64,
+    failed: AtomicU64,
     arrived: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
     seen: Mutex<HashMap<String, u32>>,
@@ -68,6 +92,9 @@ async fn receive(
     State(receiver): State<Arc<Receiver>>,
     body: Bytes,
 ) -> (StatusCode, [(&'static str, &'static str); 1]) {
+    if !receiver.delay.is_zero() {
+        tokio::time::sleep(receiver.delay).await;
+    }
     let now = OffsetDateTime::now_utc();
     if let Ok(mut limit) = receiver.limit.lock()
         && let Some((allowed, second, count)) = limit.as_mut()
@@ -82,35 +109,43 @@ async fn receive(
             return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]);
         }
     }
-    if let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) {
-        if let Some(accepted) = payload["timestamp"]
-            .as_str()
-            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-        {
-            let latency = (now - accepted).whole_microseconds().max(0);
-            receiver
-                .latencies_us
-                .lock()
-                .map(|mut l| l.push(latency as u64))
-                .ok();
-        }
-        if let Some(id) = payload["event_id"].as_str() {
-            receiver
-                .seen
-                .lock()
-                .map(|mut s| *s.entry(id.to_owned()).or_default() += 1)
-                .ok();
-        }
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, [("x-bench", "bad")]);
+    };
+    let id = payload["event_id"].as_str().unwrap_or_default().to_owned();
+    let seen_before = receiver
+        .seen
+        .lock()
+        .map(|mut seen| {
+            let count = seen.entry(id).or_default();
+            *count += 1;
+            *count - 1
+        })
+        .unwrap_or(0);
+    if receiver.fail_first_attempt && seen_before == 0 {
+        receiver.failed.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("x-bench", "first attempt")],
+        );
+    }
+    if let Some(accepted) = payload["timestamp"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+    {
+        let latency = (now - accepted).whole_microseconds().max(0);
+        receiver
+            .latencies_us
+            .lock()
+            .map(|mut l| l.push(latency as u64))
+            .ok();
     }
     receiver.arrived.fetch_add(1, Ordering::SeqCst);
     (StatusCode::OK, [("x-bench", "ok")])
 }
 
-async fn start_receiver(limit: Option<u64>) -> anyhow::Result<(Arc<Receiver>, String)> {
-    let receiver = Arc::new(Receiver {
-        limit: Mutex::new(limit.map(|allowed| (allowed, 0, 0))),
-        ..Receiver::default()
-    });
+async fn start_receiver(receiver: Receiver) -> anyhow::Result<(Arc<Receiver>, String)> {
+    let receiver = Arc::new(receiver);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let app = Router::new()
@@ -166,7 +201,7 @@ fn process_usage(pid: u32) -> Option<(f64, f64)> {
 struct Server {
     child: Child,
     address: String,
-    _dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
 impl Drop for Server {
@@ -176,22 +211,30 @@ impl Drop for Server {
     }
 }
 
-fn start_server(binary: &PathBuf, receiver_url: &str) -> anyhow::Result<Server> {
-    use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(binary)
-        .args(["serve", "--listen", "127.0.0.1:0"])
+/// The environment every hookrelay process of a run shares.
+fn server_env(command: &mut Command, dir: &Path, receiver_url: &str) {
+    command
         .env_clear()
-        .current_dir(dir.path())
-        .env("HOOKRELAY_DATA_DIR", dir.path())
+        .current_dir(dir)
+        .env("HOOKRELAY_DATA_DIR", dir)
         .env("ZAPIER_WEBHOOK_URL", receiver_url)
         .env("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-        .env("HOOKRELAY_MAX_BODY_BYTES", "4194304")
         .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
+        .env("WEBHOOK_RETRY_DELAY_SECONDS", "0.05")
         // The load comes from one address; the guide's default allows 100 requests per hour.
         .env("WEBHOOK_RATE_LIMIT", "10000000")
         .env("WEBHOOK_RATE_WINDOW", "1")
         .env("HOOKRELAY_MAX_CONCURRENT_REQUESTS", "4096")
+        .env("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0")
+        .env("LOG_LEVEL", "warn");
+}
+
+fn start_server(binary: &Path, dir: &Path, receiver_url: &str) -> anyhow::Result<Server> {
+    use std::io::{BufRead, BufReader};
+    let mut command = Command::new(binary);
+    server_env(&mut command, dir, receiver_url);
+    let mut child = command
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -207,7 +250,7 @@ fn start_server(binary: &PathBuf, receiver_url: &str) -> anyhow::Result<Server> 
     Ok(Server {
         child,
         address,
-        _dir: dir,
+        dir: dir.to_path_buf(),
     })
 }
 
@@ -229,28 +272,6 @@ async fn wait_delivered(
     Ok(Instant::now())
 }
 
-fn report_latency(receiver: &Receiver) {
-    let mut latencies = receiver
-        .latencies_us
-        .lock()
-        .map(|l| l.clone())
-        .unwrap_or_default();
-    latencies.sort_unstable();
-    println!(
-        "ingest-to-delivery latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0),
-        latencies.len()
-    );
-    let repeats: u32 = receiver
-        .seen
-        .lock()
-        .map(|s| s.values().map(|n| n - 1).sum())
-        .unwrap_or(0);
-    println!("repeated deliveries: {repeats}");
-}
-
 async fn post_event(http: &reqwest::Client, url: &str, n: u64) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&event(n))?;
     let response = http
@@ -265,34 +286,26 @@ async fn post_event(http: &reqwest::Client, url: &str, n: u64) -> anyhow::Result
     Ok(())
 }
 
-async fn http_bench(args: &Args) -> anyhow::Result<()> {
-    let binary = match &args.server {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("hookrelay"),
-    };
-    let (receiver, receiver_url) = start_receiver(args.receiver_limit).await?;
-    let server = start_server(&binary, &receiver_url)?;
-    let pid = server.child.id();
-    let url = format!("{}/api/webhook/usage", server.address);
+/// Sends `total` events flat out with `concurrency` clients, or at `rate` per second.
+async fn drive(
+    url: &str,
+    total: u64,
+    concurrency: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<Duration> {
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency as usize)
+        .pool_max_idle_per_host(concurrency as usize)
         .build()?;
-    let cpu_before = process_usage(pid).map_or(0.0, |u| u.0);
-
     let started = Instant::now();
-    let sent = Arc::new(AtomicU64::new(0));
     let mut clients = JoinSet::new();
-    let total = match args.rate {
-        Some(rate) => rate * args.duration,
-        None => args.events,
-    };
-    match args.rate {
+    match rate {
         None => {
-            for _ in 0..args.concurrency {
-                let (http, url, sent) = (http.clone(), url.clone(), Arc::clone(&sent));
+            let next = Arc::new(AtomicU64::new(0));
+            for _ in 0..concurrency {
+                let (http, url, next) = (http.clone(), url.to_owned(), Arc::clone(&next));
                 clients.spawn(async move {
                     loop {
-                        let n = sent.fetch_add(1, Ordering::SeqCst);
+                        let n = next.fetch_add(1, Ordering::SeqCst);
                         if n >= total {
                             return Ok::<_, anyhow::Error>(());
                         }
@@ -306,7 +319,7 @@ async fn http_bench(args: &Args) -> anyhow::Result<()> {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for n in 0..total {
                 ticker.tick().await;
-                let (http, url) = (http.clone(), url.clone());
+                let (http, url) = (http.clone(), url.to_owned());
                 clients.spawn(async move { post_event(&http, &url, n).await });
             }
         }
@@ -314,57 +327,221 @@ async fn http_bench(args: &Args) -> anyhow::Result<()> {
     while let Some(result) = clients.join_next().await {
         result??;
     }
-    let ingest_elapsed = started.elapsed();
-    let delivered_at = wait_delivered(&receiver, total, Duration::from_secs(600)).await?;
-    let delivery_elapsed = delivered_at - started;
-    let (cpu_after, peak_mib) = process_usage(pid).unwrap_or((f64::NAN, f64::NAN));
+    Ok(started.elapsed())
+}
 
-    let mode = match args.rate {
-        Some(rate) => format!("steady {rate} events/s for {} s", args.duration),
-        None => format!("flat out, {} clients", args.concurrency),
+fn report(
+    title: &str,
+    total: u64,
+    ingest: Duration,
+    delivered_after: Duration,
+    receiver: &Receiver,
+    cpu_s: f64,
+    peak_mib: f64,
+) {
+    let mut latencies = receiver
+        .latencies_us
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    latencies.sort_unstable();
+    let repeats: u32 = receiver
+        .seen
+        .lock()
+        .map(|s| s.values().map(|n| n.saturating_sub(1)).sum())
+        .unwrap_or(0);
+    println!("== {title}");
+    println!(
+        "ingest:    {:>9.0} events/s ({total} events in {:.2} s)",
+        total as f64 / ingest.as_secs_f64(),
+        ingest.as_secs_f64()
+    );
+    println!(
+        "delivered: {:>9.0} events/s (all delivered {:.2} s after the first send)",
+        total as f64 / delivered_after.as_secs_f64(),
+        delivered_after.as_secs_f64()
+    );
+    println!(
+        "latency:   p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (acceptance to arrival, {} samples)",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        latencies.len()
+    );
+    println!(
+        "server:    {:.3} CPU-s per 1,000 events, peak RSS {peak_mib:.1} MiB; receiver saw {repeats} repeated or retried requests, {} 429s",
+        cpu_s / total as f64 * 1000.0,
+        receiver.throttled.load(Ordering::SeqCst)
+    );
+}
+
+fn dead_letters(binary: &Path, server: &Server, receiver_url: &str) -> Option<u64> {
+    let mut command = Command::new(binary);
+    server_env(&mut command, &server.dir, receiver_url);
+    command
+        .args(["dlq", "list", "--json"])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v["count"].as_u64())
+}
+
+async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
+    let binary = match &args.server {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("hookrelay"),
     };
-    println!("scenario: HTTP ingest, {mode}, {total} events");
-    println!(
-        "ingest: {:.0} events/s ({:.2} s)",
-        total as f64 / ingest_elapsed.as_secs_f64(),
-        ingest_elapsed.as_secs_f64()
-    );
-    println!(
-        "delivered: {:.0} events/s (all {total} delivered {:.2} s after the first send)",
-        total as f64 / delivery_elapsed.as_secs_f64(),
-        delivery_elapsed.as_secs_f64()
-    );
-    report_latency(&receiver);
-    if args.receiver_limit.is_some() {
+    let dir = tempfile::tempdir()?;
+    let (receiver, receiver_url) = start_receiver(Receiver {
+        limit: Mutex::new(args.receiver_limit.map(|allowed| (allowed, 0, 0))),
+        fail_first_attempt: scenario == Scenario::Retry,
+        ..Receiver::default()
+    })
+    .await?;
+
+    let mut backlog = 0;
+    if scenario == Scenario::Backlog {
+        backlog = args.backlog;
+        let started = Instant::now();
+        prefill(dir.path(), &receiver_url, backlog, args.concurrency).await?;
         println!(
-            "answered 429 by the receiver: {}",
-            receiver.throttled.load(Ordering::SeqCst)
+            "(queued {backlog} pending deliveries in {:.1} s)",
+            started.elapsed().as_secs_f64()
         );
-        let dead = Command::new(&binary)
-            .args(["dlq", "list", "--json"])
-            .env_clear()
-            .env("HOOKRELAY_DATA_DIR", server._dir.path())
-            .output()
-            .ok()
-            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-            .and_then(|v| v["count"].as_u64());
+    }
+    let server = start_server(&binary, dir.path(), &receiver_url)?;
+    let pid = server.child.id();
+    let mut slow = None;
+    if scenario == Scenario::Slow {
+        let (slow_receiver, slow_url) = start_receiver(Receiver {
+            delay: Duration::from_secs(5),
+            ..Receiver::default()
+        })
+        .await?;
+        let mut command = Command::new(&binary);
+        server_env(&mut command, dir.path(), &receiver_url);
+        let added = command
+            .args([
+                "endpoints",
+                "add",
+                "--url",
+                &slow_url,
+                "--timeout-seconds",
+                "10",
+            ])
+            .output()?;
+        if !added.status.success() {
+            bail!(
+                "adding the slow endpoint failed: {}",
+                String::from_utf8_lossy(&added.stderr)
+            );
+        }
+        // The server re-reads endpoints every poll interval.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        slow = Some(slow_receiver);
+    }
+    let url = format!("{}/api/webhook/usage", server.address);
+    let cpu_before = process_usage(pid).map_or(0.0, |u| u.0);
+    let (total, rate) = match scenario {
+        Scenario::Steady | Scenario::Slow => (args.rate * args.duration, Some(args.rate)),
+        _ => (args.events, None),
+    };
+    let started = Instant::now();
+    let ingest = drive(&url, total, args.concurrency, rate).await?;
+    let delivered_at =
+        wait_delivered(&receiver, total + backlog, Duration::from_secs(3600)).await?;
+    let (cpu_after, peak_mib) = process_usage(pid).unwrap_or((f64::NAN, f64::NAN));
+    let title = match scenario {
+        Scenario::Steady => format!("steady: {} events/s for {} s", args.rate, args.duration),
+        Scenario::Flat => format!("flat out: {} clients", args.concurrency),
+        Scenario::Retry => format!(
+            "flat out, every first attempt fails: {} clients",
+            args.concurrency
+        ),
+        Scenario::Slow => format!(
+            "steady {} events/s to a fast endpoint beside a 5 s one",
+            args.rate
+        ),
+        Scenario::Backlog => {
+            format!("flat out on top of {backlog} pending deliveries (delivered counts both)")
+        }
+        Scenario::Library | Scenario::All => unreachable!(),
+    };
+    let title = match args.receiver_limit {
+        Some(limit) => format!("{title}; receiver allows {limit}/s"),
+        None => title,
+    };
+    report(
+        &title,
+        total,
+        ingest,
+        delivered_at - started,
+        &receiver,
+        cpu_after - cpu_before,
+        peak_mib,
+    );
+    if let Some(slow) = slow {
+        println!(
+            "slow endpoint: {} of {total} delivered so far (each takes 5 s)",
+            slow.arrived.load(Ordering::SeqCst)
+        );
+    }
+    if scenario == Scenario::Backlog {
+        println!(
+            "backlog drained at {:.0} deliveries/s overall",
+            (total + backlog) as f64 / (delivered_at - started).as_secs_f64()
+        );
+    }
+    if args.receiver_limit.is_some() || scenario == Scenario::Retry {
+        let dead = dead_letters(&binary, &server, &receiver_url);
         println!(
             "dead letters: {}",
             dead.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
         );
     }
-    println!(
-        "server CPU: {:.3} s per 1,000 events",
-        (cpu_after - cpu_before) / total as f64 * 1000.0
-    );
-    println!("server peak RSS: {peak_mib:.1} MiB");
     Ok(())
 }
 
-async fn library_bench(args: &Args) -> anyhow::Result<()> {
+/// Queues `count` events for the default endpoint while delivery is switched off.
+async fn prefill(
+    dir: &Path,
+    receiver_url: &str,
+    count: u64,
+    concurrency: u64,
+) -> anyhow::Result<()> {
+    let mut config = Config::with_data_dir(dir);
+    config.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(receiver_url)?);
+    config.webhook_enabled = false;
+    config.sqlite_sync = hookrelay::config::SqliteSync::Normal;
+    let relay = Relay::open(config).await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let (relay, next) = (relay.clone(), Arc::clone(&next));
+        tasks.spawn(async move {
+            loop {
+                let start = next.fetch_add(100, Ordering::SeqCst);
+                if start >= count {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let batch: Vec<UsageEvent> = (start..(start + 100).min(count)).map(event).collect();
+                relay.track_usage_batch(batch, None).await?;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
+
+async fn library(args: &Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::with_data_dir(dir.path());
     config.webhook_enabled = false;
+    config.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(
+        "https://hooks.zapier.com/hooks/catch/1/a/",
+    )?);
     let relay = Relay::open(config).await?;
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
@@ -387,15 +564,37 @@ async fn library_bench(args: &Args) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     println!(
-        "scenario: Relay::track_usage, {} tasks, {} events (durable commits)",
-        args.concurrency, args.events
+        "== library: Relay::track_usage from {} tasks, durable commits",
+        args.concurrency
     );
     println!(
-        "track_usage: {:.0} events/s ({:.2} s)",
+        "ingest:    {:>9.0} events/s ({} events in {:.2} s)",
         args.events as f64 / elapsed.as_secs_f64(),
+        args.events,
         elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+async fn run(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Library => library(args).await,
+        Scenario::All => {
+            for scenario in [
+                Scenario::Steady,
+                Scenario::Flat,
+                Scenario::Retry,
+                Scenario::Slow,
+                Scenario::Backlog,
+                Scenario::Library,
+            ] {
+                Box::pin(run(args, scenario)).await?;
+                println!();
+            }
+            Ok(())
+        }
+        http => http_scenario(args, http).await,
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -403,11 +602,5 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        if args.library {
-            library_bench(&args).await
-        } else {
-            http_bench(&args).await
-        }
-    })
+    runtime.block_on(run(&args, args.scenario))
 }

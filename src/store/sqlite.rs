@@ -1561,7 +1561,10 @@ impl Store for SqliteStore {
             if full {
                 conn.execute_batch("VACUUM")?;
             } else {
-                conn.execute_batch("PRAGMA incremental_vacuum")?;
+                // The pragma frees one page per step: step it to the end.
+                let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+                let mut rows = vacuum.query([])?;
+                while rows.next()?.is_some() {}
             }
             conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
             Ok(())
