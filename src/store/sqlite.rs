@@ -230,6 +230,23 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// Copies the write-ahead log into the database every second (PASSIVE: never waits for, nor
+/// blocks, the writer or readers), until the store is dropped.
+fn checkpoint_loop(path: &Path, alive: &mpsc::WeakSender<Job>, sync: SqliteSync) {
+    let Ok(conn) = open_connection(path, sync) else {
+        tracing::warn!(
+            "cannot open the checkpoint connection; the log is checkpointed when the store closes"
+        );
+        return;
+    };
+    while alive.upgrade().is_some() {
+        std::thread::sleep(Duration::from_secs(1));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint skipped");
+        }
+    }
+}
+
 /// Runs `work` in a savepoint so that its failure undoes only its own writes.
 fn in_savepoint<T>(
     conn: &Connection,
@@ -270,11 +287,23 @@ impl SqliteStore {
         .await
         .map_err(|_| StoreError::Closed)??;
 
+        // Checkpoints run beside the writer, not inside its commits: an automatic checkpoint
+        // would fsync the database file in the middle of a group commit and stall every
+        // waiting ingest (seen as 100+ ms p99 spikes at a steady 1,000 events/s).
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let (jobs, receiver) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("hookrelay-sqlite-writer".into())
             .spawn(move || writer_loop(conn, receiver))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        let alive = jobs.downgrade();
+        let checkpoint_path = path.clone();
+        std::thread::Builder::new()
+            .name("hookrelay-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_path, &alive, sync))
+            .map_err(|e| {
+                StoreError::Database(format!("cannot start the checkpoint thread: {e}"))
+            })?;
         Ok(Self {
             jobs,
             readers: Arc::new(ReaderPool {
