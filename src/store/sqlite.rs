@@ -648,6 +648,39 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
 }
 
 /// The enabled endpoints and their filters.
+type Destinations = Arc<Vec<(EndpointId, EventFilter)>>;
+
+thread_local! {
+    /// The fan-out list, cached on the writer thread (where every ingest runs): reading and
+    /// parsing it for every event cost more than storing the event. Writes to endpoints made
+    /// through this store clear it at once; changes by another process apply within a second.
+    static DESTINATIONS: std::cell::RefCell<Option<(std::time::Instant, Destinations)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Forgets the cached fan-out list (after a write to `endpoints`).
+fn endpoints_changed() {
+    DESTINATIONS.with(|cached| cached.borrow_mut().take());
+}
+
+/// The enabled endpoints and their filters, from the cache when it is fresh.
+fn destinations(conn: &Connection) -> Result<Destinations, StoreError> {
+    let fresh = DESTINATIONS.with(|cached| {
+        cached
+            .borrow()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+            .map(|(_, list)| Arc::clone(list))
+    });
+    if let Some(list) = fresh {
+        return Ok(list);
+    }
+    let list = Arc::new(enabled_filters(conn)?);
+    DESTINATIONS
+        .with(|cached| *cached.borrow_mut() = Some((std::time::Instant::now(), Arc::clone(&list))));
+    Ok(list)
+}
+
 fn enabled_filters(conn: &Connection) -> Result<Vec<(EndpointId, EventFilter)>, StoreError> {
     // An endpoint disabled automatically (failing for too long) keeps queuing, so nothing is
     // lost when it is enabled again; one disabled by an operator or unconfigured does not.
@@ -680,7 +713,7 @@ impl Store for SqliteStore {
             )?;
             // Fan-out is decided inside the transaction, so an event goes to exactly the
             // endpoints enabled when it was stored.
-            let destinations = enabled_filters(conn)?;
+            let destinations = destinations(conn)?;
             let minute = events.first().map_or(0, |e| e.created_at_ms.div_euclid(60_000));
             let mut outcomes = Vec::with_capacity(events.len());
             for event in events {
@@ -876,6 +909,9 @@ impl Store for SqliteStore {
                      disabled_reason = COALESCE(?8, disabled_reason)
                  WHERE id = ?1",
             )?;
+            if health.iter().any(|h| h.disable.is_some()) {
+                endpoints_changed();
+            }
             for update in health {
                 let h = update.health;
                 health_update.execute(params![
@@ -959,6 +995,7 @@ impl Store for SqliteStore {
 
     async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
         self.write(move |conn| {
+            endpoints_changed();
             let inserted = conn.execute(
                 "INSERT INTO endpoints (id, url, description, event_types, secret, previous_secret,
                      previous_secret_until, headers, timeout_ms, max_retries, rate_limit, rate_burst,
@@ -992,6 +1029,7 @@ impl Store for SqliteStore {
 
     async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
         self.write(move |conn| {
+            endpoints_changed();
             let updated = conn.execute(
                 "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, secret = ?5,
                      previous_secret = ?6, previous_secret_until = ?7, headers = ?8, timeout_ms = ?9,
@@ -1029,6 +1067,7 @@ impl Store for SqliteStore {
 
     async fn delete_endpoint(&self, id: EndpointId) -> Result<bool, StoreError> {
         self.write(move |conn| {
+            endpoints_changed();
             conn.execute(
                 "DELETE FROM deliveries WHERE endpoint_id = ?1 AND status IN ('pending', 'dead')",
                 [id.as_str()],
@@ -1045,6 +1084,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
+            endpoints_changed();
             let id = EndpointId::default_endpoint();
             match url {
                 Some(url) => {
