@@ -24,7 +24,7 @@ fn hookrelay(dir: &Path, vars: &[(&str, &str)]) -> Command {
         .current_dir(dir)
         .env("HOOKRELAY_DATA_DIR", dir)
         .env("RUST_LOG", "hookrelay=warn")
-        .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
+        .env("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8")
         .env("WEBHOOK_RATE_LIMIT", "1000000")
         .envs(vars.iter().copied());
     command

@@ -372,7 +372,7 @@ async fn private_destinations_are_refused_unless_allowed() {
     let dir = tempfile::tempdir().expect("dir");
     let strict = Relay::open(config(
         dir.path(),
-        &[("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "false")],
+        &[("HOOKRELAY_ALLOWED_TARGET_CIDRS", "")],
     ))
     .await
     .expect("open");

@@ -261,9 +261,10 @@ pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    // The receivers of these tests listen on loopback, which deliveries may not reach by default.
-    map.entry("HOOKRELAY_ALLOW_PRIVATE_TARGETS".into())
-        .or_insert_with(|| "true".into());
+    // The receivers of these tests listen on loopback, which deliveries may not reach by
+    // default: loopback, and only loopback, is allowed.
+    map.entry("HOOKRELAY_ALLOWED_TARGET_CIDRS".into())
+        .or_insert_with(|| "127.0.0.0/8".into());
     // Tests send far more than the guide's 100 requests per hour from one address.
     map.entry("WEBHOOK_RATE_LIMIT".into())
         .or_insert_with(|| "1000000".into());

@@ -325,7 +325,7 @@ fn cli(dir: &std::path::Path, vars: &[(&str, &str)], args: &[&str]) -> std::proc
         .env_clear()
         .current_dir(dir)
         .env("HOOKRELAY_DATA_DIR", dir)
-        .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
+        .env("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8")
         .envs(vars.iter().copied())
         .args(args)
         .output()
