@@ -1,12 +1,12 @@
 //! `hookrelay dlq …`: inspect, replay and purge dead letters.
 
-use std::{io::Write, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::output::{cut, json, table, time};
+use super::output::{confirm, cut, json, table, time};
 use crate::{domain::DeliveryId, relay::Relay, store::Selection};
 
 /// Dead-letter queue commands.
@@ -62,13 +62,6 @@ impl Target {
             None => Ok(Selection::All),
         }
     }
-}
-
-fn confirm(question: &str) -> bool {
-    print!("{question} [y/N] ");
-    let _ = std::io::stdout().flush();
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
 pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> {

@@ -1,11 +1,11 @@
 //! `hookrelay endpoints …`: manage destinations.
 
-use std::{collections::BTreeMap, io::Write, process::ExitCode, time::Duration};
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::output::{cut, json, table, time};
+use super::output::{confirm, cut, json, table, time};
 use crate::{
     domain::EndpointId,
     endpoints::{Endpoint, EndpointChanges, EndpointSpec, parse_header},
@@ -207,13 +207,6 @@ fn print_endpoint(endpoint: &Endpoint) {
     );
     println!("last attempt   {}", time(h.last_attempt_at_ms));
     println!("last success   {}", time(h.last_success_at_ms));
-}
-
-fn confirm(question: &str) -> bool {
-    print!("{question} [y/N] ");
-    let _ = std::io::stdout().flush();
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
 pub async fn run(relay: Relay, command: EndpointsCommand) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,7 @@
 //! Printing for people (aligned tables) and for scripts (`--json`).
 
+use std::io::Write;
+
 use serde::Serialize;
 
 use crate::ingest::rfc3339;
@@ -48,4 +50,12 @@ pub fn cut(text: &str, max: usize) -> String {
         short.push('…');
         short
     }
+}
+
+/// Asks a yes/no question on the terminal; anything but yes (or a closed stdin) is no.
+pub fn confirm(question: &str) -> bool {
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }

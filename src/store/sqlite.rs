@@ -14,7 +14,7 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, types::Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -647,6 +647,31 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     })
 }
 
+/// `?1` the id, `?2`–`?15` the settings (url to disabled_reason, in table order), then `extra`:
+/// the parameters shared by the endpoint INSERT and UPDATE.
+fn endpoint_values<const N: usize>(endpoint: &Endpoint, extra: [Value; N]) -> Vec<Value> {
+    let optional = |value: Option<Value>| value.unwrap_or(Value::Null);
+    let mut values = vec![
+        Value::from(endpoint.id.as_str().to_owned()),
+        Value::from(endpoint.url.as_str().to_owned()),
+        Value::from(endpoint.description.clone()),
+        Value::from(json_text(&endpoint.filter)),
+        optional(endpoint.secret.clone().map(Value::from)),
+        optional(endpoint.previous_secret.clone().map(Value::from)),
+        optional(endpoint.previous_secret_until_ms.map(Value::from)),
+        Value::from(json_text(&endpoint.headers)),
+        optional(endpoint.timeout.map(|t| Value::from(t.as_millis() as i64))),
+        optional(endpoint.max_retries.map(Value::from)),
+        optional(endpoint.rate_limit.map(|r| Value::from(r.per_second))),
+        optional(endpoint.rate_limit.map(|r| Value::from(r.burst))),
+        optional(endpoint.circuit_threshold.map(Value::from)),
+        Value::from(endpoint.enabled),
+        optional(endpoint.disabled_reason.clone().map(Value::from)),
+    ];
+    values.extend(extra);
+    values
+}
+
 /// The enabled endpoints and their filters.
 type Destinations = Arc<Vec<(EndpointId, EventFilter)>>;
 
@@ -1002,25 +1027,10 @@ impl Store for SqliteStore {
                      circuit_threshold, enabled, disabled_reason, managed_by_config, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?17)
                  ON CONFLICT (id) DO NOTHING",
-                params![
-                    endpoint.id.as_str(),
-                    endpoint.url.as_str(),
-                    endpoint.description,
-                    json_text(&endpoint.filter),
-                    endpoint.secret,
-                    endpoint.previous_secret,
-                    endpoint.previous_secret_until_ms,
-                    json_text(&endpoint.headers),
-                    endpoint.timeout.map(|t| t.as_millis() as i64),
-                    endpoint.max_retries,
-                    endpoint.rate_limit.map(|r| r.per_second),
-                    endpoint.rate_limit.map(|r| r.burst),
-                    endpoint.circuit_threshold,
-                    endpoint.enabled,
-                    endpoint.disabled_reason,
-                    endpoint.managed_by_config,
-                    endpoint.created_at_ms,
-                ],
+                rusqlite::params_from_iter(endpoint_values(
+                    &endpoint,
+                    [Value::from(endpoint.managed_by_config), Value::from(endpoint.created_at_ms)],
+                )),
             )?;
             Ok(inserted == 1)
         })
@@ -1037,28 +1047,16 @@ impl Store for SqliteStore {
                      enabled = ?14, disabled_reason = ?15, updated_at = ?16,
                      circuit_state = ?17, circuit_changed_at = ?18, consecutive_failures = ?19, failing_since = ?20
                  WHERE id = ?1",
-                params![
-                    endpoint.id.as_str(),
-                    endpoint.url.as_str(),
-                    endpoint.description,
-                    json_text(&endpoint.filter),
-                    endpoint.secret,
-                    endpoint.previous_secret,
-                    endpoint.previous_secret_until_ms,
-                    json_text(&endpoint.headers),
-                    endpoint.timeout.map(|t| t.as_millis() as i64),
-                    endpoint.max_retries,
-                    endpoint.rate_limit.map(|r| r.per_second),
-                    endpoint.rate_limit.map(|r| r.burst),
-                    endpoint.circuit_threshold,
-                    endpoint.enabled,
-                    endpoint.disabled_reason,
-                    endpoint.updated_at_ms,
-                    endpoint.health.circuit.as_str(),
-                    endpoint.health.circuit_changed_at_ms,
-                    endpoint.health.consecutive_failures,
-                    endpoint.health.failing_since_ms,
-                ],
+                rusqlite::params_from_iter(endpoint_values(
+                    &endpoint,
+                    [
+                        Value::from(endpoint.updated_at_ms),
+                        Value::from(endpoint.health.circuit.as_str().to_owned()),
+                        endpoint.health.circuit_changed_at_ms.map_or(Value::Null, Value::from),
+                        Value::from(endpoint.health.consecutive_failures),
+                        endpoint.health.failing_since_ms.map_or(Value::Null, Value::from),
+                    ],
+                )),
             )?;
             Ok(updated == 1)
         })
