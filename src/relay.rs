@@ -37,8 +37,8 @@ use crate::{
     delivery::{AddressPolicy, HttpSender, Worker, WorkerSettings},
     domain::{DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, UsageEvent},
     endpoints::{
-        Endpoint, EndpointChanges, EndpointError, EndpointHealth, EndpointSpec, InvalidEndpoint,
-        generate_secret, validate_secret,
+        Endpoint, EndpointChanges, EndpointError, EndpointSpec, InvalidEndpoint, generate_secret,
+        validate_secret,
     },
     ingest::{IngestError, Ingestor},
     store::{
@@ -282,22 +282,17 @@ impl Relay {
         enabled: bool,
         reason: Option<String>,
     ) -> Result<Endpoint, EndpointError> {
-        let mut endpoint = self.endpoint(id).await?;
-        endpoint.enabled = enabled;
-        endpoint.disabled_reason = if enabled {
-            None
-        } else {
-            Some(reason.unwrap_or_else(|| "disabled by an operator".into()))
-        };
-        if enabled {
-            endpoint.health = EndpointHealth {
-                last_attempt_at_ms: endpoint.health.last_attempt_at_ms,
-                last_success_at_ms: endpoint.health.last_success_at_ms,
-                ..EndpointHealth::default()
-            };
+        let reason = (!enabled).then(|| reason.unwrap_or_else(|| "disabled by an operator".into()));
+        if !self
+            .inner
+            .store
+            .set_endpoint_state(id.clone(), enabled, reason, self.inner.clock.now_ms())
+            .await?
+        {
+            return Err(EndpointError::NotFound(id.clone()));
         }
-        endpoint.updated_at_ms = self.inner.clock.now_ms();
-        self.save(endpoint).await
+        self.inner.worker.endpoints_changed();
+        self.endpoint(id).await
     }
 
     /// Starts using a new signing secret (given, or generated); the old one keeps signing

@@ -118,7 +118,13 @@ impl Guard {
         };
 
         let now = self.clock.now_ms();
-        let address = ip.to_string();
+        // An IPv6 client usually holds a whole /64: limit it as one, or rotating addresses
+        // inside it would evade the limit and flood the limiter's table.
+        let address = match ip {
+            std::net::IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+                .map_or_else(|_| ip.to_string(), |net| net.trunc().to_string()),
+            std::net::IpAddr::V4(_) => ip.to_string(),
+        };
         let verified = match self.verifier.verify(&parts.headers, &body, now) {
             Ok(verified) => verified,
             Err(error) => {

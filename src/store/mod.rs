@@ -361,8 +361,19 @@ pub trait Store: Send + Sync + 'static {
     /// Creates an endpoint; false if the id exists.
     async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError>;
 
-    /// Replaces an endpoint's settings (not its health); false if it does not exist.
+    /// Replaces an endpoint's settings (not its enabled state or health); false if it does
+    /// not exist.
     async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError>;
+
+    /// Enables an endpoint (resetting its health) or disables it with a reason; false if it
+    /// does not exist.
+    async fn set_endpoint_state(
+        &self,
+        id: EndpointId,
+        enabled: bool,
+        reason: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
 
     /// Deletes an endpoint with its pending and dead deliveries (delivered ones stay as
     /// history); false if it did not exist.

@@ -872,9 +872,10 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
             let mut insert = conn.prepare_cached(
+                // A delivery removed meanwhile (its endpoint deleted) has nothing to log against.
                 "INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code,
                      error_kind, error_detail, response_snippet, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE EXISTS (SELECT 1 FROM deliveries WHERE id = ?1)",
             )?;
             let mut update = conn.prepare_cached(
                 "UPDATE deliveries SET status = ?1, attempts = attempts + ?9,
@@ -1041,22 +1042,38 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             endpoints_changed();
             let updated = conn.execute(
+                // Settings only: enabled state and health belong to `set_endpoint_state` and the
+                // worker, so a settings change read earlier cannot undo what they wrote since.
                 "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, secret = ?5,
                      previous_secret = ?6, previous_secret_until = ?7, headers = ?8, timeout_ms = ?9,
                      max_retries = ?10, rate_limit = ?11, rate_burst = ?12, circuit_threshold = ?13,
-                     enabled = ?14, disabled_reason = ?15, updated_at = ?16,
-                     circuit_state = ?17, circuit_changed_at = ?18, consecutive_failures = ?19, failing_since = ?20
+                     updated_at = ?16
                  WHERE id = ?1",
-                rusqlite::params_from_iter(endpoint_values(
-                    &endpoint,
-                    [
-                        Value::from(endpoint.updated_at_ms),
-                        Value::from(endpoint.health.circuit.as_str().to_owned()),
-                        endpoint.health.circuit_changed_at_ms.map_or(Value::Null, Value::from),
-                        Value::from(endpoint.health.consecutive_failures),
-                        endpoint.health.failing_since_ms.map_or(Value::Null, Value::from),
-                    ],
-                )),
+                rusqlite::params_from_iter(endpoint_values(&endpoint, [Value::from(endpoint.updated_at_ms)])),
+            )?;
+            Ok(updated == 1)
+        })
+        .await
+    }
+
+    async fn set_endpoint_state(
+        &self,
+        id: EndpointId,
+        enabled: bool,
+        reason: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            endpoints_changed();
+            // Enabling starts afresh: circuit closed, past failures forgotten.
+            let updated = conn.execute(
+                "UPDATE endpoints SET enabled = ?2, disabled_reason = ?3, updated_at = ?4,
+                     circuit_state = CASE WHEN ?2 THEN 'closed' ELSE circuit_state END,
+                     circuit_changed_at = CASE WHEN ?2 THEN NULL ELSE circuit_changed_at END,
+                     consecutive_failures = CASE WHEN ?2 THEN 0 ELSE consecutive_failures END,
+                     failing_since = CASE WHEN ?2 THEN NULL ELSE failing_since END
+                 WHERE id = ?1",
+                params![id.as_str(), enabled, reason, now_ms],
             )?;
             Ok(updated == 1)
         })

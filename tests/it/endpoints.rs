@@ -364,6 +364,38 @@ async fn an_endpoint_failing_too_long_is_disabled_with_the_reason() {
             .unwrap_or_default()
             .contains("failing continuously")
     );
+    // A settings change read before the worker disabled it does not undo that.
+    relay
+        .update_endpoint(
+            &EndpointId::default_endpoint(),
+            hookrelay::endpoints::EndpointChanges {
+                description: Some("renamed".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    let endpoint = relay
+        .endpoint(&EndpointId::default_endpoint())
+        .await
+        .expect("endpoint");
+    assert!(
+        !endpoint.enabled,
+        "a settings change must not re-enable the endpoint"
+    );
+    assert_eq!(endpoint.description, "renamed");
+    let enabled = relay
+        .set_endpoint_enabled(&EndpointId::default_endpoint(), true, None)
+        .await
+        .expect("enable");
+    assert!(enabled.enabled);
+    assert_eq!(
+        (
+            enabled.health.consecutive_failures,
+            enabled.health.failing_since_ms
+        ),
+        (0, None)
+    );
 }
 
 #[tokio::test]
