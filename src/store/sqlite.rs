@@ -7,6 +7,7 @@
 //! Reads go to a small pool of separate connections (WAL lets them run beside the writer).
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -208,6 +209,13 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
                 }
             }
         }
+        if begun.is_ok()
+            && lost.is_none()
+            && let Err(e) = flush_aggregates(&conn)
+        {
+            lost = Some(e);
+        }
+        discard_aggregates();
         let committed = match (&begun, lost) {
             // BEGIN failed: each job already carries the error.
             (Err(_), _) => Ok(()),
@@ -392,6 +400,23 @@ struct Rollup {
 }
 
 impl Rollup {
+    fn merge(&mut self, other: &Rollup) {
+        self.ingested += other.ingested;
+        self.duplicates += other.duplicates;
+        self.attempts += other.attempts;
+        self.successes += other.successes;
+        self.failures += other.failures;
+        self.throttled += other.throttled;
+        self.retries += other.retries;
+        self.delivered += other.delivered;
+        self.dead_lettered += other.dead_lettered;
+        self.duration_sum_ms += other.duration_sum_ms;
+        self.latency_sum_ms += other.latency_sum_ms;
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+    }
+
     fn count(&mut self, record: &AttemptRecord) {
         match record.next {
             NextState::Throttled(_) => {
@@ -517,29 +542,138 @@ fn complete_session(
     Ok(session)
 }
 
-/// Updates the session aggregate and the daily usage for one stored usage event.
-fn count_usage(conn: &Connection, usage: &UsageFacts, at_ms: i64) -> Result<(), StoreError> {
-    let (ok, failed) = if usage.success { (1, 0) } else { (0, 1) };
-    conn.prepare_cached(
+/// One session's counts within a group commit.
+#[derive(Debug, Default)]
+struct SessionDelta {
+    first_seen: i64,
+    last_seen: i64,
+    queries: i64,
+    successes: i64,
+    failures: i64,
+    response_time_sum_ms: i64,
+    tokens: i64,
+}
+
+/// One model's counts for one day within a group commit.
+#[derive(Debug, Default)]
+struct DailyDelta {
+    queries: i64,
+    successes: i64,
+    tokens: i64,
+    response_time_sum_ms: i64,
+}
+
+/// Counts gathered from every job of one group commit and written once, just before its
+/// COMMIT: one upsert per session, model, day and minute, instead of four per event. Jobs add
+/// to it only when all their statements succeeded; a failed group discards it.
+#[derive(Debug, Default)]
+struct Aggregates {
+    rollups: HashMap<i64, Rollup>,
+    sessions: HashMap<String, SessionDelta>,
+    session_models: HashMap<(String, String), i64>,
+    daily: HashMap<(i64, String), DailyDelta>,
+}
+
+impl Aggregates {
+    fn add_rollup(&mut self, minute: i64, rollup: &Rollup) {
+        self.rollups.entry(minute).or_default().merge(rollup);
+    }
+
+    fn add_usage(&mut self, usage: &UsageFacts, at_ms: i64) {
+        let (ok, failed) = if usage.success { (1, 0) } else { (0, 1) };
+        let session = self
+            .sessions
+            .entry(usage.session_id.clone())
+            .or_insert_with(|| SessionDelta {
+                first_seen: at_ms,
+                last_seen: at_ms,
+                ..SessionDelta::default()
+            });
+        session.first_seen = session.first_seen.min(at_ms);
+        session.last_seen = session.last_seen.max(at_ms);
+        session.queries += 1;
+        session.successes += ok;
+        session.failures += failed;
+        session.response_time_sum_ms += usage.response_time_ms as i64;
+        session.tokens += usage.tokens as i64;
+        *self
+            .session_models
+            .entry((usage.session_id.clone(), usage.model.clone()))
+            .or_default() += 1;
+        let day = self
+            .daily
+            .entry((at_ms.div_euclid(86_400_000), usage.model.clone()))
+            .or_default();
+        day.queries += 1;
+        day.successes += ok;
+        day.tokens += usage.tokens as i64;
+        day.response_time_sum_ms += usage.response_time_ms as i64;
+    }
+}
+
+thread_local! {
+    /// The writer thread's aggregates for the group commit in progress.
+    static AGGREGATES: std::cell::RefCell<Aggregates> = std::cell::RefCell::new(Aggregates::default());
+}
+
+fn aggregate(add: impl FnOnce(&mut Aggregates)) {
+    AGGREGATES.with(|a| add(&mut a.borrow_mut()));
+}
+
+fn discard_aggregates() {
+    AGGREGATES.with(|a| *a.borrow_mut() = Aggregates::default());
+}
+
+/// Writes the group commit's aggregates (inside its transaction).
+fn flush_aggregates(conn: &Connection) -> Result<(), StoreError> {
+    let a = AGGREGATES.with(|a| std::mem::take(&mut *a.borrow_mut()));
+    for (minute, rollup) in &a.rollups {
+        add_rollup(conn, *minute, rollup)?;
+    }
+    let mut sessions = conn.prepare_cached(
         "INSERT INTO sessions (session_id, first_seen, last_seen, queries, successes, failures, response_time_sum_ms, tokens)
-         VALUES (?1, ?2, ?2, 1, ?3, ?4, ?5, ?6)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (session_id) DO UPDATE SET
              first_seen = MIN(first_seen, excluded.first_seen), last_seen = MAX(last_seen, excluded.last_seen),
-             queries = queries + 1, successes = successes + excluded.successes, failures = failures + excluded.failures,
+             queries = queries + excluded.queries, successes = successes + excluded.successes,
+             failures = failures + excluded.failures,
              response_time_sum_ms = response_time_sum_ms + excluded.response_time_sum_ms, tokens = tokens + excluded.tokens",
-    )?
-    .execute(params![usage.session_id, at_ms, ok, failed, usage.response_time_ms as i64, usage.tokens as i64])?;
-    conn.prepare_cached(
-        "INSERT INTO session_models (session_id, model, queries) VALUES (?1, ?2, 1)
-         ON CONFLICT (session_id, model) DO UPDATE SET queries = queries + 1",
-    )?
-    .execute(params![usage.session_id, usage.model])?;
-    conn.prepare_cached(
-        "INSERT INTO usage_daily (day, model, queries, successes, tokens, response_time_sum_ms) VALUES (?1, ?2, 1, ?3, ?4, ?5)
-         ON CONFLICT (day, model) DO UPDATE SET queries = queries + 1, successes = successes + excluded.successes,
-             tokens = tokens + excluded.tokens, response_time_sum_ms = response_time_sum_ms + excluded.response_time_sum_ms",
-    )?
-    .execute(params![at_ms.div_euclid(86_400_000), usage.model, ok, usage.tokens as i64, usage.response_time_ms as i64])?;
+    )?;
+    for (id, d) in &a.sessions {
+        sessions.execute(params![
+            id,
+            d.first_seen,
+            d.last_seen,
+            d.queries,
+            d.successes,
+            d.failures,
+            d.response_time_sum_ms,
+            d.tokens
+        ])?;
+    }
+    let mut models = conn.prepare_cached(
+        "INSERT INTO session_models (session_id, model, queries) VALUES (?1, ?2, ?3)
+         ON CONFLICT (session_id, model) DO UPDATE SET queries = queries + excluded.queries",
+    )?;
+    for ((session, model), queries) in &a.session_models {
+        models.execute(params![session, model, queries])?;
+    }
+    let mut daily = conn.prepare_cached(
+        "INSERT INTO usage_daily (day, model, queries, successes, tokens, response_time_sum_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (day, model) DO UPDATE SET queries = queries + excluded.queries,
+             successes = successes + excluded.successes, tokens = tokens + excluded.tokens,
+             response_time_sum_ms = response_time_sum_ms + excluded.response_time_sum_ms",
+    )?;
+    for ((day, model), d) in &a.daily {
+        daily.execute(params![
+            day,
+            model,
+            d.queries,
+            d.successes,
+            d.tokens,
+            d.response_time_sum_ms
+        ])?;
+    }
     Ok(())
 }
 
@@ -741,6 +875,7 @@ impl Store for SqliteStore {
             let destinations = destinations(conn)?;
             let minute = events.first().map_or(0, |e| e.created_at_ms.div_euclid(60_000));
             let mut outcomes = Vec::with_capacity(events.len());
+            let mut usages = Vec::new();
             for event in events {
                 if let Some(key) = &event.idempotency_key {
                     let existing: Option<String> =
@@ -773,8 +908,8 @@ impl Store for SqliteStore {
                         event.created_at_ms,
                     ])?;
                 }
-                if let Some(usage) = &event.usage {
-                    count_usage(conn, usage, event.created_at_ms)?;
+                if let Some(usage) = event.usage {
+                    usages.push((usage, event.created_at_ms));
                 }
                 outcomes.push(Ingested {
                     id: event.id,
@@ -787,7 +922,13 @@ impl Store for SqliteStore {
                 duplicates,
                 ..Rollup::default()
             };
-            add_rollup(conn, minute, &rollup)?;
+            // Counted once per group commit, just before it commits.
+            aggregate(|a| {
+                a.add_rollup(minute, &rollup);
+                for (usage, at_ms) in &usages {
+                    a.add_usage(usage, *at_ms);
+                }
+            });
             Ok(outcomes)
         })
         .await
@@ -927,7 +1068,7 @@ impl Store for SqliteStore {
                     tracing::warn!(delivery_id = %record.delivery_id, "lease lost before the attempt was recorded; its result is kept in the attempt log only");
                 }
             }
-            add_rollup(conn, now_ms.div_euclid(60_000), &rollup)?;
+            aggregate(|a| a.add_rollup(now_ms.div_euclid(60_000), &rollup));
             let mut health_update = conn.prepare_cached(
                 "UPDATE endpoints SET circuit_state = ?2, circuit_changed_at = ?3, consecutive_failures = ?4,
                      failing_since = ?5, last_attempt_at = ?6, last_success_at = ?7,
