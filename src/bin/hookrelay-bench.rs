@@ -66,6 +66,9 @@ struct Args {
     /// Pending deliveries queued before the server starts (backlog).
     #[arg(long, default_value_t = 1_000_000)]
     backlog: u64,
+    /// `HOOKRELAY_ENDPOINT_CONCURRENCY` for the server (default: hookrelay's own default).
+    #[arg(long)]
+    endpoint_concurrency: Option<usize>,
     /// The receiver accepts this many requests per second and answers 429 beyond.
     #[arg(long)]
     receiver_limit: Option<u64>,
@@ -229,10 +232,18 @@ fn server_env(command: &mut Command, dir: &Path, receiver_url: &str) {
         .env("LOG_LEVEL", "warn");
 }
 
-fn start_server(binary: &Path, dir: &Path, receiver_url: &str) -> anyhow::Result<Server> {
+fn start_server(
+    binary: &Path,
+    dir: &Path,
+    receiver_url: &str,
+    endpoint_concurrency: Option<usize>,
+) -> anyhow::Result<Server> {
     use std::io::{BufRead, BufReader};
     let mut command = Command::new(binary);
     server_env(&mut command, dir, receiver_url);
+    if let Some(n) = endpoint_concurrency {
+        command.env("HOOKRELAY_ENDPOINT_CONCURRENCY", n.to_string());
+    }
     let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -412,7 +423,12 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    let server = start_server(&binary, dir.path(), &receiver_url)?;
+    let server = start_server(
+        &binary,
+        dir.path(),
+        &receiver_url,
+        args.endpoint_concurrency,
+    )?;
     let pid = server.child.id();
     let mut slow = None;
     if scenario == Scenario::Slow {
