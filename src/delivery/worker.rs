@@ -494,14 +494,8 @@ impl Worker {
                 .await?;
             return Ok(Outcome::Released);
         };
-        let (record, signal) = self.attempt(&target, probing, &delivery).await;
+        let (mut record, signal) = self.attempt(&target, probing, &delivery).await;
         let now = self.clock.now_ms();
-        let outcome = match record.next {
-            NextState::Delivered => Outcome::Delivered,
-            NextState::RetryAt(at_ms) => Outcome::Retrying { at_ms },
-            NextState::Throttled(at_ms) => Outcome::Throttled { at_ms },
-            NextState::DeadLetter => Outcome::DeadLettered,
-        };
 
         let health_update = {
             let mut runtimes = self.runtimes();
@@ -514,6 +508,22 @@ impl Worker {
                     runtime.paused_until_ms = runtime.paused_until_ms.max(until);
                 }
                 self.log_circuit_change(&target.id, before, runtime.health, target.circuit);
+                // Deliveries wait while the circuit is open: an attempt that was already in
+                // flight when it opened (or that opened it) spends no budget on its failure.
+                let retryable = record
+                    .status_code
+                    .is_none_or(|code| matches!(code, 408 | 500..=599));
+                if runtime.health.circuit != CircuitState::Closed
+                    && signal == Signal::Failure
+                    && retryable
+                    && matches!(record.next, NextState::RetryAt(_) | NextState::DeadLetter)
+                {
+                    record.next = NextState::Throttled(now + target.circuit.cooldown_ms);
+                    record.error_detail = record
+                        .error_detail
+                        .take()
+                        .map(|d| format!("{d} (circuit open)"));
+                }
                 let disable =
                     self.disable_reason(&runtime.health, record.error_detail.as_deref(), now);
                 if let Some(reason) = &disable {
@@ -528,6 +538,12 @@ impl Worker {
             })
         };
 
+        let outcome = match record.next {
+            NextState::Delivered => Outcome::Delivered,
+            NextState::RetryAt(at_ms) => Outcome::Retrying { at_ms },
+            NextState::Throttled(at_ms) => Outcome::Throttled { at_ms },
+            NextState::DeadLetter => Outcome::DeadLettered,
+        };
         let latency_ms = now - delivery.event_created_at_ms;
         let outcome_label = match record.next {
             NextState::Delivered => "delivered",
