@@ -88,6 +88,8 @@ struct EndpointRuntime {
     /// A receiver's 429 `Retry-After` holds every delivery to it until then (unix ms).
     paused_until_ms: i64,
     health: EndpointHealth,
+    /// The row's `updated_at` when last read: a newer one means an operator changed it.
+    updated_at_ms: i64,
 }
 
 /// Claims, sends and records deliveries.
@@ -194,6 +196,18 @@ impl Worker {
             let target = Target::from_endpoint(&endpoint, &self.config);
             let previous = runtimes.remove(&endpoint.id);
             let paused_until_ms = previous.as_ref().map_or(0, |p| p.paused_until_ms);
+            // The database may lag behind this worker's own latest result (written a moment
+            // later): keep the newer health in memory, unless an operator has changed the
+            // endpoint since (enabling it resets its health).
+            let health = match &previous {
+                Some(p)
+                    if p.updated_at_ms >= endpoint.updated_at_ms
+                        && p.health.last_attempt_at_ms >= endpoint.health.last_attempt_at_ms =>
+                {
+                    p.health
+                }
+                _ => endpoint.health,
+            };
             // Keep the limiter's schedule unless the limit itself changed.
             let throttle = match (previous.and_then(|p| p.throttle), target.rate_limit) {
                 (Some(throttle), Some(limit)) if throttle.limit() == limit => Some(throttle),
@@ -203,9 +217,10 @@ impl Worker {
                 endpoint.id.clone(),
                 EndpointRuntime {
                     enabled: endpoint.enabled,
-                    health: endpoint.health,
+                    health,
                     throttle,
                     paused_until_ms,
+                    updated_at_ms: endpoint.updated_at_ms,
                     target,
                 },
             );

@@ -1188,7 +1188,7 @@ impl Store for SqliteStore {
                 "UPDATE endpoints SET url = ?2, description = ?3, event_types = ?4, secret = ?5,
                      previous_secret = ?6, previous_secret_until = ?7, headers = ?8, timeout_ms = ?9,
                      max_retries = ?10, rate_limit = ?11, rate_burst = ?12, circuit_threshold = ?13,
-                     updated_at = ?16
+                     updated_at = MAX(updated_at + 1, ?16)
                  WHERE id = ?1",
                 rusqlite::params_from_iter(endpoint_values(&endpoint, [Value::from(endpoint.updated_at_ms)])),
             )?;
@@ -1208,7 +1208,8 @@ impl Store for SqliteStore {
             endpoints_changed();
             // Enabling starts afresh: circuit closed, past failures forgotten.
             let updated = conn.execute(
-                "UPDATE endpoints SET enabled = ?2, disabled_reason = ?3, updated_at = ?4,
+                // updated_at always moves forward, so a worker notices the change.
+                "UPDATE endpoints SET enabled = ?2, disabled_reason = ?3, updated_at = MAX(updated_at + 1, ?4),
                      circuit_state = CASE WHEN ?2 THEN 'closed' ELSE circuit_state END,
                      circuit_changed_at = CASE WHEN ?2 THEN NULL ELSE circuit_changed_at END,
                      consecutive_failures = CASE WHEN ?2 THEN 0 ELSE consecutive_failures END,
