@@ -287,6 +287,24 @@ pub async fn report(
     }
 }
 
+async fn run_retention(
+    store: &dyn Store,
+    config: &Config,
+    clock: &dyn Clock,
+) -> Result<crate::sessions::CleanupReport, StoreError> {
+    let cutoff = clock.now_ms() - i64::from(config.retention_days) * 86_400_000;
+    let report = store.cleanup(cutoff, false).await?;
+    info!(
+        events = report.events,
+        attempts = report.attempts,
+        sessions = report.sessions,
+        alerts = report.alerts,
+        days = config.retention_days,
+        "retention pass finished"
+    );
+    Ok(report)
+}
+
 /// The background loop of a serving process: keeps gauges fresh, reports the worker alive,
 /// evaluates alert rules and sends their transitions.
 pub struct Monitor {
@@ -411,17 +429,7 @@ impl Monitor {
 
     /// One retention pass with `HOOKRELAY_RETENTION_DAYS`.
     pub async fn retention(&self) -> Result<crate::sessions::CleanupReport, StoreError> {
-        let cutoff = self.clock.now_ms() - i64::from(self.config.retention_days) * 86_400_000;
-        let report = self.store.cleanup(cutoff, false).await?;
-        info!(
-            events = report.events,
-            attempts = report.attempts,
-            sessions = report.sessions,
-            alerts = report.alerts,
-            days = self.config.retention_days,
-            "retention pass finished"
-        );
-        Ok(report)
+        run_retention(self.store.as_ref(), &self.config, self.clock.as_ref()).await
     }
 
     /// Runs until `shutdown`: gauges and heartbeat every few seconds, alerts every interval,
@@ -434,11 +442,23 @@ impl Monitor {
         let tick = self.config.alert_interval.min(Duration::from_secs(5));
         let mut next_evaluation = self.clock.now_ms();
         let mut next_retention = self.clock.now_ms() + 60_000;
+        let mut retention: Option<tokio::task::JoinHandle<()>> = None;
         loop {
-            if self.clock.now_ms() >= next_retention {
-                if let Err(e) = self.retention().await {
-                    warn!(error = %e, "retention pass failed");
-                }
+            // Retention runs in its own task: a long pass must not stop the heartbeat (which
+            // `restore` relies on) or the alerts.
+            if self.clock.now_ms() >= next_retention
+                && retention.as_ref().is_none_or(|task| task.is_finished())
+            {
+                let (store, config, clock) = (
+                    Arc::clone(&self.store),
+                    Arc::clone(&self.config),
+                    Arc::clone(&self.clock),
+                );
+                retention = Some(tokio::spawn(async move {
+                    if let Err(e) = run_retention(store.as_ref(), &config, clock.as_ref()).await {
+                        warn!(error = %e, "retention pass failed");
+                    }
+                }));
                 next_retention = self.clock.now_ms() + 3_600_000;
             }
             if worker_alive()

@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sessions",
         include_str!("../../migrations/sqlite/0004_sessions.sql"),
     ),
+    (
+        5,
+        "pending_age",
+        include_str!("../../migrations/sqlite/0005_pending_age.sql"),
+    ),
 ];
 
 /// Most jobs committed in one transaction; bounds how long one commit holds the lock.
@@ -219,7 +224,14 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
         let committed = match (&begun, lost) {
             // BEGIN failed: each job already carries the error.
             (Err(_), _) => Ok(()),
-            (Ok(()), Some(error)) => Err(error),
+            (Ok(()), Some(error)) => {
+                // Whatever failed, the transaction must not stay open: it would hold the write
+                // lock and turn every later write into "transaction within a transaction".
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                Err(error)
+            }
             (Ok(()), None) => conn
                 .prepare_cached("COMMIT")
                 .and_then(|mut commit| commit.execute([]))
@@ -703,6 +715,10 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), StoreError> {
     let staging = std::path::PathBuf::from(staging);
     std::fs::copy(backup, &staging)
         .map_err(|e| StoreError::Database(format!("cannot copy the backup: {e}")))?;
+    // On disk before it replaces anything.
+    std::fs::File::open(&staging)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| StoreError::Database(format!("cannot flush the copy: {e}")))?;
     for suffix in ["-wal", "-shm"] {
         let mut side = target.as_os_str().to_owned();
         side.push(suffix);
@@ -1026,9 +1042,6 @@ impl Store for SqliteStore {
                  WHERE id = ?7 AND lease_token = ?8",
             )?;
             let mut rollup = Rollup::default();
-            for record in &records {
-                rollup.count(record);
-            }
             for record in records {
                 // (status, due, attempt outcome, finished, budget spent, throttled)
                 let (status, next_at, outcome, finished, spent, throttled) = match record.next {
@@ -1066,9 +1079,11 @@ impl Store for SqliteStore {
                 ])?;
                 if updated == 0 {
                     tracing::warn!(delivery_id = %record.delivery_id, "lease lost before the attempt was recorded; its result is kept in the attempt log only");
+                } else {
+                    // Only attempts that moved their delivery count, once.
+                    rollup.count(&record);
                 }
             }
-            aggregate(|a| a.add_rollup(now_ms.div_euclid(60_000), &rollup));
             let mut health_update = conn.prepare_cached(
                 "UPDATE endpoints SET circuit_state = ?2, circuit_changed_at = ?3, consecutive_failures = ?4,
                      failing_since = ?5, last_attempt_at = ?6, last_success_at = ?7,
@@ -1092,6 +1107,8 @@ impl Store for SqliteStore {
                     update.disable,
                 ])?;
             }
+            // Last, so a failure above (which undoes this job) leaves no counts behind.
+            aggregate(|a| a.add_rollup(now_ms.div_euclid(60_000), &rollup));
             Ok(())
         })
         .await
@@ -1567,8 +1584,10 @@ impl Store for SqliteStore {
 
     async fn analytics(&self, now_ms: i64, days: u32) -> Result<Analytics, StoreError> {
         self.read(move |conn| {
-            let since_ms = now_ms - i64::from(days) * 86_400_000;
-            let first_day = since_ms.div_euclid(86_400_000);
+            // Whole UTC days, today included, for every figure alike (daily usage rows cannot
+            // be split): "7 days" is today and the six before it.
+            let first_day = now_ms.div_euclid(86_400_000) - i64::from(days) + 1;
+            let since_ms = first_day * 86_400_000;
             let sessions: i64 =
                 conn.prepare_cached("SELECT COUNT(*) FROM sessions WHERE last_seen >= ?1")?.query_row([since_ms], |r| r.get(0))?;
             let mut models = Vec::new();
@@ -1659,14 +1678,25 @@ impl Store for SqliteStore {
                 .await;
         }
         let mut report = CleanupReport::default();
+        // Each batch starts where the last one stopped, so old events that must stay (pending,
+        // dead-lettered) are walked past once per pass, not once per batch.
+        let mut cursor = i64::MIN;
         loop {
             // Small transactions: each holds the write lock for a few milliseconds, so ingest
             // and delivery interleave with a long pass.
             let batch = self
                 .write(move |conn| {
-                    conn.execute_batch("CREATE TEMP TABLE IF NOT EXISTS retention_batch (id TEXT PRIMARY KEY); DELETE FROM retention_batch;")?;
-                    conn.prepare_cached(&format!("INSERT INTO retention_batch {FINISHED} ORDER BY created_at LIMIT {RETENTION_BATCH}"))?
-                        .execute([cutoff_ms])?;
+                    conn.execute_batch(
+                        "CREATE TEMP TABLE IF NOT EXISTS retention_batch (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+                         DELETE FROM retention_batch;",
+                    )?;
+                    conn.prepare_cached(&format!(
+                        "INSERT INTO retention_batch (id, created_at)
+                         SELECT id, created_at FROM events e WHERE created_at < ?1 AND created_at >= ?2
+                             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered')
+                         ORDER BY created_at LIMIT {RETENTION_BATCH}"
+                    ))?
+                    .execute([cutoff_ms, cursor])?;
                     let count = |sql: &str| -> Result<u64, StoreError> {
                         Ok(conn.prepare_cached(sql)?.query_row([], |r| r.get::<_, i64>(0))?.unsigned_abs())
                     };
@@ -1676,16 +1706,19 @@ impl Store for SqliteStore {
                         "SELECT COUNT(*) FROM attempts WHERE delivery_id IN
                          (SELECT id FROM deliveries WHERE event_id IN (SELECT id FROM retention_batch))",
                     )?;
+                    let last: Option<i64> =
+                        conn.prepare_cached("SELECT MAX(created_at) FROM retention_batch")?.query_row([], |r| r.get(0))?;
                     // Deliveries and their attempts go with the event (ON DELETE CASCADE).
                     conn.prepare_cached("DELETE FROM events WHERE id IN (SELECT id FROM retention_batch)")?.execute([])?;
-                    Ok((events, deliveries, attempts))
+                    Ok((events, deliveries, attempts, last))
                 })
                 .await?;
             report.events += batch.0;
             report.deliveries += batch.1;
             report.attempts += batch.2;
-            if batch.0 < RETENTION_BATCH {
-                break;
+            match batch.3 {
+                Some(last) if batch.0 == RETENTION_BATCH => cursor = last,
+                _ => break,
             }
         }
         loop {
@@ -1777,26 +1810,44 @@ impl Store for SqliteStore {
                 Ok(problems)
             })
             .await?;
-        // ANALYZE and vacuuming change the file: they go through the writer like any write,
-        // but VACUUM cannot run inside a transaction, so it gets its own connection.
         let free_pages_before = self.db_stats().await?.free_pages;
-        let path = self.readers.path.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            let conn = open_connection(&path, SqliteSync::Full)?;
+        // ANALYZE and the incremental vacuum go through the writer, the vacuum in steps of a
+        // thousand pages per group commit, so ingest and delivery never wait long for them.
+        self.write(|conn| {
             conn.execute_batch("ANALYZE; PRAGMA optimize;")?;
-            if full {
-                conn.execute_batch("VACUUM")?;
-            } else {
-                // The pragma frees one page per step: step it to the end.
-                let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
-                let mut rows = vacuum.query([])?;
-                while rows.next()?.is_some() {}
-            }
-            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
             Ok(())
         })
-        .await
-        .map_err(|_| StoreError::Closed)??;
+        .await?;
+        if full {
+            // A full VACUUM rewrites the file outside any transaction: it holds the write lock
+            // for its whole run (documented; `--full` is for quiet hours).
+            let path = self.readers.path.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                let conn = open_connection(&path, SqliteSync::Full)?;
+                conn.execute_batch("VACUUM")?;
+                Ok(())
+            })
+            .await
+            .map_err(|_| StoreError::Closed)??;
+        } else {
+            loop {
+                let remaining = self
+                    .write(|conn| {
+                        // The pragma frees one page per step: step it to the end of its quota.
+                        let mut vacuum = conn.prepare("PRAGMA incremental_vacuum(1000)")?;
+                        let mut rows = vacuum.query([])?;
+                        while rows.next()?.is_some() {}
+                        drop(rows);
+                        let free: i64 =
+                            conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+                        Ok(free)
+                    })
+                    .await?;
+                if remaining == 0 {
+                    break;
+                }
+            }
+        }
         let free_pages_after = self.db_stats().await?.free_pages;
         Ok(MaintenanceReport {
             integrity,

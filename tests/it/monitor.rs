@@ -442,24 +442,3 @@ async fn with_a_sentry_dsn_failures_are_reported_to_it() {
         "the release is reported: {body}"
     );
 }
-
-#[tokio::test]
-async fn without_a_sentry_dsn_nothing_is_sent() {
-    let dir = tempfile::tempdir().expect("dir");
-    let path = dir.path().to_path_buf();
-    let output = tokio::task::spawn_blocking(move || {
-        cli(
-            &path,
-            &[("DATABASE_URL", "/proc/hookrelay/nope.db")],
-            &["dlq", "list"],
-        )
-    })
-    .await
-    .expect("join");
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        !String::from_utf8_lossy(&output.stderr)
-            .to_lowercase()
-            .contains("sentry")
-    );
-}

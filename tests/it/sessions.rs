@@ -425,3 +425,38 @@ async fn sessions_and_analytics_are_served_to_admins() {
         401
     );
 }
+
+#[tokio::test]
+async fn a_failed_group_commit_stores_and_counts_nothing_and_leaves_the_store_usable() {
+    let receiver = TestReceiver::start().await;
+    let (relay, _clock, dir) = manual(&receiver, &[("ENABLE_WEBHOOK", "false")]).await;
+    let db = rusqlite::Connection::open(dir.path().join("hookrelay.db")).expect("open");
+    // The daily usage row is written last, just before COMMIT: make it fail.
+    db.execute_batch(
+        "CREATE TRIGGER injected BEFORE INSERT ON usage_daily BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .expect("trigger");
+    assert!(relay.track_usage(call("s", "m", 1, 1, true)).await.is_err());
+    assert_eq!(
+        relay.counts().await.expect("counts").pending,
+        0,
+        "nothing of the failed group is stored"
+    );
+    assert!(relay.session_stats("s").await.expect("stats").is_none());
+
+    db.execute_batch("DROP TRIGGER injected").expect("drop");
+    relay
+        .track_usage(call("s", "m", 1, 1, true))
+        .await
+        .expect("the store works again");
+    assert_eq!(relay.counts().await.expect("counts").pending, 1);
+    assert_eq!(
+        relay
+            .session_stats("s")
+            .await
+            .expect("stats")
+            .expect("session")
+            .queries,
+        1
+    );
+}
