@@ -21,7 +21,17 @@ pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let buckets: Vec<f64> = BUCKETS_MS.iter().map(|ms| ms / 1000.0).collect();
+            // Acceptance-to-delivery spans retries, which take minutes to hours.
+            let latency = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0,
+                3600.0, 21600.0, 86400.0,
+            ];
             let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("hookrelay_delivery_latency_seconds".into()),
+                    &latency,
+                )
+                .ok()?
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .ok()?
                 .install_recorder()
