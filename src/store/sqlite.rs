@@ -350,6 +350,23 @@ impl SqliteStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Checkpoints the write-ahead log from a side connection; `truncate` also shrinks the log
+    /// file (waiting for the writer between two commits).
+    async fn checkpoint(&self, truncate: bool) -> Result<(), StoreError> {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let mode = if truncate { "TRUNCATE" } else { "PASSIVE" };
+            let result = conn
+                .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                .map_err(StoreError::from);
+            readers.put(conn);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     /// Runs `work` on a read connection, off the async threads.
     async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
     where
@@ -1843,11 +1860,15 @@ impl Store for SqliteStore {
                         Ok(free)
                     })
                     .await?;
+                // Copy the moved pages back between steps, so the log does not grow by the
+                // whole file's worth (seen: 2.6 GiB of WAL for a 650 MiB database).
+                self.checkpoint(false).await?;
                 if remaining == 0 {
                     break;
                 }
             }
         }
+        self.checkpoint(true).await?;
         let free_pages_after = self.db_stats().await?.free_pages;
         Ok(MaintenanceReport {
             integrity,
