@@ -180,8 +180,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>, wal: PathBuf) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut wal_checked = std::time::Instant::now();
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_GROUP {
@@ -247,17 +248,26 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
         for finish in finishes {
             finish(committed.clone());
         }
+        // Under continuous writes the side thread's passive checkpoints never reach the log's
+        // end, so the log only grows (seen: 2.6 GiB in a long retention pass). Between two
+        // commits the writer can empty it; the passive ones already copied most of it.
+        if wal_checked.elapsed() >= Duration::from_secs(1) {
+            wal_checked = std::time::Instant::now();
+            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES)
+                && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            {
+                tracing::debug!(error = %e, "log truncation skipped");
+            }
+        }
     }
 }
 
-/// Past this size the log is restarted even if that briefly holds the writer back.
+/// Past this size the writer empties the log between two commits.
 const WAL_RESTART_BYTES: u64 = 64 << 20;
 
 /// Copies the write-ahead log into the database every second (PASSIVE: never waits for, nor
-/// blocks, the writer or readers), until the store is dropped. Under continuous writes a
-/// passive checkpoint never catches up with the log's end, so the log would only grow (seen:
-/// 2.6 GiB during a long retention pass): past 64 MiB a TRUNCATE checkpoint (quick, since the
-/// passive ones did most of the copying) empties the log and lets the writer start it afresh.
+/// blocks, the writer or readers), until the store is dropped. The writer empties the log
+/// between commits once it passes `WAL_RESTART_BYTES`.
 fn checkpoint_loop(path: &Path, alive: &mpsc::WeakSender<Job>, sync: SqliteSync) {
     let Ok(conn) = open_connection(path, sync) else {
         tracing::warn!(
@@ -265,15 +275,10 @@ fn checkpoint_loop(path: &Path, alive: &mpsc::WeakSender<Job>, sync: SqliteSync)
         );
         return;
     };
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let wal = PathBuf::from(wal);
     while alive.upgrade().is_some() {
         std::thread::sleep(Duration::from_secs(1));
-        let large = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES);
-        let mode = if large { "TRUNCATE" } else { "PASSIVE" };
-        if let Err(e) = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(())) {
-            tracing::debug!(error = %e, mode, "checkpoint skipped");
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint skipped");
         }
     }
 }
@@ -323,9 +328,12 @@ impl SqliteStore {
         // waiting ingest (seen as 100+ ms p99 spikes at a steady 1,000 events/s).
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let (jobs, receiver) = mpsc::channel(WRITE_QUEUE);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
         std::thread::Builder::new()
             .name("hookrelay-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, receiver))
+            .spawn(move || writer_loop(conn, receiver, wal))
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         let alive = jobs.downgrade();
         let checkpoint_path = path.clone();
