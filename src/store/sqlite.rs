@@ -140,7 +140,7 @@ fn open_connection(path: &Path, sync: SqliteSync) -> Result<Connection, StoreErr
     conn.execute_batch(&format!(
         "PRAGMA auto_vacuum = INCREMENTAL;
          PRAGMA journal_mode = WAL;
-         PRAGMA journal_size_limit = 268435456;
+         PRAGMA journal_size_limit = 67108864;
          PRAGMA synchronous = {synchronous};
          PRAGMA foreign_keys = ON;
          PRAGMA temp_store = MEMORY;"
@@ -251,11 +251,11 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>, wal: PathBuf) {
         }
         // Under continuous writes the side thread's passive checkpoints never reach the log's
         // end, so the log only grows (seen: 2.6 GiB in a long retention pass). Between two
-        // commits the writer can restart it; the passive ones already copied most of it.
+        // commits the writer can finish the checkpoint; the passive ones copied most of it.
         if wal_checked.elapsed() >= Duration::from_secs(1) {
             wal_checked = std::time::Instant::now();
             if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_RESTART_BYTES)
-                && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             {
                 tracing::debug!(error = %e, "log truncation skipped");
             }
@@ -263,16 +263,17 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>, wal: PathBuf) {
     }
 }
 
-/// Past this size the writer restarts the log between two commits. Small commits write whole
-/// pages, so at 1,000 events/s the log grows by over 10 MiB a second and the side thread's
-/// passive checkpoints never let it restart; a restart costs one stall of tens of
-/// milliseconds, so it is done rarely (every ~20 s at that rate), and `journal_size_limit`
-/// trims the file back to this size afterwards.
-const WAL_RESTART_BYTES: u64 = 256 << 20;
+/// Past this size the writer checkpoints the log itself between two commits. Small commits
+/// write whole pages, so at 1,000 events/s the log grows by over 10 MiB a second, and the side
+/// thread's passive checkpoints, racing the writer, never reach its end, so it would never
+/// restart. The writer's own checkpoint does reach it (the side thread has already copied
+/// nearly everything, so it is short), the next commit starts the log afresh, and
+/// `journal_size_limit` trims the file back to this size.
+const WAL_RESTART_BYTES: u64 = 64 << 20;
 
-/// Copies the write-ahead log into the database every second (PASSIVE: never waits for, nor
-/// blocks, the writer or readers), until the store is dropped. The writer empties the log
-/// between commits once it passes `WAL_RESTART_BYTES`.
+/// Copies the write-ahead log into the database five times a second (PASSIVE: never waits
+/// for, nor blocks, the writer or readers), until the store is dropped. The writer finishes
+/// the job between commits once the log passes `WAL_RESTART_BYTES`.
 fn checkpoint_loop(path: &Path, alive: &mpsc::WeakSender<Job>, sync: SqliteSync) {
     let Ok(conn) = open_connection(path, sync) else {
         tracing::warn!(
@@ -281,7 +282,7 @@ fn checkpoint_loop(path: &Path, alive: &mpsc::WeakSender<Job>, sync: SqliteSync)
         return;
     };
     while alive.upgrade().is_some() {
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(200));
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "checkpoint skipped");
         }
