@@ -391,6 +391,7 @@ impl Monitor {
                     .filter(|a| a.level == AlertLevel::Critical)
                     .count(),
             );
+            self.notify_unsent().await;
             return Ok(Changes::default());
         }
         let (fired, resolved) = self.store.apply_alerts(fire, resolve, now).await?;
@@ -412,19 +413,46 @@ impl Monitor {
                 .count(),
         );
         let changes = Changes { fired, resolved };
-        if let Some(url) = &self.config.alert_webhook_url
-            && !changes.is_empty()
-        {
-            match notify::send(&self.sender, url, &changes).await {
-                Ok(()) => info!(
+        self.notify_unsent().await;
+        Ok(changes)
+    }
+
+    /// Sends every firing and resolution no notification has carried yet, as one message; a
+    /// failed send is retried at the next evaluation, so a transition is not lost to a passing
+    /// outage of the alert webhook (the last day's keep being tried).
+    async fn notify_unsent(&self) {
+        let Some(url) = &self.config.alert_webhook_url else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        let (fired, resolved) = match self.store.unsent_alerts(now - 86_400_000).await {
+            Ok(unsent) => unsent,
+            Err(e) => {
+                warn!(error = %e, "could not read unsent alerts");
+                return;
+            }
+        };
+        let changes = Changes { fired, resolved };
+        if changes.is_empty() {
+            return;
+        }
+        match notify::send(&self.sender, url, &changes).await {
+            Ok(()) => {
+                info!(
                     fired = changes.fired.len(),
                     resolved = changes.resolved.len(),
                     "alert notification sent"
-                ),
-                Err(e) => warn!(error = %e, "alert notification failed"),
+                );
+                let fired = changes.fired.iter().map(|a| a.id).collect();
+                let resolved = changes.resolved.iter().map(|a| a.id).collect();
+                if let Err(e) = self.store.mark_alerts_sent(fired, resolved, now).await {
+                    warn!(error = %e, "could not record the alert notification; it may be sent again");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "alert notification failed; retrying at the next evaluation")
             }
         }
-        Ok(changes)
     }
 
     /// One retention pass with `HOOKRELAY_RETENTION_DAYS`.

@@ -422,6 +422,18 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(Vec<Alert>, Vec<Alert>), StoreError>;
 
+    /// Alerts whose firing, and alerts whose resolution, no notification has carried yet
+    /// (since `since_ms`).
+    async fn unsent_alerts(&self, since_ms: i64) -> Result<(Vec<Alert>, Vec<Alert>), StoreError>;
+
+    /// Records that a notification carried these firings and resolutions.
+    async fn mark_alerts_sent(
+        &self,
+        fired: Vec<i64>,
+        resolved: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
     /// Records that a delivery worker instance is alive.
     async fn heartbeat(
         &self,

@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "pending_age",
         include_str!("../../migrations/sqlite/0005_pending_age.sql"),
     ),
+    (
+        6,
+        "alert_delivery",
+        include_str!("../../migrations/sqlite/0006_alert_delivery.sql"),
+    ),
 ];
 
 /// Most jobs committed in one transaction; bounds how long one commit holds the lock.
@@ -1555,6 +1560,48 @@ impl Store for SqliteStore {
                 fired.extend(alert);
             }
             Ok((fired, resolved))
+        })
+        .await
+    }
+
+    async fn unsent_alerts(&self, since_ms: i64) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
+        self.read(move |conn| {
+            let fired = conn
+                .prepare_cached(&format!(
+                    "SELECT {ALERT_COLUMNS} FROM alerts WHERE notified_at IS NULL AND fired_at >= ?1 ORDER BY id"
+                ))?
+                .query_map([since_ms], alert_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let resolved = conn
+                .prepare_cached(&format!(
+                    "SELECT {ALERT_COLUMNS} FROM alerts
+                     WHERE resolved_at IS NOT NULL AND resolve_notified_at IS NULL AND resolved_at >= ?1 ORDER BY id"
+                ))?
+                .query_map([since_ms], alert_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((fired, resolved))
+        })
+        .await
+    }
+
+    async fn mark_alerts_sent(
+        &self,
+        fired: Vec<i64>,
+        resolved: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut mark_fired =
+                conn.prepare_cached("UPDATE alerts SET notified_at = ?2 WHERE id = ?1")?;
+            for id in fired {
+                mark_fired.execute(params![id, now_ms])?;
+            }
+            let mut mark_resolved =
+                conn.prepare_cached("UPDATE alerts SET resolve_notified_at = ?2 WHERE id = ?1")?;
+            for id in resolved {
+                mark_resolved.execute(params![id, now_ms])?;
+            }
+            Ok(())
         })
         .await
     }

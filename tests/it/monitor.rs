@@ -442,3 +442,48 @@ async fn with_a_sentry_dsn_failures_are_reported_to_it() {
         "the release is reported: {body}"
     );
 }
+
+#[tokio::test]
+async fn an_alert_notification_that_fails_is_sent_at_the_next_evaluation() {
+    let receiver = TestReceiver::start().await;
+    receiver.always(Reply::status(410));
+    let alert_hook = TestReceiver::start().await;
+    alert_hook.script([Reply::status(503)]);
+    let dir = tempfile::tempdir().expect("dir");
+    let (url, hook) = (receiver.url(), alert_hook.url());
+    let clock = ManualClock::new(START_MS);
+    let relay = Relay::open_with_clock(
+        config(
+            dir.path(),
+            &[
+                ("ZAPIER_WEBHOOK_URL", url.as_str()),
+                ("HOOKRELAY_ALERT_WEBHOOK_URL", hook.as_str()),
+                ("HOOKRELAY_ALERT_DLQ_WARNING", "0"),
+            ],
+        ),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("open");
+    relay.track_usage(usage("s")).await.expect("track");
+    relay.worker().run_once().await.expect("run");
+    let monitor = relay.monitor().expect("monitor");
+
+    let first = monitor.evaluate_alerts().await.expect("evaluate");
+    assert_eq!(first.fired.len(), 1);
+    assert_eq!(alert_hook.received().len(), 1, "the webhook answered 503");
+    // Nothing new fires, but the unsent firing goes out now.
+    assert!(
+        monitor
+            .evaluate_alerts()
+            .await
+            .expect("evaluate")
+            .is_empty()
+    );
+    let got = alert_hook.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].json()["fired"][0]["rule"], "dlq_size");
+    // Sent once: no more messages.
+    monitor.evaluate_alerts().await.expect("evaluate");
+    assert_eq!(alert_hook.received().len(), 2);
+}
