@@ -259,6 +259,21 @@ fn load_config(log_warnings: bool) -> Result<Config, ExitCode> {
     }
 }
 
+/// Opens the database for the read-only reports, refusing to create one: a probe pointed at
+/// the wrong place must not report a fresh, empty database as healthy.
+async fn open_existing(config: Config) -> anyhow::Result<Relay> {
+    let crate::config::DatabaseLocation::Sqlite(path) = &config.database;
+    if !path.exists() {
+        anyhow::bail!(
+            "there is no database at {} (check HOOKRELAY_DATA_DIR or DATABASE_URL, or start `hookrelay serve` once)",
+            path.display()
+        );
+    }
+    Relay::open_for_management(config)
+        .await
+        .context("opening the database")
+}
+
 /// Cancels the token on SIGINT or SIGTERM.
 fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
@@ -512,24 +527,12 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 },
         } => ratelimit_status(&config, client, server, as_json).await,
         Command::Status { json: as_json } => {
-            monitor::status(
-                Relay::open_for_management(config)
-                    .await
-                    .context("opening the database")?,
-                as_json,
-            )
-            .await
+            monitor::status(open_existing(config).await?, as_json).await
         }
         Command::Metrics { json: as_json } => {
-            monitor::metrics(
-                Relay::open_for_management(config)
-                    .await
-                    .context("opening the database")?,
-                as_json,
-            )
-            .await
+            monitor::metrics(open_existing(config).await?, as_json).await
         }
-        Command::Health { json: as_json } => match Relay::open_for_management(config).await {
+        Command::Health { json: as_json } => match open_existing(config).await {
             Ok(relay) => monitor::health(relay, as_json).await,
             Err(e) => {
                 // The database cannot even be opened: that is the verdict.

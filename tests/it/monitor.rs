@@ -487,3 +487,17 @@ async fn an_alert_notification_that_fails_is_sent_at_the_next_evaluation() {
     monitor.evaluate_alerts().await.expect("evaluate");
     assert_eq!(alert_hook.received().len(), 2);
 }
+
+#[test]
+fn health_on_a_missing_database_is_unhealthy_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = cli(dir.path(), &[], &["health", "--json"]);
+    assert_eq!(output.status.code(), Some(2));
+    let body: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(body["health"]["status"], "unhealthy");
+    assert!(
+        !dir.path().join("hookrelay.db").exists(),
+        "a probe must not create the database"
+    );
+    assert_eq!(cli(dir.path(), &[], &["status"]).status.code(), Some(1));
+}
