@@ -1,11 +1,10 @@
 //! Endpoints: fan-out with filters, per-endpoint secrets, rotation, throttling, circuit
 //! breaking, outbound address policy.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use hookrelay::{
     Relay,
-    clock::ManualClock,
     delivery::Outcome,
     domain::{EndpointId, SigningSecret},
     endpoints::{CircuitState, EndpointSpec},
@@ -14,12 +13,11 @@ use hookrelay::{
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Received, Reply, TestApp, TestReceiver, config, eventually, usage, usage_event,
+    Received, Reply, TestApp, TestReceiver, clocked_relay, config, eventually, usage, usage_event,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
 const TOKEN: &str = "endpoint-test-admin-token-0123456789";
-const START_MS: i64 = 1_800_000_000_000;
 
 fn verifies(received: &Received, secret: &str) -> bool {
     let secret = SigningSecret::parse(secret).expect("secret");
@@ -133,11 +131,7 @@ async fn a_failing_endpoint_never_causes_resends_to_the_others() {
 #[tokio::test]
 async fn during_a_rotation_both_secrets_sign_and_afterwards_only_the_new_one() {
     let receiver = TestReceiver::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(START_MS);
-    let relay = Relay::open_with_clock(config(dir.path(), &[]), Arc::new(clock.clone()))
-        .await
-        .expect("open");
+    let (relay, clock, _dir) = clocked_relay(&[]).await;
     let (endpoint, old_secret) = relay
         .create_endpoint(EndpointSpec {
             url: receiver.url(),
@@ -223,11 +217,7 @@ async fn a_burst_beyond_the_receivers_limit_is_delivered_without_spending_retrie
 #[tokio::test]
 async fn our_own_rate_limit_spaces_requests_to_the_endpoint() {
     let receiver = TestReceiver::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(START_MS);
-    let relay = Relay::open_with_clock(config(dir.path(), &[]), Arc::new(clock.clone()))
-        .await
-        .expect("open");
+    let (relay, clock, _dir) = clocked_relay(&[]).await;
     relay
         .create_endpoint(EndpointSpec {
             url: receiver.url(),
@@ -257,23 +247,14 @@ async fn our_own_rate_limit_spaces_requests_to_the_endpoint() {
 async fn the_circuit_opens_on_a_dead_receiver_probes_after_the_cooldown_and_closes() {
     let receiver = TestReceiver::start().await;
     receiver.always(Reply::status(503));
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(START_MS);
-    let relay = Relay::open_with_clock(
-        config(
-            dir.path(),
-            &[
-                ("ZAPIER_WEBHOOK_URL", &receiver.url()),
-                ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "3"),
-                ("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", "30"),
-                ("WEBHOOK_RETRY_DELAY_SECONDS", "1"),
-                ("WEBHOOK_MAX_RETRIES", "2"),
-            ],
-        ),
-        Arc::new(clock.clone()),
-    )
-    .await
-    .expect("open");
+    let (relay, clock, _dir) = clocked_relay(&[
+        ("ZAPIER_WEBHOOK_URL", &receiver.url()),
+        ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "3"),
+        ("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", "30"),
+        ("WEBHOOK_RETRY_DELAY_SECONDS", "1"),
+        ("WEBHOOK_MAX_RETRIES", "2"),
+    ])
+    .await;
     for i in 0..5 {
         relay
             .track_usage(usage(&format!("s{i}")))
@@ -332,23 +313,14 @@ async fn the_circuit_opens_on_a_dead_receiver_probes_after_the_cooldown_and_clos
 async fn an_endpoint_failing_too_long_is_disabled_with_the_reason() {
     let receiver = TestReceiver::start().await;
     receiver.always(Reply::status(500));
-    let dir = tempfile::tempdir().expect("dir");
-    let clock = ManualClock::new(START_MS);
-    let relay = Relay::open_with_clock(
-        config(
-            dir.path(),
-            &[
-                ("ZAPIER_WEBHOOK_URL", &receiver.url()),
-                ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0"),
-                ("HOOKRELAY_ENDPOINT_DISABLE_AFTER_SECONDS", "60"),
-                ("WEBHOOK_RETRY_DELAY_SECONDS", "40"),
-                ("WEBHOOK_MAX_RETRIES", "5"),
-            ],
-        ),
-        Arc::new(clock.clone()),
-    )
-    .await
-    .expect("open");
+    let (relay, clock, _dir) = clocked_relay(&[
+        ("ZAPIER_WEBHOOK_URL", &receiver.url()),
+        ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0"),
+        ("HOOKRELAY_ENDPOINT_DISABLE_AFTER_SECONDS", "60"),
+        ("WEBHOOK_RETRY_DELAY_SECONDS", "40"),
+        ("WEBHOOK_MAX_RETRIES", "5"),
+    ])
+    .await;
     relay.track_usage(usage("s")).await.expect("track");
     relay.worker().run_once().await.expect("run");
     clock.advance(Duration::from_secs(61));

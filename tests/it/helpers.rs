@@ -275,6 +275,22 @@ pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
     config
 }
 
+/// Where the manual clocks of these tests start.
+pub const START_MS: i64 = 1_800_000_000_000;
+
+/// A relay on a fresh database file whose clock only moves when the test says; tests drive
+/// its worker with `run_once` instead of a background loop. Keep the directory alive.
+pub async fn clocked_relay(
+    vars: &[(&str, &str)],
+) -> (Relay, hookrelay::clock::ManualClock, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = hookrelay::clock::ManualClock::new(START_MS);
+    let relay = Relay::open_with_clock(config(dir.path(), vars), Arc::new(clock.clone()))
+        .await
+        .expect("open");
+    (relay, clock, dir)
+}
+
 /// A running hookrelay server.
 pub struct TestApp {
     pub addr: SocketAddr,

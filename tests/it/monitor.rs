@@ -10,9 +10,9 @@ use hookrelay::{
 };
 use serde_json::Value;
 
-use crate::helpers::{Reply, TestApp, TestReceiver, config, usage, usage_event};
-
-const START_MS: i64 = 1_800_000_000_000;
+use crate::helpers::{
+    Reply, START_MS, TestApp, TestReceiver, clocked_relay, config, usage, usage_event,
+};
 
 #[tokio::test]
 async fn windowed_figures_come_from_stored_rollups_and_survive_a_restart() {
@@ -200,25 +200,16 @@ async fn alerts_fire_once_notify_in_one_message_and_resolve() {
     let receiver = TestReceiver::start().await;
     receiver.always(Reply::status(503));
     let alert_hook = TestReceiver::start().await;
-    let dir = tempfile::tempdir().expect("dir");
     let (url, hook) = (receiver.url(), alert_hook.url());
-    let clock = ManualClock::new(START_MS);
-    let relay = Relay::open_with_clock(
-        config(
-            dir.path(),
-            &[
-                ("ZAPIER_WEBHOOK_URL", url.as_str()),
-                ("HOOKRELAY_ALERT_WEBHOOK_URL", hook.as_str()),
-                ("WEBHOOK_MAX_RETRIES", "0"),
-                ("HOOKRELAY_ALERT_DLQ_WARNING", "5"),
-                ("HOOKRELAY_ALERT_DLQ_CRITICAL", "50"),
-                ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0"),
-            ],
-        ),
-        Arc::new(clock.clone()),
-    )
-    .await
-    .expect("open");
+    let (relay, clock, _dir) = clocked_relay(&[
+        ("ZAPIER_WEBHOOK_URL", url.as_str()),
+        ("HOOKRELAY_ALERT_WEBHOOK_URL", hook.as_str()),
+        ("WEBHOOK_MAX_RETRIES", "0"),
+        ("HOOKRELAY_ALERT_DLQ_WARNING", "5"),
+        ("HOOKRELAY_ALERT_DLQ_CRITICAL", "50"),
+        ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0"),
+    ])
+    .await;
     for i in 0..12 {
         relay
             .track_usage(usage(&format!("s{i}")))
@@ -449,22 +440,13 @@ async fn an_alert_notification_that_fails_is_sent_at_the_next_evaluation() {
     receiver.always(Reply::status(410));
     let alert_hook = TestReceiver::start().await;
     alert_hook.script([Reply::status(503)]);
-    let dir = tempfile::tempdir().expect("dir");
     let (url, hook) = (receiver.url(), alert_hook.url());
-    let clock = ManualClock::new(START_MS);
-    let relay = Relay::open_with_clock(
-        config(
-            dir.path(),
-            &[
-                ("ZAPIER_WEBHOOK_URL", url.as_str()),
-                ("HOOKRELAY_ALERT_WEBHOOK_URL", hook.as_str()),
-                ("HOOKRELAY_ALERT_DLQ_WARNING", "0"),
-            ],
-        ),
-        Arc::new(clock.clone()),
-    )
-    .await
-    .expect("open");
+    let (relay, _clock, _dir) = clocked_relay(&[
+        ("ZAPIER_WEBHOOK_URL", url.as_str()),
+        ("HOOKRELAY_ALERT_WEBHOOK_URL", hook.as_str()),
+        ("HOOKRELAY_ALERT_DLQ_WARNING", "0"),
+    ])
+    .await;
     relay.track_usage(usage("s")).await.expect("track");
     relay.worker().run_once().await.expect("run");
     let monitor = relay.monitor().expect("monitor");
