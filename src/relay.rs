@@ -65,6 +65,7 @@ struct Inner {
     ingestor: Ingestor,
     worker: Arc<Worker>,
     wake: Arc<Notify>,
+    instance: String,
 }
 
 /// An open hookrelay: its store, ingest and delivery worker. Cheap to clone.
@@ -136,11 +137,14 @@ impl Relay {
             Arc::clone(&wake),
             config.query_mode,
         );
+        // Names this process in claims, heartbeats and leader leases.
+        let instance = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
         let settings = WorkerSettings {
             concurrency: config.delivery_concurrency,
             endpoint_concurrency: config.endpoint_concurrency,
             poll_interval: config.poll_interval,
             shutdown_grace: config.shutdown_grace,
+            instance: instance.clone(),
         };
         let config = Arc::new(config);
         let worker = Arc::new(Worker::new(
@@ -159,8 +163,14 @@ impl Relay {
                 ingestor,
                 worker,
                 wake,
+                instance,
             }),
         })
+    }
+
+    /// This process's instance id (in claims, heartbeats and leader leases).
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
     }
 
     /// The clock this relay runs on.
@@ -432,6 +442,7 @@ impl Relay {
             Arc::clone(&self.inner.config),
             Arc::clone(&self.inner.clock),
             sender,
+            self.inner.instance.clone(),
         ))
     }
 

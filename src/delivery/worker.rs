@@ -78,6 +78,8 @@ pub struct WorkerSettings {
     pub poll_interval: Duration,
     /// How long shutdown waits for in-flight attempts.
     pub shutdown_grace: Duration,
+    /// This instance's id, stamped on its claims (and its heartbeats).
+    pub instance: String,
 }
 
 /// What the worker keeps per endpoint.
@@ -318,6 +320,7 @@ impl Worker {
             .claim_due(
                 now,
                 self.lease_ms(),
+                self.settings.instance.clone(),
                 wants
                     .iter()
                     .map(|w| (w.endpoint.clone(), w.slots))

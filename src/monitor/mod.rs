@@ -305,6 +305,12 @@ async fn run_retention(
     Ok(report)
 }
 
+/// The lease that makes one instance evaluate alerts and run retention.
+const LEADER_TASK: &str = "monitor";
+/// Added to three ticks for the lease's length: a leader renews every tick, so only a dead
+/// (or badly stalled) one loses it.
+const LEADER_LEASE_MARGIN_MS: i64 = 15_000;
+
 /// The background loop of a serving process: keeps gauges fresh, reports the worker alive,
 /// evaluates alert rules and sends their transitions.
 pub struct Monitor {
@@ -323,10 +329,11 @@ impl Monitor {
         config: Arc<Config>,
         clock: Arc<dyn Clock>,
         sender: HttpSender,
+        instance: String,
     ) -> Self {
         let started_at_ms = clock.now_ms();
         Self {
-            instance: format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()),
+            instance,
             store,
             config,
             clock,
@@ -472,9 +479,29 @@ impl Monitor {
         let mut next_retention = self.clock.now_ms() + 60_000;
         let mut retention: Option<tokio::task::JoinHandle<()>> = None;
         loop {
+            // Alerts and retention are the cluster's, not this process's: with several
+            // instances on one database only the holder of the lease runs them. A holder that
+            // dies stops renewing, and another takes over once the lease lapses.
+            let leading = match self
+                .store
+                .try_lead(
+                    LEADER_TASK.into(),
+                    self.instance.clone(),
+                    self.clock.now_ms(),
+                    crate::clock::millis(tick) * 3 + LEADER_LEASE_MARGIN_MS,
+                )
+                .await
+            {
+                Ok(leading) => leading,
+                Err(e) => {
+                    warn!(error = %e, "could not renew the monitor lease; skipping alerts and retention this round");
+                    false
+                }
+            };
             // Retention runs in its own task: a long pass must not stop the heartbeat (which
             // `restore` relies on) or the alerts.
-            if self.clock.now_ms() >= next_retention
+            if leading
+                && self.clock.now_ms() >= next_retention
                 && retention.as_ref().is_none_or(|task| task.is_finished())
             {
                 let (store, config, clock) = (
@@ -504,7 +531,7 @@ impl Monitor {
             if let Err(e) = self.refresh_gauges().await {
                 warn!(error = %e, "could not refresh the metrics gauges");
             }
-            if self.clock.now_ms() >= next_evaluation {
+            if leading && self.clock.now_ms() >= next_evaluation {
                 if let Err(e) = self.evaluate_alerts().await {
                     warn!(error = %e, "alert evaluation failed");
                 }

@@ -32,9 +32,11 @@ pub struct TableStats {
     pub bytes: u64,
 }
 
-/// The database file's vital signs.
+/// The database's vital signs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DbStats {
+    /// `sqlite` or `postgres`.
+    pub backend: String,
     /// Bytes of the main file.
     pub file_bytes: u64,
     /// Bytes of the write-ahead log.
@@ -64,6 +66,14 @@ pub struct MaintenanceReport {
     pub vacuum: String,
 }
 
+/// Takes a leader lease if it is free, expired or already ours (`?1` task, `?2` holder,
+/// `?3` new expiry, `?4` now); returns a row only when the caller holds it. The same statement
+/// runs on both backends.
+const LEAD_SQL: &str = "INSERT INTO leader_leases (task, holder, expires_at) VALUES ($1, $2, $3)
+     ON CONFLICT (task) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+     WHERE leader_leases.holder = excluded.holder OR leader_leases.expires_at <= $4
+     RETURNING holder";
+
 /// A storage operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +83,9 @@ pub enum StoreError {
     /// The store has shut down.
     #[error("the store is closed")]
     Closed,
+    /// This backend does not offer the operation (the message says what to use instead).
+    #[error("{0}")]
+    Unsupported(String),
     /// The database was written by a newer hookrelay.
     #[error(
         "the database schema is at version {found}, newer than this hookrelay knows ({known}); upgrade hookrelay"
@@ -321,11 +334,13 @@ pub trait Store: Send + Sync + 'static {
     /// Returns only once the events are durable.
     async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError>;
 
-    /// Claims up to `limit` due deliveries of each listed endpoint, leasing them for `lease_ms`.
+    /// Claims up to `limit` due deliveries of each listed endpoint, leasing them for `lease_ms`
+    /// to `claimant` (an instance id). Concurrent claimants never get the same delivery.
     async fn claim_due(
         &self,
         now_ms: i64,
         lease_ms: i64,
+        claimant: String,
         wanted: Vec<(EndpointId, usize)>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
@@ -441,6 +456,17 @@ pub trait Store: Send + Sync + 'static {
         started_at_ms: i64,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+
+    /// Takes or renews the lease on a singleton `task` (alert evaluation, retention) for
+    /// `holder` until `now_ms + ttl_ms`; true while `holder` has it. Another holder gets it
+    /// only once the lease has expired.
+    async fn try_lead(
+        &self,
+        task: String,
+        holder: String,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError>;
 
     /// The most recent worker heartbeat, unix ms.
     async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError>;

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, types::Val
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
+    LEAD_SQL, AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
     DeliverySummary, HealthUpdate, Ingested, LeaseToken, MaintenanceReport, NewEvent, NextState,
     QueueCounts, Selection, Store, StoreError, TableStats,
 };
@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "alert_delivery",
         include_str!("../../migrations/sqlite/0006_alert_delivery.sql"),
+    ),
+    (
+        7,
+        "scale_out",
+        include_str!("../../migrations/sqlite/0007_scale_out.sql"),
     ),
 ];
 
@@ -1001,12 +1006,13 @@ impl Store for SqliteStore {
         &self,
         now_ms: i64,
         lease_ms: i64,
+        claimant: String,
         wanted: Vec<(EndpointId, usize)>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         self.write(move |conn| {
             let token = LeaseToken(rand::random::<i64>());
             let mut claim = conn.prepare_cached(
-                "UPDATE deliveries SET lease_token = ?1, next_attempt_at = ?2, updated_at = ?3
+                "UPDATE deliveries SET lease_token = ?1, next_attempt_at = ?2, updated_at = ?3, claimed_by = ?6
                  WHERE id IN (
                      SELECT id FROM deliveries
                      WHERE status = 'pending' AND endpoint_id = ?4 AND next_attempt_at <= ?3
@@ -1025,7 +1031,8 @@ impl Store for SqliteStore {
                             now_ms + lease_ms,
                             now_ms,
                             endpoint.as_str(),
-                            limit as i64
+                            limit as i64,
+                            claimant,
                         ],
                         |row| {
                             Ok((
@@ -1626,6 +1633,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn try_lead(
+        &self,
+        task: String,
+        holder: String,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let held = conn
+                .prepare_cached(LEAD_SQL)?
+                .query_row(params![task, holder, now_ms + ttl_ms, now_ms], |_| Ok(()))
+                .optional()?;
+            Ok(held.is_some())
+        })
+        .await
+    }
+
     async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
             let latest: Option<i64> =
@@ -1877,6 +1901,7 @@ impl Store for SqliteStore {
             let mut wal = path.clone().into_os_string();
             wal.push("-wal");
             Ok(DbStats {
+                backend: "sqlite".into(),
                 file_bytes: file_len(&path),
                 wal_bytes: file_len(Path::new(&wal)),
                 page_size: pragma("page_size")?,
