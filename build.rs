@@ -1,4 +1,4 @@
-// Migrations are embedded with include_str!; rebuild when one is added or changed.
+// Migrations are compiled in with include_str!; make Cargo rebuild when one is added.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
 }

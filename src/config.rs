@@ -82,6 +82,60 @@ pub struct AlertThresholds {
 pub enum DatabaseLocation {
     /// An SQLite database file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database, which several instances can share.
+    Postgres(PostgresSettings),
+}
+
+/// How to reach PostgreSQL (`DATABASE_URL=postgres://…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// The connection URL, libpq style: TLS with `?sslmode=require` (or `verify-ca`,
+    /// `verify-full`, with `sslrootcert=PATH`). It may hold a password, so it is never printed.
+    pub url: Redacted<String>,
+    /// `HOOKRELAY_DB_POOL_SIZE` (default 10): connections per instance.
+    pub pool_size: u32,
+    /// `HOOKRELAY_DB_STATEMENT_TIMEOUT_SECONDS` (default 30): the server cancels longer statements.
+    pub statement_timeout: Duration,
+    /// `HOOKRELAY_DB_SCHEMA` (default `public`): the schema holding hookrelay's tables; created
+    /// if missing, so several deployments (or tests) can share one database.
+    pub schema: String,
+}
+
+/// What a serving process runs (`HOOKRELAY_ROLE` or `serve --role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// The HTTP API and the delivery worker (the default).
+    #[default]
+    All,
+    /// The HTTP API only: events are accepted and stored; other instances deliver them.
+    Api,
+    /// The delivery worker only: no HTTP listener.
+    Worker,
+}
+
+impl Role {
+    /// Whether this role serves the HTTP API.
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    /// Whether this role runs the delivery worker.
+    pub fn delivers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(Role::All),
+            "api" => Ok(Role::Api),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!("`{other}` is not a role (all, api or worker)")),
+        }
+    }
 }
 
 /// Everything hookrelay is configured with. Build it with [`Config::from_lookup`] (or
@@ -136,6 +190,8 @@ pub struct Config {
     pub admin_token: Option<Redacted<String>>,
     /// `HOOKRELAY_MAX_BODY_BYTES` (default 1 MiB): largest request body accepted.
     pub max_body_bytes: usize,
+    /// `HOOKRELAY_ROLE` (default `all`): what `serve` runs: `all`, `api` or `worker`.
+    pub role: Role,
     /// `HOOKRELAY_QUERY_MODE` (default `summary`): what `query.summary` carries.
     pub query_mode: QueryMode,
     /// `HOOKRELAY_DELIVERY_CONCURRENCY` (default 64): requests in flight at once, in total.
@@ -570,12 +626,38 @@ impl Config {
             Some(raw) => {
                 let raw = raw.trim();
                 if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-                    r.error(
-                        "DATABASE_URL",
-                        "PostgreSQL is not available in this version of hookrelay",
-                        "unset DATABASE_URL to use the embedded SQLite database",
-                    );
-                    DatabaseLocation::Sqlite(data_dir.join("hookrelay.db"))
+                    // The URL may carry a password: problems name the variable, never the value.
+                    if url::Url::parse(raw).map_or(true, |u| u.host_str().is_none()) {
+                        r.error(
+                            "DATABASE_URL",
+                            "is not a valid PostgreSQL URL",
+                            "use postgres://USER:PASSWORD@HOST:5432/DATABASE (add ?sslmode=require for TLS)",
+                        );
+                    }
+                    let pool_size = r.number("HOOKRELAY_DB_POOL_SIZE", 10, 2, 1000) as u32;
+                    let statement_timeout =
+                        r.seconds("HOOKRELAY_DB_STATEMENT_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0);
+                    let schema = r
+                        .raw("HOOKRELAY_DB_SCHEMA")
+                        .map_or_else(|| "public".to_owned(), |s| s.trim().to_owned());
+                    let valid_schema = schema.len() <= 63
+                        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                        && schema
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                    if !valid_schema {
+                        r.error(
+                            "HOOKRELAY_DB_SCHEMA",
+                            format!("`{schema}` is not a plain schema name"),
+                            "use lowercase letters, digits and underscores, starting with a letter",
+                        );
+                    }
+                    DatabaseLocation::Postgres(PostgresSettings {
+                        url: Redacted::new(raw.to_owned()),
+                        pool_size,
+                        statement_timeout,
+                        schema,
+                    })
                 } else {
                     let path = raw
                         .strip_prefix("sqlite://")
@@ -621,6 +703,7 @@ impl Config {
             r.number("HOOKRELAY_ENDPOINT_CONCURRENCY", 16, 1, 10_000) as usize;
         let poll_interval = r.seconds("HOOKRELAY_POLL_INTERVAL_SECONDS", 1.0, 0.01, 3600.0);
         let shutdown_grace = r.seconds("HOOKRELAY_SHUTDOWN_GRACE_SECONDS", 10.0, 0.0, 3600.0);
+        let role = r.parsed("HOOKRELAY_ROLE", Role::All, "all, api or worker");
         let retention_days = r.number("HOOKRELAY_RETENTION_DAYS", 30, 1, 36_500) as u32;
         let sqlite_sync = match r
             .raw("HOOKRELAY_SQLITE_SYNCHRONOUS")
@@ -891,6 +974,7 @@ impl Config {
             database,
             admin_token,
             max_body_bytes,
+            role,
             query_mode,
             delivery_concurrency,
             endpoint_concurrency,

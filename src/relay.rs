@@ -42,7 +42,7 @@ use crate::{
     },
     ingest::{IngestError, Ingestor},
     store::{
-        DeliveryDetail, DeliverySummary, Ingested, QueueCounts, Selection, SqliteStore, Store,
+        DeliveryDetail, DeliverySummary, Ingested, PgStore, QueueCounts, Selection, SqliteStore, Store,
         StoreError,
     },
 };
@@ -111,6 +111,7 @@ impl Relay {
             DatabaseLocation::Sqlite(path) => {
                 Arc::new(SqliteStore::open(path, config.sqlite_sync).await?)
             }
+            DatabaseLocation::Postgres(settings) => Arc::new(PgStore::open(settings).await?),
         };
         // ep_default mirrors ZAPIER_WEBHOOK_URL; events queued for it while it is unset wait.
         // A management command only creates it on a fresh database, never changes it.
@@ -190,6 +191,11 @@ impl Relay {
 
     /// Runs the delivery worker until `shutdown` is cancelled.
     pub async fn run_worker(self, shutdown: CancellationToken) {
+        // Work queued by other instances sharing the database wakes this worker too.
+        self.inner
+            .store
+            .watch_work(Arc::clone(&self.inner.wake))
+            .await;
         Arc::clone(&self.inner.worker).run(shutdown).await;
     }
 

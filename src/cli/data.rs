@@ -322,7 +322,11 @@ pub async fn backup(relay: Relay, path: PathBuf) -> anyhow::Result<ExitCode> {
 
 /// Restores a backup over the configured database, refusing while a server uses it.
 pub async fn restore(config: Config, backup: PathBuf, force: bool) -> anyhow::Result<ExitCode> {
-    let DatabaseLocation::Sqlite(target) = &config.database;
+    let DatabaseLocation::Sqlite(target) = &config.database else {
+        anyhow::bail!(
+            "`hookrelay restore` restores an SQLite backup; restore a PostgreSQL database with pg_restore"
+        );
+    };
     if target.exists() && !force {
         let relay = Relay::open_for_management(config.clone())
             .await

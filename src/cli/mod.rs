@@ -42,6 +42,10 @@ enum Command {
         /// Address to listen on (overrides HOOKRELAY_LISTEN).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// What to run: `all` (default), `api` (accept events; others deliver) or `worker`
+        /// (deliver; no HTTP listener). Overrides HOOKRELAY_ROLE.
+        #[arg(long)]
+        role: Option<crate::config::Role>,
     },
     /// Record one usage event (a running server delivers it within its poll interval).
     Send {
@@ -262,12 +266,27 @@ fn load_config(log_warnings: bool) -> Result<Config, ExitCode> {
 /// Opens the database for the read-only reports, refusing to create one: a probe pointed at
 /// the wrong place must not report a fresh, empty database as healthy.
 async fn open_existing(config: Config) -> anyhow::Result<Relay> {
-    let crate::config::DatabaseLocation::Sqlite(path) = &config.database;
-    if !path.exists() {
-        anyhow::bail!(
-            "there is no database at {} (check HOOKRELAY_DATA_DIR or DATABASE_URL, or start `hookrelay serve` once)",
-            path.display()
-        );
+    match &config.database {
+        crate::config::DatabaseLocation::Sqlite(path) => {
+            if !path.exists() {
+                anyhow::bail!(
+                    "there is no database at {} (check HOOKRELAY_DATA_DIR or DATABASE_URL, or start `hookrelay serve` once)",
+                    path.display()
+                );
+            }
+        }
+        crate::config::DatabaseLocation::Postgres(settings) => {
+            if !crate::store::PgStore::is_initialised(settings)
+                .await
+                .context("connecting to PostgreSQL")?
+            {
+                anyhow::bail!(
+                    "schema `{}` of the PostgreSQL database holds no hookrelay data (check DATABASE_URL and \
+                     HOOKRELAY_DB_SCHEMA, or start `hookrelay serve` once)",
+                    settings.schema
+                );
+            }
+        }
     }
     Relay::open_for_management(config)
         .await
@@ -381,12 +400,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn with_config(mut config: Config, command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { listen } => {
+        Command::Serve { listen, role } => {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
+            if let Some(role) = role {
+                config.role = role;
+            }
             let address = config.listen;
-            if !address.ip().to_canonical().is_loopback()
+            let role = config.role;
+            if role.serves_api()
+                && !address.ip().to_canonical().is_loopback()
                 && config.admin_token.is_none()
                 && !config.allow_no_admin_token
             {
@@ -398,13 +422,20 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 return Ok(ExitCode::from(2));
             }
             let relay = Relay::open(config).await.context("opening the database")?;
-            let listener = TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address}"))?;
-            let bound = listener.local_addr()?;
-            // On stdout, so scripts (and tests) that asked for port 0 learn the real one.
-            println!("hookrelay listening on http://{bound}");
-            tracing::info!(address = %bound, "listening");
+            let listener = if role.serves_api() {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address}"))?;
+                let bound = listener.local_addr()?;
+                // On stdout, so scripts (and tests) that asked for port 0 learn the real one.
+                println!("hookrelay listening on http://{bound}");
+                tracing::info!(address = %bound, ?role, "listening");
+                Some(listener)
+            } else {
+                println!("hookrelay delivering (worker role, no HTTP listener)");
+                tracing::info!(?role, "delivering without an HTTP listener");
+                None
+            };
             let shutdown = CancellationToken::new();
             cancel_on_signal(shutdown.clone());
             crate::app::serve(relay, listener, shutdown).await?;

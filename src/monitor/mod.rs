@@ -174,8 +174,10 @@ pub async fn report(
     now: i64,
     worker_alive: Option<bool>,
 ) -> StatusReport {
+    // With PostgreSQL the database's disk is the server's to watch; ours holds the logs.
     let data_path = match &config.database {
         crate::config::DatabaseLocation::Sqlite(path) => path.clone(),
+        crate::config::DatabaseLocation::Postgres(_) => config.data_dir.clone(),
     };
     let disk_free = disk_free_percent(&data_path);
     let observations = Observations {
@@ -307,9 +309,9 @@ async fn run_retention(
 
 /// The lease that makes one instance evaluate alerts and run retention.
 const LEADER_TASK: &str = "monitor";
-/// Added to three ticks for the lease's length: a leader renews every tick, so only a dead
-/// (or badly stalled) one loses it.
-const LEADER_LEASE_MARGIN_MS: i64 = 15_000;
+/// The lease lasts this many ticks: a leader renews every tick, so only a dead (or badly
+/// stalled) one loses it; with the default 5 s tick another instance takes over within 30 s.
+const LEADER_LEASE_TICKS: i64 = 6;
 
 /// The background loop of a serving process: keeps gauges fresh, reports the worker alive,
 /// evaluates alert rules and sends their transitions.
@@ -488,7 +490,7 @@ impl Monitor {
                     LEADER_TASK.into(),
                     self.instance.clone(),
                     self.clock.now_ms(),
-                    crate::clock::millis(tick) * 3 + LEADER_LEASE_MARGIN_MS,
+                    crate::clock::millis(tick) * LEADER_LEASE_TICKS,
                 )
                 .await
             {

@@ -7,13 +7,18 @@
 //! the lease runs out. Results are written only if the lease token still matches, so a worker
 //! whose lease expired cannot overwrite what a newer claimant decided.
 
+mod postgres;
 mod sqlite;
+mod tally;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 
-pub use self::sqlite::{SqliteStore, restore};
+pub use self::{
+    postgres::PgStore,
+    sqlite::{SqliteStore, restore},
+};
 use crate::{
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{Endpoint, EndpointHealth},
@@ -467,6 +472,11 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         ttl_ms: i64,
     ) -> Result<bool, StoreError>;
+
+    /// Wakes `wake` whenever any instance sharing the database queues work, so an idle worker
+    /// starts at once rather than at its next poll. The default does nothing: with SQLite the
+    /// worker is woken by ingest in its own process and finds other processes' work by polling.
+    async fn watch_work(&self, _wake: std::sync::Arc<tokio::sync::Notify>) {}
 
     /// The most recent worker heartbeat, unix ms.
     async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError>;

@@ -7,7 +7,6 @@
 //! Reads go to a small pool of separate connections (WAL lets them run beside the writer).
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -19,7 +18,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, types::Val
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    LEAD_SQL, AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
+    LEAD_SQL,
+    tally::{Aggregates, Rollup}, AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
     DeliverySummary, HealthUpdate, Ingested, LeaseToken, MaintenanceReport, NewEvent, NextState,
     QueueCounts, Selection, Store, StoreError, TableStats,
 };
@@ -27,10 +27,10 @@ use crate::{
     config::SqliteSync,
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
-    monitor::{Alert, AlertLevel, Condition, WindowTotals, bucket},
+    monitor::{Alert, AlertLevel, Condition, WindowTotals},
     sessions::{
         Analytics, CleanupReport, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
-        UsageFacts, WebhookCounts, WebhooksSummary,
+        WebhookCounts, WebhooksSummary,
     },
 };
 
@@ -446,67 +446,6 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
     })
 }
 
-/// One minute's worth of counts, added to `rollups` in the same transaction as what it counts.
-#[derive(Debug, Default)]
-struct Rollup {
-    ingested: i64,
-    duplicates: i64,
-    attempts: i64,
-    successes: i64,
-    failures: i64,
-    throttled: i64,
-    retries: i64,
-    delivered: i64,
-    dead_lettered: i64,
-    duration_sum_ms: i64,
-    latency_sum_ms: i64,
-    buckets: [i64; 12],
-}
-
-impl Rollup {
-    fn merge(&mut self, other: &Rollup) {
-        self.ingested += other.ingested;
-        self.duplicates += other.duplicates;
-        self.attempts += other.attempts;
-        self.successes += other.successes;
-        self.failures += other.failures;
-        self.throttled += other.throttled;
-        self.retries += other.retries;
-        self.delivered += other.delivered;
-        self.dead_lettered += other.dead_lettered;
-        self.duration_sum_ms += other.duration_sum_ms;
-        self.latency_sum_ms += other.latency_sum_ms;
-        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
-            *mine += theirs;
-        }
-    }
-
-    fn count(&mut self, record: &AttemptRecord) {
-        match record.next {
-            NextState::Throttled(_) => {
-                self.throttled += 1;
-                return;
-            }
-            NextState::Delivered => {
-                self.successes += 1;
-                self.delivered += 1;
-                self.latency_sum_ms += record.latency_ms.max(0);
-            }
-            NextState::RetryAt(_) => {
-                self.failures += 1;
-                self.retries += 1;
-            }
-            NextState::DeadLetter => {
-                self.failures += 1;
-                self.dead_lettered += 1;
-            }
-        }
-        self.attempts += 1;
-        self.duration_sum_ms += record.duration_ms.max(0);
-        self.buckets[bucket(record.duration_ms)] += 1;
-    }
-}
-
 fn add_rollup(conn: &Connection, minute: i64, r: &Rollup) -> Result<(), StoreError> {
     let b = &r.buckets;
     conn.prepare_cached(
@@ -604,75 +543,6 @@ fn complete_session(
         }
     }
     Ok(session)
-}
-
-/// One session's counts within a group commit.
-#[derive(Debug, Default)]
-struct SessionDelta {
-    first_seen: i64,
-    last_seen: i64,
-    queries: i64,
-    successes: i64,
-    failures: i64,
-    response_time_sum_ms: i64,
-    tokens: i64,
-}
-
-/// One model's counts for one day within a group commit.
-#[derive(Debug, Default)]
-struct DailyDelta {
-    queries: i64,
-    successes: i64,
-    tokens: i64,
-    response_time_sum_ms: i64,
-}
-
-/// Counts gathered from every job of one group commit and written once, just before its
-/// COMMIT: one upsert per session, model, day and minute, instead of four per event. Jobs add
-/// to it only when all their statements succeeded; a failed group discards it.
-#[derive(Debug, Default)]
-struct Aggregates {
-    rollups: HashMap<i64, Rollup>,
-    sessions: HashMap<String, SessionDelta>,
-    session_models: HashMap<(String, String), i64>,
-    daily: HashMap<(i64, String), DailyDelta>,
-}
-
-impl Aggregates {
-    fn add_rollup(&mut self, minute: i64, rollup: &Rollup) {
-        self.rollups.entry(minute).or_default().merge(rollup);
-    }
-
-    fn add_usage(&mut self, usage: &UsageFacts, at_ms: i64) {
-        let (ok, failed) = if usage.success { (1, 0) } else { (0, 1) };
-        let session = self
-            .sessions
-            .entry(usage.session_id.clone())
-            .or_insert_with(|| SessionDelta {
-                first_seen: at_ms,
-                last_seen: at_ms,
-                ..SessionDelta::default()
-            });
-        session.first_seen = session.first_seen.min(at_ms);
-        session.last_seen = session.last_seen.max(at_ms);
-        session.queries += 1;
-        session.successes += ok;
-        session.failures += failed;
-        session.response_time_sum_ms += usage.response_time_ms as i64;
-        session.tokens += usage.tokens as i64;
-        *self
-            .session_models
-            .entry((usage.session_id.clone(), usage.model.clone()))
-            .or_default() += 1;
-        let day = self
-            .daily
-            .entry((at_ms.div_euclid(86_400_000), usage.model.clone()))
-            .or_default();
-        day.queries += 1;
-        day.successes += ok;
-        day.tokens += usage.tokens as i64;
-        day.response_time_sum_ms += usage.response_time_ms as i64;
-    }
 }
 
 thread_local! {
