@@ -42,8 +42,8 @@ use crate::{
     },
     ingest::{IngestError, Ingestor},
     store::{
-        DeliveryDetail, DeliverySummary, Ingested, PgStore, QueueCounts, Selection, SqliteStore, Store,
-        StoreError,
+        DeliveryDetail, DeliverySummary, Ingested, PgStore, QueueCounts, Selection, SqliteStore,
+        Store, StoreError,
     },
 };
 

@@ -1,5 +1,6 @@
 -- hookrelay's schema on PostgreSQL: the same tables and meanings as the SQLite migrations
--- 0001-0007, in PostgreSQL types. Times are unix milliseconds (BIGINT), as on SQLite.
+-- 0001-0007, in PostgreSQL types. Times are unix milliseconds (BIGINT), as on SQLite. Where
+-- many instances write one row, the row is sharded (rollups, usage_daily).
 
 CREATE TABLE events (
     id              TEXT PRIMARY KEY,
@@ -78,8 +79,12 @@ CREATE TABLE endpoints (
     updated_at            BIGINT NOT NULL
 );
 
+-- Every ingest and every recorded attempt adds to the current minute's counts. One row per
+-- minute would be a lock every transaction of every instance queues for, so each minute has
+-- up to 16 rows (a transaction picks one at random); readers sum them, as they sum minutes.
 CREATE TABLE rollups (
-    minute          BIGINT PRIMARY KEY,
+    minute          BIGINT NOT NULL,
+    shard           SMALLINT NOT NULL DEFAULT 0,
     ingested        BIGINT NOT NULL DEFAULT 0,
     duplicates      BIGINT NOT NULL DEFAULT 0,
     attempts        BIGINT NOT NULL DEFAULT 0,
@@ -94,7 +99,8 @@ CREATE TABLE rollups (
     d0 BIGINT NOT NULL DEFAULT 0, d1 BIGINT NOT NULL DEFAULT 0, d2 BIGINT NOT NULL DEFAULT 0,
     d3 BIGINT NOT NULL DEFAULT 0, d4 BIGINT NOT NULL DEFAULT 0, d5 BIGINT NOT NULL DEFAULT 0,
     d6 BIGINT NOT NULL DEFAULT 0, d7 BIGINT NOT NULL DEFAULT 0, d8 BIGINT NOT NULL DEFAULT 0,
-    d9 BIGINT NOT NULL DEFAULT 0, d10 BIGINT NOT NULL DEFAULT 0, d11 BIGINT NOT NULL DEFAULT 0
+    d9 BIGINT NOT NULL DEFAULT 0, d10 BIGINT NOT NULL DEFAULT 0, d11 BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, shard)
 );
 
 CREATE TABLE alerts (
@@ -137,14 +143,16 @@ CREATE TABLE session_models (
     PRIMARY KEY (session_id, model)
 );
 
+-- Sharded like rollups: every usage event of a model adds to today's row.
 CREATE TABLE usage_daily (
     day                  BIGINT NOT NULL,
     model                TEXT NOT NULL,
+    shard                SMALLINT NOT NULL DEFAULT 0,
     queries              BIGINT NOT NULL DEFAULT 0,
     successes            BIGINT NOT NULL DEFAULT 0,
     tokens               BIGINT NOT NULL DEFAULT 0,
     response_time_sum_ms BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, model)
+    PRIMARY KEY (day, model, shard)
 );
 
 CREATE TABLE leader_leases (
@@ -152,3 +160,23 @@ CREATE TABLE leader_leases (
     holder     TEXT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+
+-- Bumped by every change that alters fan-out (an endpoint added, removed, enabled, disabled or
+-- refiltered), whichever instance makes it: ingest re-reads the endpoint list only when it moved.
+CREATE TABLE endpoint_generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n  BIGINT NOT NULL
+);
+INSERT INTO endpoint_generation (id, n) VALUES (1, 0);
+CREATE FUNCTION bump_endpoint_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE endpoint_generation SET n = n + 1;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER endpoints_fanout_insert_delete AFTER INSERT OR DELETE ON endpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_endpoint_generation();
+CREATE TRIGGER endpoints_fanout_update AFTER UPDATE ON endpoints FOR EACH ROW
+    WHEN (OLD.enabled IS DISTINCT FROM NEW.enabled OR OLD.disabled_reason IS DISTINCT FROM NEW.disabled_reason
+          OR OLD.event_types IS DISTINCT FROM NEW.event_types)
+    EXECUTE FUNCTION bump_endpoint_generation();

@@ -75,6 +75,62 @@ struct Args {
     /// The hookrelay binary (default: next to this one).
     #[arg(long)]
     server: Option<PathBuf>,
+    /// A PostgreSQL server (`postgres://…`) to run on instead of SQLite; each run uses a fresh
+    /// schema and drops it afterwards.
+    #[arg(long, env = "HOOKRELAY_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// hookrelay processes sharing the database; load is spread over their APIs.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+}
+
+/// Where a run keeps its data: the SQLite file in the run's directory, or a fresh schema.
+enum Database {
+    Sqlite,
+    Postgres(hookrelay::config::PostgresSettings),
+}
+
+impl Database {
+    fn for_run(args: &Args) -> Self {
+        match &args.database_url {
+            None => Database::Sqlite,
+            Some(url) => Database::Postgres(hookrelay::config::PostgresSettings {
+                url: hookrelay::domain::Redacted::new(url.clone()),
+                pool_size: 10,
+                statement_timeout: Duration::from_secs(60),
+                schema: format!("bench_{}", uuid::Uuid::now_v7().simple()),
+            }),
+        }
+    }
+
+    fn apply(&self, command: &mut Command) {
+        if let Database::Postgres(settings) = self {
+            command
+                .env("DATABASE_URL", settings.url.expose())
+                .env("HOOKRELAY_DB_SCHEMA", &settings.schema);
+        }
+    }
+
+    fn configure(&self, config: &mut Config) {
+        if let Database::Postgres(settings) = self {
+            config.database = hookrelay::config::DatabaseLocation::Postgres(settings.clone());
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Database::Sqlite => "SQLite",
+            Database::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    async fn drop(self) {
+        if let Database::Postgres(settings) = self
+            && let Err(e) = hookrelay::store::PgStore::drop_schema(&settings).await
+        {
+            eprintln!("could not drop schema {}: {e}", settings.schema);
+        }
+    }
 }
 
 /// A receiver: counts arrivals and their latency from the payload's acceptance timestamp.
@@ -215,7 +271,7 @@ impl Drop for Server {
 }
 
 /// The environment every hookrelay process of a run shares.
-fn server_env(command: &mut Command, dir: &Path, receiver_url: &str) {
+fn server_env(command: &mut Command, dir: &Path, receiver_url: &str, database: &Database) {
     command
         .env_clear()
         .current_dir(dir)
@@ -230,6 +286,7 @@ fn server_env(command: &mut Command, dir: &Path, receiver_url: &str) {
         .env("HOOKRELAY_MAX_CONCURRENT_REQUESTS", "4096")
         .env("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0")
         .env("LOG_LEVEL", "warn");
+    database.apply(command);
 }
 
 fn start_server(
@@ -237,10 +294,11 @@ fn start_server(
     dir: &Path,
     receiver_url: &str,
     endpoint_concurrency: Option<usize>,
+    database: &Database,
 ) -> anyhow::Result<Server> {
     use std::io::{BufRead, BufReader};
     let mut command = Command::new(binary);
-    server_env(&mut command, dir, receiver_url);
+    server_env(&mut command, dir, receiver_url, database);
     if let Some(n) = endpoint_concurrency {
         command.env("HOOKRELAY_ENDPOINT_CONCURRENCY", n.to_string());
     }
@@ -297,9 +355,10 @@ async fn post_event(http: &reqwest::Client, url: &str, n: u64) -> anyhow::Result
     Ok(())
 }
 
-/// Sends `total` events flat out with `concurrency` clients, or at `rate` per second.
+/// Sends `total` events flat out with `concurrency` clients, or at `rate` per second, spread
+/// over the instances' `urls`.
 async fn drive(
-    url: &str,
+    urls: &[String],
     total: u64,
     concurrency: u64,
     rate: Option<u64>,
@@ -312,8 +371,9 @@ async fn drive(
     match rate {
         None => {
             let next = Arc::new(AtomicU64::new(0));
-            for _ in 0..concurrency {
-                let (http, url, next) = (http.clone(), url.to_owned(), Arc::clone(&next));
+            for client in 0..concurrency as usize {
+                let url = urls[client % urls.len()].clone();
+                let (http, next) = (http.clone(), Arc::clone(&next));
                 clients.spawn(async move {
                     loop {
                         let n = next.fetch_add(1, Ordering::SeqCst);
@@ -330,7 +390,7 @@ async fn drive(
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for n in 0..total {
                 ticker.tick().await;
-                let (http, url) = (http.clone(), url.to_owned());
+                let (http, url) = (http.clone(), urls[n as usize % urls.len()].clone());
                 clients.spawn(async move { post_event(&http, &url, n).await });
             }
         }
@@ -389,9 +449,14 @@ fn report(
     );
 }
 
-fn dead_letters(binary: &Path, server: &Server, receiver_url: &str) -> Option<u64> {
+fn dead_letters(
+    binary: &Path,
+    server: &Server,
+    receiver_url: &str,
+    database: &Database,
+) -> Option<u64> {
     let mut command = Command::new(binary);
-    server_env(&mut command, &server.dir, receiver_url);
+    server_env(&mut command, &server.dir, receiver_url, database);
     command
         .args(["dlq", "list", "--json"])
         .output()
@@ -401,6 +466,16 @@ fn dead_letters(binary: &Path, server: &Server, receiver_url: &str) -> Option<u6
 }
 
 async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
+    let database = Database::for_run(args);
+    let result = http_run(args, scenario, &database).await;
+    database.drop().await;
+    result
+}
+
+async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyhow::Result<()> {
+    if args.instances == 0 {
+        bail!("--instances must be at least 1");
+    }
     let binary = match &args.server {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("hookrelay"),
@@ -417,19 +492,32 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
     if scenario == Scenario::Backlog {
         backlog = args.backlog;
         let started = Instant::now();
-        prefill(dir.path(), &receiver_url, backlog, args.concurrency).await?;
+        prefill(
+            dir.path(),
+            &receiver_url,
+            backlog,
+            args.concurrency,
+            database,
+        )
+        .await?;
         println!(
             "(queued {backlog} pending deliveries in {:.1} s)",
             started.elapsed().as_secs_f64()
         );
     }
-    let server = start_server(
-        &binary,
-        dir.path(),
-        &receiver_url,
-        args.endpoint_concurrency,
-    )?;
-    let pid = server.child.id();
+    let servers = (0..args.instances)
+        .map(|_| {
+            start_server(
+                &binary,
+                dir.path(),
+                &receiver_url,
+                args.endpoint_concurrency,
+                database,
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let server = &servers[0];
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
     let mut slow = None;
     if scenario == Scenario::Slow {
         let (slow_receiver, slow_url) = start_receiver(Receiver {
@@ -438,7 +526,7 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
         })
         .await?;
         let mut command = Command::new(&binary);
-        server_env(&mut command, dir.path(), &receiver_url);
+        server_env(&mut command, dir.path(), &receiver_url, database);
         let added = command
             .args([
                 "endpoints",
@@ -459,17 +547,26 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         slow = Some(slow_receiver);
     }
-    let url = format!("{}/api/webhook/usage", server.address);
-    let cpu_before = process_usage(pid).map_or(0.0, |u| u.0);
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{}/api/webhook/usage", s.address))
+        .collect();
+    // Summed over the instances; peak memory is the largest instance's.
+    let usage = || {
+        pids.iter()
+            .map(|pid| process_usage(*pid).unwrap_or((f64::NAN, f64::NAN)))
+            .fold((0.0, 0.0_f64), |(cpu, peak), (c, p)| (cpu + c, peak.max(p)))
+    };
+    let cpu_before = usage().0;
     let (total, rate) = match scenario {
         Scenario::Steady | Scenario::Slow => (args.rate * args.duration, Some(args.rate)),
         _ => (args.events, None),
     };
     let started = Instant::now();
-    let ingest = drive(&url, total, args.concurrency, rate).await?;
+    let ingest = drive(&urls, total, args.concurrency, rate).await?;
     let delivered_at =
         wait_delivered(&receiver, total + backlog, Duration::from_secs(3600)).await?;
-    let (cpu_after, peak_mib) = process_usage(pid).unwrap_or((f64::NAN, f64::NAN));
+    let (cpu_after, peak_mib) = usage();
     let title = match scenario {
         Scenario::Steady => format!("steady: {} events/s for {} s", args.rate, args.duration),
         Scenario::Flat => format!("flat out: {} clients", args.concurrency),
@@ -490,6 +587,10 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
         Some(limit) => format!("{title}; receiver allows {limit}/s"),
         None => title,
     };
+    let title = match (database, args.instances) {
+        (Database::Sqlite, 1) => title,
+        (database, n) => format!("{title} [{}, {n} instance(s)]", database.label()),
+    };
     report(
         &title,
         total,
@@ -507,7 +608,7 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
         );
     }
     if args.receiver_limit.is_some() || scenario == Scenario::Retry {
-        let dead = dead_letters(&binary, &server, &receiver_url);
+        let dead = dead_letters(&binary, server, &receiver_url, database);
         println!(
             "dead letters: {}",
             dead.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
@@ -522,8 +623,10 @@ async fn prefill(
     receiver_url: &str,
     count: u64,
     concurrency: u64,
+    database: &Database,
 ) -> anyhow::Result<()> {
     let mut config = Config::with_data_dir(dir);
+    database.configure(&mut config);
     config.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(receiver_url)?);
     config.webhook_enabled = false;
     config.sqlite_sync = hookrelay::config::SqliteSync::Normal;
@@ -550,8 +653,16 @@ async fn prefill(
 }
 
 async fn library(args: &Args) -> anyhow::Result<()> {
+    let database = Database::for_run(args);
+    let result = library_run(args, &database).await;
+    database.drop().await;
+    result
+}
+
+async fn library_run(args: &Args, database: &Database) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::with_data_dir(dir.path());
+    database.configure(&mut config);
     config.webhook_enabled = false;
     config.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(
         "https://hooks.zapier.com/hooks/catch/1/a/",
@@ -578,8 +689,9 @@ async fn library(args: &Args) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     println!(
-        "== library: Relay::track_usage from {} tasks, durable commits",
-        args.concurrency
+        "== library: Relay::track_usage from {} tasks, durable commits [{}]",
+        args.concurrency,
+        database.label()
     );
     println!(
         "ingest:    {:>9.0} events/s ({} events in {:.2} s)",

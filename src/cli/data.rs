@@ -242,15 +242,23 @@ pub async fn db(relay: Relay, command: DbCommand) -> anyhow::Result<ExitCode> {
             if as_json {
                 json(&stats);
             } else {
-                println!(
-                    "file {:.1} MiB, write-ahead log {:.1} MiB, {} pages of {} bytes, {} free, schema version {}",
-                    stats.file_bytes as f64 / 1_048_576.0,
-                    stats.wal_bytes as f64 / 1_048_576.0,
-                    stats.page_count,
-                    stats.page_size,
-                    stats.free_pages,
-                    stats.schema_version
-                );
+                if stats.backend == "postgres" {
+                    println!(
+                        "PostgreSQL schema {:.1} MiB (tables and indexes), schema version {}",
+                        stats.file_bytes as f64 / 1_048_576.0,
+                        stats.schema_version
+                    );
+                } else {
+                    println!(
+                        "file {:.1} MiB, write-ahead log {:.1} MiB, {} pages of {} bytes, {} free, schema version {}",
+                        stats.file_bytes as f64 / 1_048_576.0,
+                        stats.wal_bytes as f64 / 1_048_576.0,
+                        stats.page_count,
+                        stats.page_size,
+                        stats.free_pages,
+                        stats.schema_version
+                    );
+                }
                 let rows: Vec<Vec<String>> = stats
                     .tables
                     .iter()

@@ -14,15 +14,15 @@
 //! deadlocks rare; the rare deadlock or serialization failure is retried.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::{
-    AssertSqlSafe, Executor, PgConnection, Row,
+    Executor, PgConnection, Row,
     postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow},
 };
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -37,7 +37,7 @@ use crate::{
     config::PostgresSettings,
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
-    monitor::{Alert, AlertLevel, Condition, WindowTotals},
+    monitor::{Alert, AlertLevel, Condition, WindowTotals, bucket},
     sessions::{
         Analytics, CleanupReport, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
         WebhookCounts, WebhooksSummary,
@@ -53,10 +53,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 
 /// Serializes migrations across instances starting at once (any schema of the database).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
-/// Most events stored in one group commit.
-const MAX_GROUP_EVENTS: usize = 4096;
-/// Ingest calls that may wait for the group committer; beyond this, callers wait.
-const INGEST_QUEUE: usize = 16_384;
+/// Most events (or attempt results) committed in one group.
+const MAX_GROUP: usize = 4096;
+/// Group committers per kind of write (ingest, attempt results): transactions in flight at once.
+const COMMITTERS: usize = 2;
+/// Calls that may wait for a group committer; beyond this, callers wait (backpressure).
+const WRITE_QUEUE: usize = 16_384;
 /// Rows removed per retention transaction.
 const RETENTION_BATCH: i64 = 1000;
 /// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
@@ -101,37 +103,39 @@ where
 /// The enabled endpoints and their filters.
 type Destinations = Arc<Vec<(EndpointId, EventFilter)>>;
 
-/// The fan-out list, re-read at most once a second: reading and parsing it for every ingest
-/// would cost more than storing the event. Writes through this store clear it at once; changes
-/// made by another instance apply within a second.
+/// The fan-out list with the endpoint generation it was read at: reading and parsing it for
+/// every ingest would cost more than storing the events. Any instance's change to fan-out
+/// bumps the generation (a trigger), so one single-row read per group tells whether it holds.
 #[derive(Default)]
-struct DestinationCache(Mutex<Option<(Instant, Destinations)>>);
+struct DestinationCache(Mutex<Option<(i64, Destinations)>>);
 
 impl DestinationCache {
-    fn fresh(&self) -> Option<Destinations> {
+    fn at(&self, generation: i64) -> Option<Destinations> {
         let cached = self.0.lock().ok()?;
         cached
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+            .filter(|(at, _)| *at == generation)
             .map(|(_, list)| Arc::clone(list))
     }
 
-    fn put(&self, list: Destinations) {
+    fn put(&self, generation: i64, list: Destinations) {
         if let Ok(mut cached) = self.0.lock() {
-            *cached = Some((Instant::now(), list));
-        }
-    }
-
-    fn clear(&self) {
-        if let Ok(mut cached) = self.0.lock() {
-            cached.take();
+            *cached = Some((generation, list));
         }
     }
 }
 
-struct IngestJob {
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Vec<Ingested>, StoreError>>,
+/// One caller's writes waiting for the next group commit, and where its answer goes.
+struct Job<I, O> {
+    input: I,
+    reply: oneshot::Sender<Result<O, StoreError>>,
+}
+
+/// Attempt results and endpoint health reported by one `record_attempts` call.
+struct Results {
+    records: Vec<AttemptRecord>,
+    health: Vec<HealthUpdate>,
+    now_ms: i64,
 }
 
 /// hookrelay's data in a PostgreSQL schema.
@@ -139,8 +143,8 @@ struct IngestJob {
 pub struct PgStore {
     pool: PgPool,
     schema: String,
-    ingests: mpsc::Sender<IngestJob>,
-    destinations: Arc<DestinationCache>,
+    ingests: mpsc::Sender<Job<Vec<NewEvent>, Vec<Ingested>>>,
+    results: mpsc::Sender<Job<Results, ()>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -159,11 +163,10 @@ fn quoted(identifier: &str) -> String {
 
 fn connect_options(settings: &PostgresSettings) -> Result<PgConnectOptions, StoreError> {
     // The parse error would not echo the URL, but say nothing of it anyway: it holds the password.
-    let options: PgConnectOptions = settings
-        .url
-        .expose()
-        .parse()
-        .map_err(|_| StoreError::Database("DATABASE_URL is not a valid PostgreSQL URL".into()))?;
+    let options: PgConnectOptions =
+        settings.url.expose().parse().map_err(|_| {
+            StoreError::Database("DATABASE_URL is not a valid PostgreSQL URL".into())
+        })?;
     let timeout_ms = settings.statement_timeout.as_millis();
     Ok(options.application_name("hookrelay").options([
         ("search_path", settings.schema.clone()),
@@ -178,19 +181,17 @@ async fn migrate(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
         .bind(MIGRATION_LOCK)
         .execute(&mut *tx)
         .await?;
-    tx.execute(AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {}",
-        quoted(schema)
-    )))
-    .await?;
+    tx.execute(&*format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(schema)))
+        .await?;
     tx.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
     )
     .await?;
-    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-        .fetch_one(&mut *tx)
-        .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            .fetch_one(&mut *tx)
+            .await?;
     let known = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > known {
         return Err(StoreError::SchemaTooNew {
@@ -200,13 +201,15 @@ async fn migrate(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
     }
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(version)
-            .bind(*name)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+        )
+        .bind(version)
+        .bind(*name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         tracing::info!(version, name, schema, "applied database migration");
     }
     tx.commit().await?;
@@ -222,19 +225,66 @@ impl PgStore {
             .connect_with(connect_options(settings)?)
             .await?;
         migrate(&pool, &settings.schema).await?;
-        let (ingests, queue) = mpsc::channel(INGEST_QUEUE);
         let destinations = Arc::new(DestinationCache::default());
-        tokio::spawn(group_commit_loop(
-            pool.clone(),
-            settings.schema.clone(),
-            Arc::clone(&destinations),
-            queue,
-        ));
+        let (ingests, queue) = mpsc::channel(WRITE_QUEUE);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..COMMITTERS {
+            let (pool, schema, cache) = (
+                pool.clone(),
+                settings.schema.clone(),
+                Arc::clone(&destinations),
+            );
+            tokio::spawn(group_commit(
+                Arc::clone(&queue),
+                Vec::len,
+                async move |jobs: &[&Vec<NewEvent>]| {
+                    let events: Vec<&NewEvent> =
+                        jobs.iter().flat_map(|events| events.iter()).collect();
+                    let mut outcomes =
+                        retrying(|| ingest_tx(&pool, &schema, &cache, &events)).await?;
+                    let mut answers = Vec::with_capacity(jobs.len());
+                    for events in jobs {
+                        let rest = outcomes.split_off(events.len());
+                        answers.push(outcomes);
+                        outcomes = rest;
+                    }
+                    Ok(answers)
+                },
+            ));
+        }
+        let (results, queue) = mpsc::channel(WRITE_QUEUE);
+        let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..COMMITTERS {
+            let pool = pool.clone();
+            tokio::spawn(group_commit(
+                Arc::clone(&queue),
+                |r: &Results| r.records.len() + r.health.len(),
+                async move |jobs: &[&Results]| {
+                    let mut records: Vec<AttemptRecord> = Vec::new();
+                    // The latest report of each endpoint's health wins.
+                    let mut health: BTreeMap<String, HealthUpdate> = BTreeMap::new();
+                    let mut now_ms = i64::MIN;
+                    for job in jobs {
+                        records.extend(job.records.iter().cloned());
+                        for update in &job.health {
+                            health.insert(update.endpoint_id.as_str().to_owned(), update.clone());
+                        }
+                        now_ms = now_ms.max(job.now_ms);
+                    }
+                    // Key order, so concurrent transactions lock rows in the same order.
+                    records.sort_by(|a, b| a.delivery_id.as_str().cmp(b.delivery_id.as_str()));
+                    let health: Vec<HealthUpdate> = health.into_values().collect();
+                    let columns = AttemptColumns::new(&records, now_ms);
+                    retrying(|| record_tx(&pool, &records, &columns, &health, now_ms)).await?;
+                    Ok(vec![(); jobs.len()])
+                },
+            ));
+        }
         Ok(Self {
             pool,
             schema: settings.schema.clone(),
             ingests,
-            destinations,
+            results,
         })
     }
 
@@ -262,52 +312,63 @@ impl PgStore {
             .max_connections(1)
             .connect_with(connect_options(settings)?)
             .await?;
-        pool.execute(AssertSqlSafe(format!(
+        pool.execute(&*format!(
             "DROP SCHEMA IF EXISTS {} CASCADE",
             quoted(&settings.schema)
-        )))
+        ))
         .await?;
         pool.close().await;
         Ok(())
     }
 }
 
-async fn group_commit_loop(
-    pool: PgPool,
-    schema: String,
-    destinations: Arc<DestinationCache>,
-    mut queue: mpsc::Receiver<IngestJob>,
+/// Group commit: takes every job waiting in `queue` (up to `MAX_GROUP` of `weight`), commits
+/// them together with `commit` (one answer per job), and answers each. `COMMITTERS` of these
+/// share a queue: while one group commits (a few round trips to the server), the next gathers
+/// and commits beside it, so a burst costs one transaction per group, not per caller.
+async fn group_commit<I, O>(
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Job<I, O>>>>,
+    weight: impl Fn(&I) -> usize,
+    commit: impl AsyncFn(&[&I]) -> Result<Vec<O>, StoreError>,
 ) {
-    let mut batch: Vec<IngestJob> = Vec::new();
-    while let Some(first) = queue.recv().await {
-        let mut events = first.events.len();
-        batch.push(first);
-        while events < MAX_GROUP_EVENTS {
-            match queue.try_recv() {
-                Ok(job) => {
-                    events += job.events.len();
-                    batch.push(job);
+    let mut batch: Vec<Job<I, O>> = Vec::new();
+    loop {
+        {
+            // Gathering holds the queue; committing does not, so the other committer gathers
+            // the next group meanwhile.
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut gathered = weight(&first.input);
+            batch.push(first);
+            while gathered < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => {
+                        gathered += weight(&job.input);
+                        batch.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
         }
-        let all: Vec<&NewEvent> = batch.iter().flat_map(|job| &job.events).collect();
-        match retrying(|| ingest_tx(&pool, &schema, &destinations, &all)).await {
-            Ok(mut outcomes) => {
-                for job in batch.drain(..) {
-                    let rest = outcomes.split_off(job.events.len());
-                    let _ = job.reply.send(Ok(outcomes));
-                    outcomes = rest;
+        let inputs: Vec<&I> = batch.iter().map(|job| &job.input).collect();
+        match commit(&inputs).await {
+            Ok(answers) => {
+                for (job, answer) in batch.drain(..).zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
                 }
             }
-            // One bad group must not fail the others' events: each is stored on its own.
+            // One caller's bad input must not fail the others: each commits on its own.
             Err(e) if batch.len() > 1 => {
-                tracing::warn!(error = %e, jobs = batch.len(), "group commit failed; storing each ingest alone");
+                tracing::warn!(error = %e, jobs = batch.len(), "group commit failed; committing each job alone");
                 for job in batch.drain(..) {
-                    let alone: Vec<&NewEvent> = job.events.iter().collect();
-                    let result =
-                        retrying(|| ingest_tx(&pool, &schema, &destinations, &alone)).await;
-                    let _ = job.reply.send(result);
+                    let answer = commit(&[&job.input]).await.and_then(|mut answers| {
+                        answers
+                            .pop()
+                            .ok_or_else(|| StoreError::Database("no answer for a job".into()))
+                    });
+                    let _ = job.reply.send(answer);
                 }
             }
             Err(e) => {
@@ -324,7 +385,10 @@ async fn destinations(
     conn: &mut PgConnection,
     cache: &DestinationCache,
 ) -> Result<Destinations, sqlx::Error> {
-    if let Some(list) = cache.fresh() {
+    let generation: i64 = sqlx::query_scalar("SELECT n FROM endpoint_generation")
+        .fetch_one(&mut *conn)
+        .await?;
+    if let Some(list) = cache.at(generation) {
         return Ok(list);
     }
     // An endpoint disabled automatically (failing for too long) keeps queuing, so nothing is
@@ -342,7 +406,7 @@ async fn destinations(
         list.push((EndpointId::from_trusted(row.try_get(0)?), filter));
     }
     let list = Arc::new(list);
-    cache.put(Arc::clone(&list));
+    cache.put(generation, Arc::clone(&list));
     Ok(list)
 }
 
@@ -353,8 +417,8 @@ async fn ingest_tx(
     events: &[&NewEvent],
 ) -> Result<Vec<Ingested>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Fan-out is decided with the events stored, so an event goes to exactly the endpoints
-    // enabled (as of the last second) when it was accepted.
+    // Fan-out is decided in the transaction that stores the events, so an event goes to
+    // exactly the endpoints enabled when it was stored.
     let destinations = destinations(&mut tx, cache).await?;
     let mut ids = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
@@ -482,9 +546,15 @@ async fn ingest_tx(
     Ok(outcomes)
 }
 
+/// Rows per minute of `rollups` and per day and model of `usage_daily`.
+const AGGREGATE_SHARDS: i16 = 16;
+
 /// Adds a transaction's counts to the shared aggregate rows, each table in one statement and
-/// in key order (so two instances' transactions take these row locks in the same order).
+/// in key order (so two instances' transactions take these row locks in the same order). The
+/// hot rows (this minute, today) are sharded: a transaction adds to one shard picked at random,
+/// so concurrent transactions rarely queue for the same row.
 async fn write_aggregates(conn: &mut PgConnection, a: Aggregates) -> Result<(), sqlx::Error> {
+    let shard: i16 = rand::random_range(0..AGGREGATE_SHARDS);
     if !a.sessions.is_empty() {
         let mut ids = Vec::new();
         let mut columns: [Vec<i64>; 7] = Default::default();
@@ -549,20 +619,21 @@ async fn write_aggregates(conn: &mut PgConnection, a: Aggregates) -> Result<(), 
         for ((day, model), d) in a.daily {
             days.push(day);
             models.push(model);
-            for (column, value) in columns.iter_mut().zip([
-                d.queries,
-                d.successes,
-                d.tokens,
-                d.response_time_sum_ms,
-            ]) {
+            for (column, value) in
+                columns
+                    .iter_mut()
+                    .zip([d.queries, d.successes, d.tokens, d.response_time_sum_ms])
+            {
                 column.push(value);
             }
         }
         let [queries, successes, tokens, response] = columns;
         sqlx::query(
-            "INSERT INTO usage_daily AS u (day, model, queries, successes, tokens, response_time_sum_ms)
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
-             ON CONFLICT (day, model) DO UPDATE SET queries = u.queries + excluded.queries,
+            "INSERT INTO usage_daily AS u (day, model, shard, queries, successes, tokens, response_time_sum_ms)
+             SELECT d.day, d.model, $7, d.queries, d.successes, d.tokens, d.response
+             FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[])
+                  AS d(day, model, queries, successes, tokens, response)
+             ON CONFLICT (day, model, shard) DO UPDATE SET queries = u.queries + excluded.queries,
                  successes = u.successes + excluded.successes, tokens = u.tokens + excluded.tokens,
                  response_time_sum_ms = u.response_time_sum_ms + excluded.response_time_sum_ms",
         )
@@ -572,16 +643,17 @@ async fn write_aggregates(conn: &mut PgConnection, a: Aggregates) -> Result<(), 
         .bind(successes)
         .bind(tokens)
         .bind(response)
+        .bind(shard)
         .execute(&mut *conn)
         .await?;
     }
     for (minute, r) in a.rollups {
         let b = &r.buckets;
         sqlx::query(
-            "INSERT INTO rollups AS r (minute, ingested, duplicates, attempts, successes, failures, throttled, retries,
+            "INSERT INTO rollups AS r (minute, shard, ingested, duplicates, attempts, successes, failures, throttled, retries,
                  delivered, dead_lettered, duration_sum_ms, latency_sum_ms, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
-             ON CONFLICT (minute) DO UPDATE SET
+             VALUES ($1, $25, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+             ON CONFLICT (minute, shard) DO UPDATE SET
                  ingested = r.ingested + excluded.ingested, duplicates = r.duplicates + excluded.duplicates,
                  attempts = r.attempts + excluded.attempts, successes = r.successes + excluded.successes,
                  failures = r.failures + excluded.failures, throttled = r.throttled + excluded.throttled,
@@ -617,6 +689,7 @@ async fn write_aggregates(conn: &mut PgConnection, a: Aggregates) -> Result<(), 
         .bind(b[9])
         .bind(b[10])
         .bind(b[11])
+        .bind(shard)
         .execute(&mut *conn)
         .await?;
     }
@@ -837,6 +910,10 @@ struct AttemptColumns {
     error_detail: Vec<Option<String>>,
     snippet: Vec<Option<String>>,
     outcome: Vec<&'static str>,
+    /// The duration's histogram bucket ([`crate::monitor::bucket`]).
+    bucket: Vec<i64>,
+    /// Acceptance to the end of this attempt, ms.
+    latency: Vec<i64>,
 }
 
 impl AttemptColumns {
@@ -853,9 +930,7 @@ impl AttemptColumns {
                     0,
                 ),
                 NextState::RetryAt(at) => (DeliveryStatus::Pending, at, "retry", None, 1, 0),
-                NextState::DeadLetter => {
-                    (DeliveryStatus::Dead, now_ms, "dead", Some(now_ms), 1, 0)
-                }
+                NextState::DeadLetter => (DeliveryStatus::Dead, now_ms, "dead", Some(now_ms), 1, 0),
                 NextState::Throttled(at) => (DeliveryStatus::Pending, at, "throttled", None, 0, 1),
             };
             c.ids.push(record.delivery_id.as_str().to_owned());
@@ -877,6 +952,8 @@ impl AttemptColumns {
             c.error_detail.push(record.error_detail.clone());
             c.snippet.push(record.response_snippet.clone());
             c.outcome.push(outcome);
+            c.bucket.push(bucket(record.duration_ms) as i64);
+            c.latency.push(record.latency_ms);
         }
         c
     }
@@ -889,19 +966,101 @@ async fn record_tx(
     health: &[HealthUpdate],
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // Applied only while the claim still holds: a worker whose lease expired (and whose
-    // delivery someone else claimed since) must not overwrite the newer claimant's result.
+    let health = HealthColumns::new(health);
+    // One statement, so one round trip and one commit: it moves the deliveries, logs the
+    // attempts, writes endpoint health and counts what moved into the minute's roll-up. All
+    // parts see the same snapshot; the roll-up reads what `moved` returns.
+    //
+    // - A result applies only while its claim holds: a worker whose lease expired (and whose
+    //   delivery someone else claimed since) must not overwrite the newer claimant's result.
+    //   `d.id = ANY($1)` beside the join makes the planner fetch rows by primary key; joined to
+    //   an unnest alone, a young table's missing statistics led it to scan the whole table.
+    // - Every attempt is logged, even one whose lease was lost; a delivery removed meanwhile
+    //   (its endpoint deleted) has nothing to log against.
+    // - Every instance's every batch reports its endpoints' health; writing the rows each time
+    //   would make them all queue for the locks. A change of state is written at once; the
+    //   attempt and success times alone are refreshed at most once a second. A row the WHERE
+    //   rejects is skipped without waiting for its lock.
+    // - Only attempts that moved their delivery count, once; a throttled one counts only as
+    //   throttled. The minute's row is sharded like every roll-up write.
     let moved: Vec<String> = sqlx::query_scalar(
-        "UPDATE deliveries AS d SET status = r.status, attempts = d.attempts + r.spent,
-             total_attempts = d.total_attempts + 1, throttled = d.throttled + r.throttled,
-             next_attempt_at = r.next_at, lease_token = NULL, last_status = r.http_status,
-             last_error = r.last_error, updated_at = $10, finished_at = r.finished
-         FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::text[], $7::int8[],
-                     $8::int8[], $9::int8[])
-              AS r(id, lease, status, next_at, http_status, last_error, finished, spent, throttled)
-         WHERE d.id = r.id AND d.lease_token = r.lease
-         RETURNING d.id",
+        "WITH r AS (
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[], $6::text[],
+                                  $7::int8[], $8::int8[], $9::int8[], $11::int8[], $12::int8[], $13::int8[],
+                                  $14::text[], $15::text[], $16::text[], $17::text[], $18::int8[], $19::int8[])
+                  AS r(id, lease, status, next_at, http_status, last_error, finished, spent, throttled,
+                       attempt_no, started_at, duration_ms, error_kind, error_detail, snippet, outcome,
+                       bucket, latency_ms)),
+         moved AS (
+             UPDATE deliveries AS d SET status = r.status, attempts = d.attempts + r.spent,
+                 total_attempts = d.total_attempts + 1, throttled = d.throttled + r.throttled,
+                 next_attempt_at = r.next_at, lease_token = NULL, last_status = r.http_status,
+                 last_error = r.last_error, updated_at = $10, finished_at = r.finished
+             FROM r WHERE d.id = ANY($1) AND d.id = r.id AND d.lease_token = r.lease
+             RETURNING d.id),
+         logged AS (
+             INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code,
+                 error_kind, error_detail, response_snippet, outcome)
+             SELECT r.id, r.attempt_no, r.started_at, r.duration_ms, r.http_status, r.error_kind,
+                 r.error_detail, r.snippet, r.outcome
+             FROM r WHERE r.id IN (SELECT id FROM deliveries WHERE id = ANY($1))),
+         health AS (
+             UPDATE endpoints AS e SET circuit_state = h.circuit, circuit_changed_at = h.changed_at,
+                 consecutive_failures = h.failures, failing_since = h.failing_since,
+                 last_attempt_at = GREATEST(e.last_attempt_at, h.last_attempt),
+                 last_success_at = GREATEST(e.last_success_at, h.last_success),
+                 enabled = CASE WHEN h.disable IS NULL THEN e.enabled ELSE FALSE END,
+                 disabled_reason = COALESCE(h.disable, e.disabled_reason)
+             FROM UNNEST($20::text[], $21::text[], $22::int8[], $23::int8[], $24::int8[], $25::int8[],
+                         $26::int8[], $27::text[])
+                  AS h(id, circuit, changed_at, failures, failing_since, last_attempt, last_success, disable)
+             WHERE e.id = h.id AND (
+                 e.circuit_state IS DISTINCT FROM h.circuit OR e.circuit_changed_at IS DISTINCT FROM h.changed_at
+                 OR e.consecutive_failures IS DISTINCT FROM h.failures
+                 OR e.failing_since IS DISTINCT FROM h.failing_since OR h.disable IS NOT NULL
+                 OR e.last_attempt_at IS NULL OR e.last_attempt_at < h.last_attempt - 1000
+                 OR (e.last_success_at IS NULL AND h.last_success IS NOT NULL)
+                 OR e.last_success_at < h.last_success - 1000)),
+         counted AS (
+             INSERT INTO rollups AS ru (minute, shard, attempts, successes, failures, throttled, retries,
+                 delivered, dead_lettered, duration_sum_ms, latency_sum_ms,
+                 d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11)
+             SELECT $28, $29,
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled'),
+                 COUNT(*) FILTER (WHERE r.outcome = 'delivered'),
+                 COUNT(*) FILTER (WHERE r.outcome IN ('retry', 'dead')),
+                 COUNT(*) FILTER (WHERE r.outcome = 'throttled'),
+                 COUNT(*) FILTER (WHERE r.outcome = 'retry'),
+                 COUNT(*) FILTER (WHERE r.outcome = 'delivered'),
+                 COUNT(*) FILTER (WHERE r.outcome = 'dead'),
+                 COALESCE(SUM(GREATEST(r.duration_ms, 0)) FILTER (WHERE r.outcome <> 'throttled'), 0),
+                 COALESCE(SUM(GREATEST(r.latency_ms, 0)) FILTER (WHERE r.outcome = 'delivered'), 0),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 0),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 1),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 2),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 3),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 4),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 5),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 6),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 7),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 8),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 9),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 10),
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 11)
+             FROM r JOIN moved ON moved.id = r.id
+             HAVING COUNT(*) > 0
+             ON CONFLICT (minute, shard) DO UPDATE SET
+                 attempts = ru.attempts + excluded.attempts, successes = ru.successes + excluded.successes,
+                 failures = ru.failures + excluded.failures, throttled = ru.throttled + excluded.throttled,
+                 retries = ru.retries + excluded.retries, delivered = ru.delivered + excluded.delivered,
+                 dead_lettered = ru.dead_lettered + excluded.dead_lettered,
+                 duration_sum_ms = ru.duration_sum_ms + excluded.duration_sum_ms,
+                 latency_sum_ms = ru.latency_sum_ms + excluded.latency_sum_ms,
+                 d0 = ru.d0 + excluded.d0, d1 = ru.d1 + excluded.d1, d2 = ru.d2 + excluded.d2,
+                 d3 = ru.d3 + excluded.d3, d4 = ru.d4 + excluded.d4, d5 = ru.d5 + excluded.d5,
+                 d6 = ru.d6 + excluded.d6, d7 = ru.d7 + excluded.d7, d8 = ru.d8 + excluded.d8,
+                 d9 = ru.d9 + excluded.d9, d10 = ru.d10 + excluded.d10, d11 = ru.d11 + excluded.d11)
+         SELECT id FROM moved",
     )
     .bind(&columns.ids)
     .bind(&columns.leases)
@@ -913,64 +1072,67 @@ async fn record_tx(
     .bind(&columns.spent)
     .bind(&columns.throttled)
     .bind(now_ms)
-    .fetch_all(&mut *tx)
-    .await?;
-    // Every attempt is logged, even one whose lease was lost; a delivery removed meanwhile
-    // (its endpoint deleted) has nothing to log against.
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code,
-             error_kind, error_detail, response_snippet, outcome)
-         SELECT a.* FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[],
-                                $7::text[], $8::text[], $9::text[])
-              AS a(delivery_id, attempt_no, started_at, duration_ms, status_code, error_kind, error_detail,
-                   response_snippet, outcome)
-         WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = a.delivery_id)",
-    )
-    .bind(&columns.ids)
     .bind(&columns.attempt_no)
     .bind(&columns.started)
     .bind(&columns.duration)
-    .bind(&columns.http_status)
     .bind(&columns.error_kind)
     .bind(&columns.error_detail)
     .bind(&columns.snippet)
     .bind(&columns.outcome)
-    .execute(&mut *tx)
+    .bind(&columns.bucket)
+    .bind(&columns.latency)
+    .bind(&health.ids)
+    .bind(&health.circuit)
+    .bind(&health.changed_at)
+    .bind(&health.failures)
+    .bind(&health.failing_since)
+    .bind(&health.last_attempt)
+    .bind(&health.last_success)
+    .bind(&health.disable)
+    .bind(now_ms.div_euclid(60_000))
+    .bind(rand::random_range(0..AGGREGATE_SHARDS))
+    .fetch_all(pool)
     .await?;
-    let moved: std::collections::HashSet<String> = moved.into_iter().collect();
-    let mut rollup = Rollup::default();
-    for record in records {
-        if moved.contains(record.delivery_id.as_str()) {
-            // Only attempts that moved their delivery count, once.
-            rollup.count(record);
-        } else {
-            tracing::warn!(delivery_id = %record.delivery_id, "lease lost before the attempt was recorded; its result is kept in the attempt log only");
+    if moved.len() < records.len() {
+        let moved: std::collections::HashSet<&str> = moved.iter().map(String::as_str).collect();
+        for record in records {
+            if !moved.contains(record.delivery_id.as_str()) {
+                tracing::warn!(delivery_id = %record.delivery_id, "lease lost before the attempt was recorded; its result is kept in the attempt log only");
+            }
         }
     }
-    for update in health {
-        let h = &update.health;
-        sqlx::query(
-            "UPDATE endpoints SET circuit_state = $2, circuit_changed_at = $3, consecutive_failures = $4,
-                 failing_since = $5, last_attempt_at = $6, last_success_at = $7,
-                 enabled = CASE WHEN $8::text IS NULL THEN enabled ELSE FALSE END,
-                 disabled_reason = COALESCE($8, disabled_reason)
-             WHERE id = $1",
-        )
-        .bind(update.endpoint_id.as_str())
-        .bind(h.circuit.as_str())
-        .bind(h.circuit_changed_at_ms)
-        .bind(i64::from(h.consecutive_failures))
-        .bind(h.failing_since_ms)
-        .bind(h.last_attempt_at_ms)
-        .bind(h.last_success_at_ms)
-        .bind(&update.disable)
-        .execute(&mut *tx)
-        .await?;
+    Ok(())
+}
+
+/// Endpoint health reports, one array per column.
+#[derive(Default)]
+struct HealthColumns {
+    ids: Vec<String>,
+    circuit: Vec<&'static str>,
+    changed_at: Vec<Option<i64>>,
+    failures: Vec<i64>,
+    failing_since: Vec<Option<i64>>,
+    last_attempt: Vec<Option<i64>>,
+    last_success: Vec<Option<i64>>,
+    disable: Vec<Option<String>>,
+}
+
+impl HealthColumns {
+    fn new(updates: &[HealthUpdate]) -> Self {
+        let mut c = Self::default();
+        for update in updates {
+            let h = &update.health;
+            c.ids.push(update.endpoint_id.as_str().to_owned());
+            c.circuit.push(h.circuit.as_str());
+            c.changed_at.push(h.circuit_changed_at_ms);
+            c.failures.push(i64::from(h.consecutive_failures));
+            c.failing_since.push(h.failing_since_ms);
+            c.last_attempt.push(h.last_attempt_at_ms);
+            c.last_success.push(h.last_success_at_ms);
+            c.disable.push(update.disable.clone());
+        }
+        c
     }
-    let mut aggregates = Aggregates::default();
-    aggregates.add_rollup(now_ms.div_euclid(60_000), &rollup);
-    write_aggregates(&mut tx, aggregates).await?;
-    tx.commit().await
 }
 
 /// Deletes up to a batch of old, fully delivered events (with their deliveries and attempts,
@@ -1047,7 +1209,10 @@ impl Store for PgStore {
         }
         let (reply, answer) = oneshot::channel();
         self.ingests
-            .send(IngestJob { events, reply })
+            .send(Job {
+                input: events,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -1088,7 +1253,8 @@ impl Store for PgStore {
                          d.next_attempt_at)
                  SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.total_attempts, c.throttled,
                      e.event_type, e.payload, e.created_at, e.session_id
-                 FROM claimed c JOIN events e ON e.id = c.event_id
+                 FROM claimed c CROSS JOIN LATERAL (
+                     SELECT event_type, payload, created_at, session_id FROM events WHERE id = c.event_id) e
                  ORDER BY c.endpoint_id, c.next_attempt_at",
             )
             .bind(token.0)
@@ -1102,44 +1268,47 @@ impl Store for PgStore {
         .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in rows {
-            claimed.push(
-                (|| -> Result<ClaimedDelivery, sqlx::Error> {
-                    Ok(ClaimedDelivery {
-                        id: DeliveryId::from_trusted(row.try_get("id")?),
-                        event_id: EventId::from_trusted(row.try_get("event_id")?),
-                        endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
-                        event_type: EventType::from_trusted(row.try_get("event_type")?),
-                        payload: Bytes::from(row.try_get::<Vec<u8>, _>("payload")?),
-                        event_created_at_ms: row.try_get("created_at")?,
-                        session_id: row.try_get("session_id")?,
-                        attempts: small(&row, "attempts")?,
-                        total_attempts: small(&row, "total_attempts")?,
-                        throttled: small(&row, "throttled")?,
-                        lease: token,
-                    })
-                })()?,
-            );
+            claimed.push((|| -> Result<ClaimedDelivery, sqlx::Error> {
+                Ok(ClaimedDelivery {
+                    id: DeliveryId::from_trusted(row.try_get("id")?),
+                    event_id: EventId::from_trusted(row.try_get("event_id")?),
+                    endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
+                    event_type: EventType::from_trusted(row.try_get("event_type")?),
+                    payload: Bytes::from(row.try_get::<Vec<u8>, _>("payload")?),
+                    event_created_at_ms: row.try_get("created_at")?,
+                    session_id: row.try_get("session_id")?,
+                    attempts: small(&row, "attempts")?,
+                    total_attempts: small(&row, "total_attempts")?,
+                    throttled: small(&row, "throttled")?,
+                    lease: token,
+                })
+            })()?);
         }
         Ok(claimed)
     }
 
     async fn record_attempts(
         &self,
-        mut records: Vec<AttemptRecord>,
-        mut health: Vec<HealthUpdate>,
+        records: Vec<AttemptRecord>,
+        health: Vec<HealthUpdate>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         if records.is_empty() && health.is_empty() {
             return Ok(());
         }
-        // Key order, so concurrent transactions lock rows in the same order.
-        records.sort_by(|a, b| a.delivery_id.as_str().cmp(b.delivery_id.as_str()));
-        health.sort_by(|a, b| a.endpoint_id.as_str().cmp(b.endpoint_id.as_str()));
-        if health.iter().any(|h| h.disable.is_some()) {
-            self.destinations.clear();
-        }
-        let columns = AttemptColumns::new(&records, now_ms);
-        retrying(|| record_tx(&self.pool, &records, &columns, &health, now_ms)).await
+        let (reply, answer) = oneshot::channel();
+        self.results
+            .send(Job {
+                input: Results {
+                    records,
+                    health,
+                    now_ms,
+                },
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn release(
@@ -1155,7 +1324,7 @@ impl Store for PgStore {
             sqlx::query(
                 "UPDATE deliveries AS d SET lease_token = NULL, next_attempt_at = $1, updated_at = $1
                  FROM UNNEST($2::text[], $3::int8[]) AS r(id, lease)
-                 WHERE d.id = r.id AND d.lease_token = r.lease AND d.status = 'pending'",
+                 WHERE d.id = ANY($2) AND d.id = r.id AND d.lease_token = r.lease AND d.status = 'pending'",
             )
             .bind(now_ms)
             .bind(&ids)
@@ -1187,9 +1356,9 @@ impl Store for PgStore {
     }
 
     async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints ORDER BY id = 'ep_default' DESC, created_at, id"
-        )))
+        ))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -1199,9 +1368,9 @@ impl Store for PgStore {
     }
 
     async fn endpoint(&self, id: EndpointId) -> Result<Option<Endpoint>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        let row = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1"
-        )))
+        ))
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
@@ -1209,7 +1378,6 @@ impl Store for PgStore {
     }
 
     async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
-        self.destinations.clear();
         let inserted = bind_endpoint(
             sqlx::query(
                 "INSERT INTO endpoints (id, url, description, event_types, secret, previous_secret,
@@ -1226,7 +1394,6 @@ impl Store for PgStore {
         .bind(endpoint.created_at_ms)
         .execute(&self.pool)
         .await?;
-        self.destinations.clear();
         Ok(inserted.rows_affected() == 1)
     }
 
@@ -1246,7 +1413,6 @@ impl Store for PgStore {
         .bind(endpoint.updated_at_ms)
         .execute(&self.pool)
         .await?;
-        self.destinations.clear();
         Ok(updated.rows_affected() == 1)
     }
 
@@ -1273,7 +1439,6 @@ impl Store for PgStore {
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
-        self.destinations.clear();
         Ok(updated.rows_affected() == 1)
     }
 
@@ -1290,7 +1455,6 @@ impl Store for PgStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.destinations.clear();
         Ok(deleted.rows_affected() == 1)
     }
 
@@ -1329,15 +1493,14 @@ impl Store for PgStore {
                 .await?;
             }
         }
-        self.destinations.clear();
         Ok(())
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeliverySummary>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = sqlx::query(&format!(
             "SELECT {SUMMARY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE d.status = 'dead' ORDER BY d.finished_at DESC, d.id DESC LIMIT $1"
-        )))
+        ))
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -1348,10 +1511,10 @@ impl Store for PgStore {
     }
 
     async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError> {
-        let Some(row) = sqlx::query(AssertSqlSafe(format!(
+        let Some(row) = sqlx::query(&format!(
             "SELECT {SUMMARY_COLUMNS}, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id
              WHERE d.id = $1"
-        )))
+        ))
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?
@@ -1422,11 +1585,12 @@ impl Store for PgStore {
             Selection::One(id) => Some(id.as_str().to_owned()),
             Selection::All => None,
         };
-        let changed =
-            sqlx::query("DELETE FROM deliveries WHERE status = 'dead' AND ($1::text IS NULL OR id = $1)")
-                .bind(one)
-                .execute(&self.pool)
-                .await?;
+        let changed = sqlx::query(
+            "DELETE FROM deliveries WHERE status = 'dead' AND ($1::text IS NULL OR id = $1)",
+        )
+        .bind(one)
+        .execute(&self.pool)
+        .await?;
         Ok(changed.rows_affected())
     }
 
@@ -1486,18 +1650,18 @@ impl Store for PgStore {
     }
 
     async fn active_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = sqlx::query(&format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_at IS NULL ORDER BY fired_at, id"
-        )))
+        ))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(alert_from_row).collect::<Result<_, _>>()?)
     }
 
     async fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = sqlx::query(&format!(
             "SELECT {ALERT_COLUMNS} FROM alerts ORDER BY fired_at DESC, id DESC LIMIT $1"
-        )))
+        ))
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
@@ -1511,10 +1675,10 @@ impl Store for PgStore {
         now_ms: i64,
     ) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let resolved = sqlx::query(AssertSqlSafe(format!(
+        let resolved = sqlx::query(&format!(
             "UPDATE alerts SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL
              RETURNING {ALERT_COLUMNS}"
-        )))
+        ))
         .bind(&resolve)
         .bind(now_ms)
         .fetch_all(&mut *tx)
@@ -1522,11 +1686,11 @@ impl Store for PgStore {
         let mut fired = Vec::new();
         for condition in fire {
             // Another instance may have fired the same rule: the unique index keeps one.
-            let alert = sqlx::query(AssertSqlSafe(format!(
+            let alert = sqlx::query(&format!(
                 "INSERT INTO alerts (rule, level, message, value, threshold, fired_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT DO NOTHING RETURNING {ALERT_COLUMNS}"
-            )))
+            ))
             .bind(&condition.rule)
             .bind(condition.level.as_str())
             .bind(&condition.message)
@@ -1549,16 +1713,16 @@ impl Store for PgStore {
     }
 
     async fn unsent_alerts(&self, since_ms: i64) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
-        let fired = sqlx::query(AssertSqlSafe(format!(
+        let fired = sqlx::query(&format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE notified_at IS NULL AND fired_at >= $1 ORDER BY id"
-        )))
+        ))
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
-        let resolved = sqlx::query(AssertSqlSafe(format!(
+        let resolved = sqlx::query(&format!(
             "SELECT {ALERT_COLUMNS} FROM alerts
              WHERE resolved_at IS NOT NULL AND resolve_notified_at IS NULL AND resolved_at >= $1 ORDER BY id"
-        )))
+        ))
         .bind(since_ms)
         .fetch_all(&self.pool)
         .await?;
@@ -1651,9 +1815,9 @@ impl Store for PgStore {
     }
 
     async fn session(&self, session_id: String) -> Result<Option<SessionStats>, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
+        let row = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1"
-        )))
+        ))
         .bind(&session_id)
         .fetch_optional(&self.pool)
         .await?;
@@ -1671,10 +1835,10 @@ impl Store for PgStore {
         until_ms: i64,
         limit: usize,
     ) -> Result<Vec<SessionStats>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        let rows = sqlx::query(&format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE last_seen >= $1 AND last_seen < $2
              ORDER BY last_seen DESC, session_id LIMIT $3"
-        )))
+        ))
         .bind(since_ms)
         .bind(until_ms)
         .bind(limit as i64)
@@ -1691,10 +1855,11 @@ impl Store for PgStore {
         // Whole UTC days, today included, as on SQLite: "7 days" is today and the six before.
         let first_day = now_ms.div_euclid(86_400_000) - i64::from(days) + 1;
         let since_ms = first_day * 86_400_000;
-        let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE last_seen >= $1")
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await?;
+        let sessions: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE last_seen >= $1")
+                .bind(since_ms)
+                .fetch_one(&self.pool)
+                .await?;
         let rows = sqlx::query(
             "SELECT model, SUM(queries)::int8, SUM(successes)::int8, SUM(tokens)::int8, SUM(response_time_sum_ms)::int8
              FROM usage_daily WHERE day >= $1 GROUP BY model ORDER BY SUM(tokens) DESC, model",
@@ -1766,7 +1931,7 @@ impl Store for PgStore {
                         (SELECT COUNT(*) FROM attempts WHERE delivery_id IN (SELECT id FROM doomed)),
                         (SELECT COUNT(*) FROM sessions WHERE last_seen < $1),
                         (SELECT COUNT(*) FROM alerts WHERE resolved_at < $1),
-                        (SELECT COUNT(*) FROM rollups WHERE minute < $2)",
+                        (SELECT COUNT(DISTINCT minute) FROM rollups WHERE minute < $2)",
             )
             .bind(cutoff_ms)
             .bind(cutoff_ms.div_euclid(60_000))
@@ -1819,19 +1984,22 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?
             .rows_affected();
-        report.rollups = sqlx::query("DELETE FROM rollups WHERE minute < $1")
-            .bind(cutoff_ms.div_euclid(60_000))
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        // Minutes, as on SQLite, not the shards each minute is kept in.
+        let removed: i64 = sqlx::query_scalar(
+            "WITH gone AS (DELETE FROM rollups WHERE minute < $1 RETURNING minute)
+             SELECT COUNT(DISTINCT minute) FROM gone",
+        )
+        .bind(cutoff_ms.div_euclid(60_000))
+        .fetch_one(&self.pool)
+        .await?;
+        report.rollups = removed.unsigned_abs();
         Ok(report)
     }
 
     async fn db_stats(&self) -> Result<DbStats, StoreError> {
-        let page_size: i64 =
-            sqlx::query_scalar("SELECT current_setting('block_size')::int8")
-                .fetch_one(&self.pool)
-                .await?;
+        let page_size: i64 = sqlx::query_scalar("SELECT current_setting('block_size')::int8")
+            .fetch_one(&self.pool)
+            .await?;
         let sizes: Vec<(String, i64)> = sqlx::query_as(
             "SELECT c.relname::text, pg_total_relation_size(c.oid)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -1841,12 +2009,9 @@ impl Store for PgStore {
         .await?;
         let mut tables = Vec::with_capacity(sizes.len());
         for (name, bytes) in sizes {
-            let rows: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-                "SELECT COUNT(*) FROM {}",
-                quoted(&name)
-            )))
-            .fetch_one(&self.pool)
-            .await?;
+            let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", quoted(&name)))
+                .fetch_one(&self.pool)
+                .await?;
             tables.push(TableStats {
                 name,
                 rows: rows.unsigned_abs(),
@@ -1898,7 +2063,7 @@ impl Store for PgStore {
             "VACUUM (ANALYZE)"
         };
         for table in tables {
-            sqlx::raw_sql(AssertSqlSafe(format!("{verb} {}", quoted(&table))))
+            sqlx::raw_sql(&format!("{verb} {}", quoted(&table)))
                 .execute(&self.pool)
                 .await?;
         }

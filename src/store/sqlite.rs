@@ -18,10 +18,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, types::Val
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    LEAD_SQL,
-    tally::{Aggregates, Rollup}, AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
-    DeliverySummary, HealthUpdate, Ingested, LeaseToken, MaintenanceReport, NewEvent, NextState,
-    QueueCounts, Selection, Store, StoreError, TableStats,
+    AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
+    DeliverySummary, HealthUpdate, Ingested, LEAD_SQL, LeaseToken, MaintenanceReport, NewEvent,
+    NextState, QueueCounts, Selection, Store, StoreError, TableStats,
+    tally::{Aggregates, Rollup},
 };
 use crate::{
     config::SqliteSync,
@@ -748,33 +748,31 @@ fn endpoint_values<const N: usize>(endpoint: &Endpoint, extra: [Value; N]) -> Ve
 type Destinations = Arc<Vec<(EndpointId, EventFilter)>>;
 
 thread_local! {
-    /// The fan-out list, cached on the writer thread (where every ingest runs): reading and
-    /// parsing it for every event cost more than storing the event. Writes to endpoints made
-    /// through this store clear it at once; changes by another process apply within a second.
-    static DESTINATIONS: std::cell::RefCell<Option<(std::time::Instant, Destinations)>> =
+    /// The fan-out list, cached on the writer thread (where every ingest runs) with the
+    /// endpoint generation it was read at: reading and parsing it for every event cost more
+    /// than storing the event. Any process's change to fan-out bumps the generation (a trigger),
+    /// so one cheap read per ingest tells whether the list is still right.
+    static DESTINATIONS: std::cell::RefCell<Option<(i64, Destinations)>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// Forgets the cached fan-out list (after a write to `endpoints`).
-fn endpoints_changed() {
-    DESTINATIONS.with(|cached| cached.borrow_mut().take());
-}
-
-/// The enabled endpoints and their filters, from the cache when it is fresh.
+/// The enabled endpoints and their filters, from the cache while no endpoint has changed.
 fn destinations(conn: &Connection) -> Result<Destinations, StoreError> {
+    let generation: i64 = conn
+        .prepare_cached("SELECT n FROM endpoint_generation")?
+        .query_row([], |row| row.get(0))?;
     let fresh = DESTINATIONS.with(|cached| {
         cached
             .borrow()
             .as_ref()
-            .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+            .filter(|(at, _)| *at == generation)
             .map(|(_, list)| Arc::clone(list))
     });
     if let Some(list) = fresh {
         return Ok(list);
     }
     let list = Arc::new(enabled_filters(conn)?);
-    DESTINATIONS
-        .with(|cached| *cached.borrow_mut() = Some((std::time::Instant::now(), Arc::clone(&list))));
+    DESTINATIONS.with(|cached| *cached.borrow_mut() = Some((generation, Arc::clone(&list))));
     Ok(list)
 }
 
@@ -1015,9 +1013,6 @@ impl Store for SqliteStore {
                      disabled_reason = COALESCE(?8, disabled_reason)
                  WHERE id = ?1",
             )?;
-            if health.iter().any(|h| h.disable.is_some()) {
-                endpoints_changed();
-            }
             for update in health {
                 let h = update.health;
                 health_update.execute(params![
@@ -1103,7 +1098,6 @@ impl Store for SqliteStore {
 
     async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            endpoints_changed();
             let inserted = conn.execute(
                 "INSERT INTO endpoints (id, url, description, event_types, secret, previous_secret,
                      previous_secret_until, headers, timeout_ms, max_retries, rate_limit, rate_burst,
@@ -1122,7 +1116,6 @@ impl Store for SqliteStore {
 
     async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            endpoints_changed();
             let updated = conn.execute(
                 // Settings only: enabled state and health belong to `set_endpoint_state` and the
                 // worker, so a settings change read earlier cannot undo what they wrote since.
@@ -1146,7 +1139,6 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            endpoints_changed();
             // Enabling starts afresh: circuit closed, past failures forgotten.
             let updated = conn.execute(
                 // updated_at always moves forward, so a worker notices the change.
@@ -1165,7 +1157,6 @@ impl Store for SqliteStore {
 
     async fn delete_endpoint(&self, id: EndpointId) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            endpoints_changed();
             conn.execute(
                 "DELETE FROM deliveries WHERE endpoint_id = ?1 AND status IN ('pending', 'dead')",
                 [id.as_str()],
@@ -1182,7 +1173,6 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
-            endpoints_changed();
             let id = EndpointId::default_endpoint();
             match url {
                 Some(url) => {

@@ -135,4 +135,3 @@ impl Aggregates {
         day.response_time_sum_ms += usage.response_time_ms as i64;
     }
 }
-

@@ -286,7 +286,8 @@ async fn an_abandoned_claim_is_delivered_after_its_lease_expires() {
     let claimed = other
         .claim_due(
             clock.now_ms(),
-            7_000, "test".into(),
+            7_000,
+            "test".into(),
             vec![(EndpointId::default_endpoint(), 10)],
         )
         .await
@@ -321,7 +322,8 @@ async fn a_result_from_an_expired_lease_does_not_overwrite_the_new_claim() {
     let first = store
         .claim_due(
             clock.now_ms(),
-            1_000, "test".into(),
+            1_000,
+            "test".into(),
             vec![(EndpointId::default_endpoint(), 1)],
         )
         .await
@@ -330,7 +332,8 @@ async fn a_result_from_an_expired_lease_does_not_overwrite_the_new_claim() {
     let second = store
         .claim_due(
             clock.now_ms(),
-            1_000, "test".into(),
+            1_000,
+            "test".into(),
             vec![(EndpointId::default_endpoint(), 1)],
         )
         .await
@@ -483,7 +486,12 @@ async fn shutdown_past_the_grace_period_returns_deliveries_to_the_queue_unspent(
     // Released, not leased: due at once, with no attempt spent.
     let now = hookrelay::clock::SystemClock.now_ms();
     let claimed = store
-        .claim_due(now, 1_000, "test".into(), vec![(EndpointId::default_endpoint(), 10)])
+        .claim_due(
+            now,
+            1_000,
+            "test".into(),
+            vec![(EndpointId::default_endpoint(), 10)],
+        )
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 3);

@@ -270,17 +270,6 @@ pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
         .or_insert_with(|| "1000000".into());
     map.entry("HOOKRELAY_DATA_DIR".into())
         .or_insert_with(|| dir.to_string_lossy().into_owned());
-    if std::env::var("HOOKRELAY_TEST_BACKEND").as_deref() == Ok("postgres")
-        && !map.contains_key("DATABASE_URL")
-    {
-        let url = std::env::var("HOOKRELAY_TEST_POSTGRES_URL").expect("HOOKRELAY_TEST_POSTGRES_URL");
-        map.insert("DATABASE_URL".into(), url);
-        // One schema per test directory, so a test that reopens "its database" finds it.
-        let mut hasher = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&dir, &mut hasher);
-        let schema = format!("it_{:016x}", std::hash::Hasher::finish(&hasher));
-        map.insert("HOOKRELAY_DB_SCHEMA".into(), schema);
-    }
     let (config, _) =
         Config::from_lookup(|name| map.get(name).cloned()).unwrap_or_else(|e| panic!("{e}"));
     config

@@ -1,0 +1,116 @@
+//! The two backends under test: a fresh SQLite file, or a fresh PostgreSQL schema.
+//!
+//! PostgreSQL tests run when `HOOKRELAY_TEST_POSTGRES_URL` names a server (`.ci/run` sets it).
+//! Without it they are skipped with a message, unless `HOOKRELAY_REQUIRE_POSTGRES=1`, which
+//! turns a missing server into a failure (CI must not pass by skipping).
+
+use std::{sync::Arc, time::Duration};
+
+use hookrelay::{
+    config::{PostgresSettings, SqliteSync},
+    domain::Redacted,
+    store::{PgStore, SqliteStore, Store},
+};
+
+/// A store and what keeps its database alive; dropping it removes the database.
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    /// Opens a second, independent store on the same database (another "instance").
+    reopen: Reopen,
+    _cleanup: Cleanup,
+}
+
+enum Reopen {
+    Sqlite(std::path::PathBuf),
+    Postgres(PostgresSettings),
+}
+
+enum Cleanup {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Schema(PostgresSettings),
+}
+
+impl Backend {
+    /// Another store on the same database, as a second hookrelay instance would open it.
+    pub async fn second_instance(&self) -> Arc<dyn Store> {
+        match &self.reopen {
+            Reopen::Sqlite(path) => Arc::new(
+                SqliteStore::open(path, SqliteSync::Full)
+                    .await
+                    .expect("reopen sqlite"),
+            ),
+            Reopen::Postgres(settings) => {
+                Arc::new(PgStore::open(settings).await.expect("reopen postgres"))
+            }
+        }
+    }
+}
+
+pub async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hookrelay.db");
+    let store = SqliteStore::open(&path, SqliteSync::Full)
+        .await
+        .expect("open sqlite");
+    Backend {
+        store: Arc::new(store),
+        reopen: Reopen::Sqlite(path),
+        _cleanup: Cleanup::Dir(dir),
+    }
+}
+
+/// The server's URL, or `None` (test skipped) when none is configured.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("HOOKRELAY_TEST_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("HOOKRELAY_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "HOOKRELAY_REQUIRE_POSTGRES=1 but HOOKRELAY_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("skipped: set HOOKRELAY_TEST_POSTGRES_URL to run the PostgreSQL tests");
+            None
+        }
+    }
+}
+
+/// Settings for a schema of its own on the test server.
+pub fn fresh_schema(url: &str) -> PostgresSettings {
+    PostgresSettings {
+        url: Redacted::new(url.to_owned()),
+        pool_size: 8,
+        statement_timeout: Duration::from_secs(30),
+        schema: format!("hookrelay_test_{}", uuid::Uuid::now_v7().simple()),
+    }
+}
+
+pub async fn postgres() -> Option<Backend> {
+    let settings = fresh_schema(&postgres_url()?);
+    let store = PgStore::open(&settings).await.expect("open postgres");
+    Some(Backend {
+        store: Arc::new(store),
+        reopen: Reopen::Postgres(settings.clone()),
+        _cleanup: Cleanup::Schema(settings),
+    })
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Cleanup::Schema(settings) = self {
+            let schema = settings.schema.clone();
+            let settings = settings.clone();
+            // Drop cannot await; a short-lived runtime on its own thread can.
+            let dropped = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(PgStore::drop_schema(&settings))
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) {
+                eprintln!("could not drop test schema {schema}");
+            }
+        }
+    }
+}
