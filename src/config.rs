@@ -1088,6 +1088,62 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_url_selects_postgresql_with_its_settings() {
+        let (config, _) = load(&[
+            ("DATABASE_URL", "postgres://relay:pw@db.internal:5432/hooks?sslmode=require"),
+            ("HOOKRELAY_DB_POOL_SIZE", "24"),
+            ("HOOKRELAY_DB_STATEMENT_TIMEOUT_SECONDS", "2.5"),
+            ("HOOKRELAY_DB_SCHEMA", "relay_prod"),
+            ("HOOKRELAY_ROLE", "worker"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let DatabaseLocation::Postgres(pg) = &config.database else {
+            panic!("expected PostgreSQL, got {:?}", config.database);
+        };
+        assert_eq!(
+            pg.url.expose(),
+            "postgres://relay:pw@db.internal:5432/hooks?sslmode=require"
+        );
+        assert_eq!(pg.pool_size, 24);
+        assert_eq!(pg.statement_timeout, Duration::from_millis(2500));
+        assert_eq!(pg.schema, "relay_prod");
+        assert_eq!(config.role, Role::Worker);
+        assert!(!config.role.serves_api() && config.role.delivers());
+        // The password is never shown, not even by Debug.
+        assert!(!format!("{config:?}").contains("pw@"));
+
+        let (defaults, _) = load(&[("DATABASE_URL", "postgresql://h/db")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let DatabaseLocation::Postgres(pg) = &defaults.database else {
+            panic!("expected PostgreSQL");
+        };
+        assert_eq!((pg.pool_size, pg.schema.as_str()), (10, "public"));
+        assert_eq!(defaults.role, Role::All);
+    }
+
+    #[test]
+    fn bad_postgres_settings_are_named_without_echoing_the_url() {
+        let err = load(&[
+            ("DATABASE_URL", "postgres://user:hunter2@/"),
+            ("HOOKRELAY_DB_SCHEMA", "Drop Table;"),
+            ("HOOKRELAY_DB_POOL_SIZE", "1"),
+            ("HOOKRELAY_ROLE", "leader"),
+        ])
+        .err()
+        .unwrap_or_else(|| panic!("invalid settings were accepted"));
+        let text = err.to_string();
+        for variable in [
+            "DATABASE_URL",
+            "HOOKRELAY_DB_SCHEMA",
+            "HOOKRELAY_DB_POOL_SIZE",
+            "HOOKRELAY_ROLE",
+        ] {
+            assert!(text.contains(variable), "{variable} not named in: {text}");
+        }
+        assert!(!text.contains("hunter2"), "the password leaked: {text}");
+    }
+
+    #[test]
     fn secrets_never_appear_in_problems() {
         let secret = "short-secret-value";
         let (_, warnings) = load(&[
