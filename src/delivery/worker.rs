@@ -121,7 +121,23 @@ impl std::fmt::Debug for Worker {
 struct InFlight {
     delivery: DeliveryId,
     lease: LeaseToken,
+}
+
+/// Recording tasks allowed per unit of `concurrency`: answered attempts whose result is still
+/// being written. Beyond, the worker claims nothing until the database catches up.
+const RECORDING_FACTOR: usize = 4;
+
+/// A request slot of one endpoint: given back (through the worker loop's channel) when dropped,
+/// which is as soon as the receiver has answered, or when the task ends in any other way.
+struct Slot {
     endpoint: EndpointId,
+    freed: tokio::sync::mpsc::UnboundedSender<EndpointId>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.freed.send(self.endpoint.clone());
+    }
 }
 
 /// A claim to make for one endpoint.
@@ -495,6 +511,17 @@ impl Worker {
 
     /// Attempts one claimed delivery and records the result with the endpoint's new health.
     pub async fn deliver(&self, delivery: ClaimedDelivery) -> Result<Outcome, StoreError> {
+        self.deliver_freeing(delivery, ()).await
+    }
+
+    /// [`Worker::deliver`], dropping `slot` as soon as the receiver has answered (or the
+    /// delivery is released): the endpoint's concurrency limit counts requests to the receiver,
+    /// not the database write that records the answer, so the next request need not wait for it.
+    async fn deliver_freeing<S>(
+        &self,
+        delivery: ClaimedDelivery,
+        slot: S,
+    ) -> Result<Outcome, StoreError> {
         let found = self
             .runtimes()
             .get(&delivery.endpoint_id)
@@ -507,12 +534,14 @@ impl Worker {
                 })
             });
         let Some((target, probing)) = found else {
+            drop(slot);
             self.store
                 .release(vec![(delivery.id, delivery.lease)], self.clock.now_ms())
                 .await?;
             return Ok(Outcome::Released);
         };
         let (mut record, signal) = self.attempt(&target, probing, &delivery).await;
+        drop(slot);
         let now = self.clock.now_ms();
 
         let health_update = {
@@ -740,28 +769,42 @@ impl Worker {
         if !self.config.webhook_enabled {
             info!("ENABLE_WEBHOOK=false: events are stored and sent once it is true again");
         }
+        // A task holds a slot (of its endpoint and of the total) while its request is out;
+        // it is still tracked in `in_flight`, for release at shutdown, until its result is
+        // recorded. Recording tasks are capped too, so a slow database holds claiming back.
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
         let mut per_endpoint: HashMap<EndpointId, usize> = HashMap::new();
-        let finished = |id: tokio::task::Id,
-                        in_flight: &mut HashMap<tokio::task::Id, InFlight>,
-                        per_endpoint: &mut HashMap<EndpointId, usize>| {
-            if let Some(done) = in_flight.remove(&id)
-                && let Some(count) = per_endpoint.get_mut(&done.endpoint)
-            {
+        let (freed, mut slots_freed) = tokio::sync::mpsc::unbounded_channel::<EndpointId>();
+        let finished = |id: tokio::task::Id, in_flight: &mut HashMap<tokio::task::Id, InFlight>| {
+            in_flight.remove(&id);
+        };
+        let free = |endpoint: EndpointId, per_endpoint: &mut HashMap<EndpointId, usize>| {
+            if let Some(count) = per_endpoint.get_mut(&endpoint) {
                 *count = count.saturating_sub(1);
             }
         };
+        let max_tasks = self.settings.concurrency * RECORDING_FACTOR;
 
         while !shutdown.is_cancelled() {
             self.last_beat_ms
                 .store(self.clock.now_ms(), Ordering::Relaxed);
             while let Some(joined) = tasks.try_join_next_with_id() {
                 let id = joined.map_or_else(|e| e.id(), |(id, ())| id);
-                finished(id, &mut in_flight, &mut per_endpoint);
+                finished(id, &mut in_flight);
             }
+            while let Ok(endpoint) = slots_freed.try_recv() {
+                free(endpoint, &mut per_endpoint);
+            }
+            let busy: usize = per_endpoint.values().sum();
+            // Past the cap on recording tasks, claim nothing until some finish.
+            let load = if tasks.len() >= max_tasks {
+                self.settings.concurrency
+            } else {
+                busy
+            };
 
-            let (claimed, requested) = match self.claim(&per_endpoint, tasks.len()).await {
+            let (claimed, requested) = match self.claim(&per_endpoint, load).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     error!(error = %e, "claiming deliveries failed");
@@ -777,18 +820,22 @@ impl Worker {
                 let record = InFlight {
                     delivery: delivery.id.clone(),
                     lease: delivery.lease,
-                    endpoint: endpoint.clone(),
                 };
                 let worker = Arc::clone(&self);
+                let slot = Slot {
+                    endpoint: endpoint.clone(),
+                    freed: freed.clone(),
+                };
                 let handle = tasks.spawn(async move {
-                    if let Err(e) = worker.deliver(delivery).await {
+                    if let Err(e) = worker.deliver_freeing(delivery, slot).await {
                         error!(error = %e, "recording a delivery attempt failed; the lease will expire and it will be retried");
                     }
                 });
                 in_flight.insert(handle.id(), record);
                 *per_endpoint.entry(endpoint).or_default() += 1;
             }
-            if saturated && tasks.len() < self.settings.concurrency {
+            let busy: usize = per_endpoint.values().sum();
+            if saturated && busy < self.settings.concurrency && tasks.len() < max_tasks {
                 // Everything asked for was due: there may be more.
                 continue;
             }
@@ -797,9 +844,10 @@ impl Worker {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
+                Some(endpoint) = slots_freed.recv() => free(endpoint, &mut per_endpoint),
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let id = joined.map_or_else(|e| e.id(), |(id, ())| id);
-                    finished(id, &mut in_flight, &mut per_endpoint);
+                    finished(id, &mut in_flight);
                 }
                 () = tokio::time::sleep(wait) => {}
             }
@@ -813,7 +861,7 @@ impl Worker {
                 joined = tasks.join_next_with_id() => match joined {
                     Some(joined) => {
                         let id = joined.map_or_else(|e| e.id(), |(id, ())| id);
-                        finished(id, &mut in_flight, &mut per_endpoint);
+                        finished(id, &mut in_flight);
                     }
                     None => break,
                 },
@@ -822,7 +870,7 @@ impl Worker {
                     while let Some(joined) = tasks.join_next_with_id().await {
                         // A task that completed before the abort has recorded its result.
                         if let Ok((id, ())) = joined {
-                            finished(id, &mut in_flight, &mut per_endpoint);
+                            finished(id, &mut in_flight);
                         }
                     }
                     break;
