@@ -625,7 +625,10 @@ impl Config {
             None => DatabaseLocation::Sqlite(data_dir.join("hookrelay.db")),
             Some(raw) => {
                 let raw = raw.trim();
-                if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+                let scheme = raw
+                    .split_once("://")
+                    .map(|(scheme, _)| scheme.to_ascii_lowercase());
+                if matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
                     // The URL may carry a password: problems name the variable, never the value.
                     if url::Url::parse(raw).map_or(true, |u| u.host_str().is_none()) {
                         r.error(
@@ -658,6 +661,14 @@ impl Config {
                         statement_timeout,
                         schema,
                     })
+                } else if scheme.as_deref().is_some_and(|s| s != "sqlite") {
+                    // Never echo it: it may hold a password.
+                    r.error(
+                        "DATABASE_URL",
+                        "has a scheme hookrelay does not know",
+                        "use postgres://… for PostgreSQL or sqlite://PATH (or a file path) for SQLite",
+                    );
+                    DatabaseLocation::Sqlite(data_dir.join("hookrelay.db"))
                 } else {
                     let path = raw
                         .strip_prefix("sqlite://")
@@ -1090,7 +1101,10 @@ mod tests {
     #[test]
     fn a_postgres_url_selects_postgresql_with_its_settings() {
         let (config, _) = load(&[
-            ("DATABASE_URL", "postgres://relay:pw@db.internal:5432/hooks?sslmode=require"),
+            (
+                "DATABASE_URL",
+                "postgres://relay:pw@db.internal:5432/hooks?sslmode=require",
+            ),
             ("HOOKRELAY_DB_POOL_SIZE", "24"),
             ("HOOKRELAY_DB_STATEMENT_TIMEOUT_SECONDS", "2.5"),
             ("HOOKRELAY_DB_SCHEMA", "relay_prod"),
@@ -1112,13 +1126,20 @@ mod tests {
         // The password is never shown, not even by Debug.
         assert!(!format!("{config:?}").contains("pw@"));
 
-        let (defaults, _) = load(&[("DATABASE_URL", "postgresql://h/db")])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (defaults, _) =
+            load(&[("DATABASE_URL", "postgresql://h/db")]).unwrap_or_else(|e| panic!("{e}"));
         let DatabaseLocation::Postgres(pg) = &defaults.database else {
             panic!("expected PostgreSQL");
         };
         assert_eq!((pg.pool_size, pg.schema.as_str()), (10, "public"));
         assert_eq!(defaults.role, Role::All);
+        let (upper, _) =
+            load(&[("DATABASE_URL", "POSTGRES://h/db")]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(upper.database, DatabaseLocation::Postgres(_)));
+        let err = load(&[("DATABASE_URL", "mysql://u:hunter2@h/db")])
+            .err()
+            .unwrap_or_else(|| panic!("an unknown scheme was accepted"));
+        assert!(err.to_string().contains("DATABASE_URL") && !err.to_string().contains("hunter2"));
     }
 
     #[test]

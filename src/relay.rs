@@ -120,7 +120,21 @@ impl Relay {
                 .endpoint(EndpointId::default_endpoint())
                 .await?
                 .is_none();
-        if sync_default || first_use {
+        // On a shared database, an instance without the URL (an API-only one, say) must not
+        // disable ep_default for the whole cluster: only one that has it sets it.
+        let shared = matches!(config.database, DatabaseLocation::Postgres(_));
+        if first_use || (sync_default && (config.webhook_url.is_some() || !shared)) {
+            if shared
+                && let (Some(url), Some(stored)) = (
+                    &config.webhook_url,
+                    store.endpoint(EndpointId::default_endpoint()).await?,
+                )
+                && stored.url.as_str() != url.as_str()
+            {
+                tracing::warn!(
+                    "ZAPIER_WEBHOOK_URL differs from the one stored by another instance; this instance's replaces it for all of them"
+                );
+            }
             store
                 .sync_default_endpoint(config.webhook_url.clone(), clock.now_ms())
                 .await?;
@@ -458,7 +472,8 @@ impl Relay {
             tracing::error!(error = %e, "readiness check: the database does not answer");
             "the database does not answer".to_owned()
         })?;
-        if !self.inner.worker.is_alive() {
+        // An API-only instance has no worker of its own; other instances deliver.
+        if self.inner.config.role.delivers() && !self.inner.worker.is_alive() {
             return Err("the delivery worker is not running".into());
         }
         Ok(())

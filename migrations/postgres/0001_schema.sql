@@ -168,7 +168,8 @@ CREATE TABLE endpoint_generation (
     n  BIGINT NOT NULL
 );
 INSERT INTO endpoint_generation (id, n) VALUES (1, 0);
-CREATE FUNCTION bump_endpoint_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION bump_endpoint_generation() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     UPDATE endpoint_generation SET n = n + 1;
     RETURN NULL;

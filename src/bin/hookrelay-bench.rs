@@ -77,7 +77,7 @@ struct Args {
     server: Option<PathBuf>,
     /// A PostgreSQL server (`postgres://…`) to run on instead of SQLite; each run uses a fresh
     /// schema and drops it afterwards.
-    #[arg(long, env = "HOOKRELAY_BENCH_DATABASE_URL")]
+    #[arg(long, env = "HOOKRELAY_BENCH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// hookrelay processes sharing the database; load is spread over their APIs.
     #[arg(long, default_value_t = 1)]

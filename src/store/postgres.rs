@@ -55,6 +55,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
 /// Most events (or attempt results) committed in one group.
 const MAX_GROUP: usize = 4096;
+/// Shortest gap between two announcements of queued work to the other instances.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(20);
 /// Group committers per kind of write (ingest, attempt results): transactions in flight at once.
 const COMMITTERS: usize = 2;
 /// Calls that may wait for a group committer; beyond this, callers wait (backpressure).
@@ -221,6 +223,9 @@ impl PgStore {
     pub async fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool_size)
+            // A broken connection fails its statement (retried by the caller or the worker's
+            // next round) instead of costing every transaction a ping first.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect_options(settings)?)
             .await?;
@@ -228,11 +233,17 @@ impl PgStore {
         let destinations = Arc::new(DestinationCache::default());
         let (ingests, queue) = mpsc::channel(WRITE_QUEUE);
         let queue = Arc::new(tokio::sync::Mutex::new(queue));
+        let work_queued = Arc::new(Notify::new());
+        tokio::spawn(announce_work(
+            pool.clone(),
+            settings.schema.clone(),
+            Arc::clone(&work_queued),
+        ));
         for _ in 0..COMMITTERS {
-            let (pool, schema, cache) = (
+            let (pool, cache, work_queued) = (
                 pool.clone(),
-                settings.schema.clone(),
                 Arc::clone(&destinations),
+                Arc::clone(&work_queued),
             );
             tokio::spawn(group_commit(
                 Arc::clone(&queue),
@@ -241,7 +252,7 @@ impl PgStore {
                     let events: Vec<&NewEvent> =
                         jobs.iter().flat_map(|events| events.iter()).collect();
                     let mut outcomes =
-                        retrying(|| ingest_tx(&pool, &schema, &cache, &events)).await?;
+                        retrying(|| ingest_tx(&pool, &work_queued, &cache, &events)).await?;
                     let mut answers = Vec::with_capacity(jobs.len());
                     for events in jobs {
                         let rest = outcomes.split_off(events.len());
@@ -412,7 +423,7 @@ async fn destinations(
 
 async fn ingest_tx(
     pool: &PgPool,
-    schema: &str,
+    work_queued: &Notify,
     cache: &DestinationCache,
     events: &[&NewEvent],
 ) -> Result<Vec<Ingested>, sqlx::Error> {
@@ -534,15 +545,12 @@ async fn ingest_tx(
         .bind(&delivery_times)
         .execute(&mut *tx)
         .await?;
-        // Delivered at commit: workers of every instance wake at once instead of at their poll.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(WORK_CHANNEL)
-            .bind(schema)
-            .execute(&mut *tx)
-            .await?;
     }
     write_aggregates(&mut tx, aggregates).await?;
     tx.commit().await?;
+    if !delivery_ids.is_empty() {
+        work_queued.notify_one();
+    }
     Ok(outcomes)
 }
 
@@ -976,7 +984,9 @@ async fn record_tx(
     //   `d.id = ANY($1)` beside the join makes the planner fetch rows by primary key; joined to
     //   an unnest alone, a young table's missing statistics led it to scan the whole table.
     // - Every attempt is logged, even one whose lease was lost; a delivery removed meanwhile
-    //   (its endpoint deleted) has nothing to log against.
+    //   (its endpoint deleted) has nothing to log against. (Locking the rows here would not
+    //   do: `moved` has already updated them in this very statement, which hides them from a
+    //   locking read. A delete racing this statement fails it, and the retry finds no row.)
     // - Every instance's every batch reports its endpoints' health; writing the rows each time
     //   would make them all queue for the locks. A change of state is written at once; the
     //   attempt and success times alone are refreshed at most once a second. A row the WHERE
@@ -997,7 +1007,7 @@ async fn record_tx(
                  next_attempt_at = r.next_at, lease_token = NULL, last_status = r.http_status,
                  last_error = r.last_error, updated_at = $10, finished_at = r.finished
              FROM r WHERE d.id = ANY($1) AND d.id = r.id AND d.lease_token = r.lease
-             RETURNING d.id),
+             RETURNING d.id, r.lease),
          logged AS (
              INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code,
                  error_kind, error_detail, response_snippet, outcome)
@@ -1047,7 +1057,7 @@ async fn record_tx(
                  COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 9),
                  COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 10),
                  COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 11)
-             FROM r JOIN moved ON moved.id = r.id
+             FROM r JOIN moved ON moved.id = r.id AND moved.lease = r.lease
              HAVING COUNT(*) > 0
              ON CONFLICT (minute, shard) DO UPDATE SET
                  attempts = ru.attempts + excluded.attempts, successes = ru.successes + excluded.successes,
@@ -1165,6 +1175,28 @@ async fn retention_batch(
         count(&row, 2)?,
         row.try_get(3)?,
     ))
+}
+
+/// Tells every instance's worker that work was queued, at most once per `ANNOUNCE_EVERY`.
+/// Outside the ingest transactions: a transaction that notifies holds a server-wide lock
+/// through its commit, which would serialize every instance's ingest commits.
+async fn announce_work(pool: PgPool, schema: String, work_queued: Arc<Notify>) {
+    loop {
+        work_queued.notified().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WORK_CHANNEL)
+            .bind(&schema)
+            .execute(&pool)
+            .await
+        {
+            // Workers still find the work at their next poll.
+            tracing::debug!(error = %e, "could not announce queued work");
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+    }
 }
 
 /// Wakes `wake` whenever an instance queues work in `schema`, until the listener's pool closes.
@@ -1979,6 +2011,15 @@ impl Store for PgStore {
                 break;
             }
         }
+        // Deliveries whose endpoint is gone (an ingest that raced the endpoint's deletion):
+        // nothing would ever claim them.
+        report.deliveries += sqlx::query(
+            "DELETE FROM deliveries d WHERE status IN ('pending', 'dead')
+                 AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id)",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         report.alerts = sqlx::query("DELETE FROM alerts WHERE resolved_at < $1")
             .bind(cutoff_ms)
             .execute(&self.pool)

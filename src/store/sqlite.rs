@@ -255,6 +255,9 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>, wal: PathBuf) {
         };
         if let Err(e) = &committed {
             tracing::error!(error = %e, jobs = finishes.len(), "database commit failed");
+            // The fan-out list may have been cached at a generation this group bumped and
+            // then lost; a later change could bring the counter back to it.
+            DESTINATIONS.with(|cached| cached.borrow_mut().take());
         }
         for finish in finishes {
             finish(committed.clone());

@@ -523,9 +523,8 @@ pub async fn endpoints_are_listed_with_ep_default_first(backend: Backend) {
     assert_eq!(other.endpoints().await.expect("endpoints").len(), 4);
 }
 
-/// KNOWN SQLITE BUG (see the report): another instance's store keeps fanning out to an
-/// endpoint for up to a second after it was deleted (its cached list of destinations), leaving
-/// pending deliveries for an endpoint that no longer exists, which nothing ever claims.
+/// A store that cached the fan-out list must not keep fanning out to an endpoint another
+/// instance deleted: the pending deliveries it left would never be claimed.
 pub async fn an_endpoint_deleted_by_another_instance_gets_no_new_deliveries(backend: Backend) {
     let store = &backend.store;
     with_default_endpoint(store).await;
@@ -550,8 +549,7 @@ pub async fn an_endpoint_deleted_by_another_instance_gets_no_new_deliveries(back
     );
 }
 
-/// KNOWN SQLITE BUG (same cause): an endpoint created by another instance misses the events
-/// that instance stores during the following second.
+/// An endpoint created by another instance gets the very next event, not one a cache allows.
 pub async fn an_endpoint_created_by_another_instance_gets_the_next_event(backend: Backend) {
     let store = &backend.store;
     with_default_endpoint(store).await;

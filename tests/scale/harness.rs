@@ -154,15 +154,17 @@ impl Instance {
             .env("HOOKRELAY_DB_SCHEMA", &schema.name)
             .env("HOOKRELAY_LISTEN", "127.0.0.1:0")
             .env("HOOKRELAY_DATA_DIR", dir.path())
-            .env("ZAPIER_WEBHOOK_URL", receiver.url())
+            // An API-only instance has no business with the destination, and must not disable
+            // it for the instances that deliver.
+            .envs((role != Role::Api).then(|| ("ZAPIER_WEBHOOK_URL", receiver.url())))
             .env("WEBHOOK_SECRET", SECRET)
             .env("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8")
             .env("WEBHOOK_RATE_LIMIT", "1000000")
             // A claim's lease is 2 × 1 s + 5 s = 7 s.
             .env("WEBHOOK_TIMEOUT_SECONDS", "1")
             .env("WEBHOOK_RETRY_DELAY_SECONDS", "0.05")
-            // A monitor tick of 0.2 s: the leader lease lasts 1.2 s.
-            .env("HOOKRELAY_ALERT_INTERVAL_SECONDS", "0.2")
+            // A monitor tick of 0.5 s: the leader lease lasts 3 s.
+            .env("HOOKRELAY_ALERT_INTERVAL_SECONDS", "0.5")
             .env("LOG_LEVEL", "WARN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -211,11 +213,14 @@ impl Instance {
 
     /// The ingest URL of a listening instance.
     pub fn ingest_url(&self) -> String {
-        let address = self
-            .address
+        format!("{}/api/webhook/usage", self.address())
+    }
+
+    /// `http://127.0.0.1:PORT` of an instance that listens.
+    pub fn address(&self) -> &str {
+        self.address
             .as_deref()
-            .expect("this instance has no listener");
-        format!("{address}/api/webhook/usage")
+            .expect("this instance has no listener")
     }
 
     /// True when `instance_id` (a `claimed_by` or a lease holder) names this process.
