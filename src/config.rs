@@ -637,7 +637,9 @@ impl Config {
                             "use postgres://USER:PASSWORD@HOST:5432/DATABASE (add ?sslmode=require for TLS)",
                         );
                     }
-                    let pool_size = r.number("HOOKRELAY_DB_POOL_SIZE", 10, 2, 1000) as u32;
+                    // Four at least: the work listener keeps one, and the two group committers
+                    // and the worker's claims need their own.
+                    let pool_size = r.number("HOOKRELAY_DB_POOL_SIZE", 10, 4, 1000) as u32;
                     let statement_timeout =
                         r.seconds("HOOKRELAY_DB_STATEMENT_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0);
                     let schema = r
@@ -1147,7 +1149,7 @@ mod tests {
         let err = load(&[
             ("DATABASE_URL", "postgres://user:hunter2@/"),
             ("HOOKRELAY_DB_SCHEMA", "Drop Table;"),
-            ("HOOKRELAY_DB_POOL_SIZE", "1"),
+            ("HOOKRELAY_DB_POOL_SIZE", "3"),
             ("HOOKRELAY_ROLE", "leader"),
         ])
         .err()

@@ -545,5 +545,13 @@ impl Monitor {
                 () = tokio::time::sleep(tick) => {}
             }
         }
+        // A rolling restart should not leave alerts unwatched until the lease lapses.
+        if let Err(e) = self
+            .store
+            .resign(LEADER_TASK.into(), self.instance.clone())
+            .await
+        {
+            warn!(error = %e, "could not give up the monitor lease; another instance takes it when it lapses");
+        }
     }
 }

@@ -473,6 +473,10 @@ pub trait Store: Send + Sync + 'static {
         ttl_ms: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Gives up `holder`'s lease on `task` (at shutdown), so another instance takes it over at
+    /// once instead of when it lapses. Does nothing if `holder` does not hold it.
+    async fn resign(&self, task: String, holder: String) -> Result<(), StoreError>;
+
     /// Wakes `wake` whenever any instance sharing the database queues work, so an idle worker
     /// starts at once rather than at its next poll. The default does nothing: with SQLite the
     /// worker is woken by ingest in its own process and finds other processes' work by polling.

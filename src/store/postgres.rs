@@ -1199,6 +1199,31 @@ async fn announce_work(pool: PgPool, schema: String, work_queued: Arc<Notify>) {
     }
 }
 
+/// Runs `verb` (a VACUUM) on each table, on one connection without the statement timeout: a
+/// large table's VACUUM FULL may rightly take longer than any statement of the relay's own.
+async fn vacuum(pool: &PgPool, verb: &str, tables: &[String]) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    let mut vacuumed = Ok(());
+    for table in tables {
+        let statement = format!("{verb} {}", quoted(table));
+        vacuumed = sqlx::query(&statement)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await
+            .map(|_| ());
+        if vacuumed.is_err() {
+            break;
+        }
+    }
+    sqlx::query("RESET statement_timeout")
+        .execute(&mut *conn)
+        .await?;
+    vacuumed
+}
+
 /// Wakes `wake` whenever an instance queues work in `schema`, until the listener's pool closes.
 async fn forward_notifications(pool: PgPool, schema: String, wake: Arc<Notify>) {
     loop {
@@ -1832,6 +1857,15 @@ impl Store for PgStore {
         Ok(held.is_some())
     }
 
+    async fn resign(&self, task: String, holder: String) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leader_leases WHERE task = $1 AND holder = $2")
+            .bind(&task)
+            .bind(&holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar("SELECT MAX(beat_at) FROM heartbeats")
             .fetch_one(&self.pool)
@@ -2103,11 +2137,7 @@ impl Store for PgStore {
         } else {
             "VACUUM (ANALYZE)"
         };
-        for table in tables {
-            sqlx::raw_sql(&format!("{verb} {}", quoted(&table)))
-                .execute(&self.pool)
-                .await?;
-        }
+        vacuum(&self.pool, verb, &tables).await?;
         Ok(MaintenanceReport {
             integrity,
             free_pages_before: 0,

@@ -1513,6 +1513,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn resign(&self, task: String, holder: String) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM leader_leases WHERE task = ?1 AND holder = ?2")?
+                .execute(params![task, holder])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
             let latest: Option<i64> =

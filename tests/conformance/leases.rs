@@ -140,3 +140,37 @@ pub async fn two_instances_racing_for_a_free_lease_get_one_holder(backend: Backe
             .expect("try_lead")
     );
 }
+
+pub async fn a_resigned_lease_is_free_at_once_and_only_its_holder_can_resign(backend: Backend) {
+    let store = &backend.store;
+    let other = backend.second_instance().await;
+    assert!(
+        store
+            .try_lead("monitor".into(), "a".into(), START, 30_000)
+            .await
+            .expect("lead")
+    );
+    // Someone else's resignation changes nothing.
+    other
+        .resign("monitor".into(), "b".into())
+        .await
+        .expect("resign");
+    assert!(
+        !other
+            .try_lead("monitor".into(), "b".into(), START + 1_000, 30_000)
+            .await
+            .expect("lead"),
+        "b took a lease that a still held"
+    );
+    store
+        .resign("monitor".into(), "a".into())
+        .await
+        .expect("resign");
+    assert!(
+        other
+            .try_lead("monitor".into(), "b".into(), START + 2_000, 30_000)
+            .await
+            .expect("lead"),
+        "the lease a gave up was not free"
+    );
+}

@@ -12,6 +12,7 @@ mod dlq;
 mod endpoints;
 mod ingest;
 mod leases;
+mod maintenance;
 mod metrics;
 mod queue;
 mod retention;
@@ -130,6 +131,9 @@ conformance!(
 );
 
 conformance!(
+    leases::a_resigned_lease_is_free_at_once_and_only_its_holder_can_resign,
+    maintenance::stats_count_the_rows_of_each_table,
+    maintenance::maintenance_checks_vacuums_and_keeps_every_row,
     endpoints::an_endpoint_deleted_by_another_instance_gets_no_new_deliveries,
     endpoints::an_endpoint_created_by_another_instance_gets_the_next_event,
 );
