@@ -514,8 +514,8 @@ impl Worker {
         self.deliver_freeing(delivery, ()).await
     }
 
-    /// [`Worker::deliver`], dropping `slot` as soon as the receiver has answered (or the
-    /// delivery is released): the endpoint's concurrency limit counts requests to the receiver,
+    /// [`Worker::deliver`], dropping `slot` as soon as the receiver's answer is applied to the
+    /// endpoint's in-memory state (or the delivery is released): the endpoint's concurrency limit counts requests to the receiver,
     /// not the database write that records the answer, so the next request need not wait for it.
     async fn deliver_freeing<S>(
         &self,
@@ -541,7 +541,6 @@ impl Worker {
             return Ok(Outcome::Released);
         };
         let (mut record, signal) = self.attempt(&target, probing, &delivery).await;
-        drop(slot);
         let now = self.clock.now_ms();
 
         let health_update = {
@@ -584,6 +583,10 @@ impl Worker {
                 }
             })
         };
+        // Only once the in-memory health (circuit, pause, disabling) reflects the answer, so
+        // the next claim for this endpoint is planned with it: a half-open circuit must not
+        // send a second probe before the first one's answer is known.
+        drop(slot);
 
         let outcome = match record.next {
             NextState::Delivered => Outcome::Delivered,
