@@ -121,6 +121,9 @@ impl std::fmt::Debug for Worker {
 struct InFlight {
     delivery: DeliveryId,
     lease: LeaseToken,
+    /// Set once the receiver has answered: from then on the task only records the result.
+    answered: Arc<AtomicBool>,
+    abort: tokio::task::AbortHandle,
 }
 
 /// Recording tasks allowed per unit of `concurrency`: answered attempts whose result is still
@@ -132,7 +135,19 @@ const RECORDING_FACTOR: usize = 4;
 struct Slot {
     endpoint: EndpointId,
     freed: tokio::sync::mpsc::UnboundedSender<EndpointId>,
+    answered: Arc<AtomicBool>,
 }
+
+impl Slot {
+    /// The receiver answered (and its answer is applied in memory): only recording is left.
+    fn answered(self) {
+        self.answered.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How long shutdown waits, after the grace period, for answered attempts to be recorded.
+/// Their leases are not released: releasing could overtake the record and send them again.
+const RECORD_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -511,16 +526,16 @@ impl Worker {
 
     /// Attempts one claimed delivery and records the result with the endpoint's new health.
     pub async fn deliver(&self, delivery: ClaimedDelivery) -> Result<Outcome, StoreError> {
-        self.deliver_freeing(delivery, ()).await
+        self.deliver_freeing(delivery, None).await
     }
 
     /// [`Worker::deliver`], dropping `slot` as soon as the receiver's answer is applied to the
     /// endpoint's in-memory state (or the delivery is released): the endpoint's concurrency limit counts requests to the receiver,
     /// not the database write that records the answer, so the next request need not wait for it.
-    async fn deliver_freeing<S>(
+    async fn deliver_freeing(
         &self,
         delivery: ClaimedDelivery,
-        slot: S,
+        slot: Option<Slot>,
     ) -> Result<Outcome, StoreError> {
         let found = self
             .runtimes()
@@ -586,7 +601,9 @@ impl Worker {
         // Only once the in-memory health (circuit, pause, disabling) reflects the answer, so
         // the next claim for this endpoint is planned with it: a half-open circuit must not
         // send a second probe before the first one's answer is known.
-        drop(slot);
+        if let Some(slot) = slot {
+            slot.answered();
+        }
 
         let outcome = match record.next {
             NextState::Delivered => Outcome::Delivered,
@@ -800,12 +817,12 @@ impl Worker {
                 free(endpoint, &mut per_endpoint);
             }
             let busy: usize = per_endpoint.values().sum();
-            // Past the cap on recording tasks, claim nothing until some finish.
-            let load = if tasks.len() >= max_tasks {
-                self.settings.concurrency
-            } else {
-                busy
-            };
+            // Near the cap on recording tasks, claim only what keeps under it.
+            let load = busy.max(
+                self.settings
+                    .concurrency
+                    .saturating_sub(max_tasks.saturating_sub(tasks.len())),
+            );
 
             let (claimed, requested) = match self.claim(&per_endpoint, load).await {
                 Ok(claimed) => claimed,
@@ -820,21 +837,29 @@ impl Worker {
             let saturated = requested > 0 && claimed.len() == requested;
             for delivery in claimed {
                 let endpoint = delivery.endpoint_id.clone();
-                let record = InFlight {
-                    delivery: delivery.id.clone(),
-                    lease: delivery.lease,
-                };
                 let worker = Arc::clone(&self);
+                let answered = Arc::new(AtomicBool::new(false));
                 let slot = Slot {
                     endpoint: endpoint.clone(),
                     freed: freed.clone(),
+                    answered: Arc::clone(&answered),
                 };
+                let record_id = delivery.id.clone();
+                let lease = delivery.lease;
                 let handle = tasks.spawn(async move {
-                    if let Err(e) = worker.deliver_freeing(delivery, slot).await {
+                    if let Err(e) = worker.deliver_freeing(delivery, Some(slot)).await {
                         error!(error = %e, "recording a delivery attempt failed; the lease will expire and it will be retried");
                     }
                 });
-                in_flight.insert(handle.id(), record);
+                in_flight.insert(
+                    handle.id(),
+                    InFlight {
+                        delivery: record_id,
+                        lease,
+                        answered,
+                        abort: handle,
+                    },
+                );
                 *per_endpoint.entry(endpoint).or_default() += 1;
             }
             let busy: usize = per_endpoint.values().sum();
@@ -843,11 +868,19 @@ impl Worker {
                 continue;
             }
 
-            let wait = self.idle_wait(&per_endpoint).await;
+            // At the cap only a finished recording makes room: wait for one (or a wake-up)
+            // rather than asking the database when work is due.
+            let wait = if tasks.len() >= max_tasks {
+                self.settings.poll_interval
+            } else {
+                self.idle_wait(&per_endpoint).await
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
-                Some(endpoint) = slots_freed.recv() => free(endpoint, &mut per_endpoint),
+                Some(endpoint) = slots_freed.recv(), if tasks.len() < max_tasks => {
+                    free(endpoint, &mut per_endpoint);
+                }
                 Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let id = joined.map_or_else(|e| e.id(), |(id, ())| id);
                     finished(id, &mut in_flight);
@@ -868,23 +901,44 @@ impl Worker {
                     }
                     None => break,
                 },
-                () = &mut grace => {
-                    tasks.abort_all();
-                    while let Some(joined) = tasks.join_next_with_id().await {
-                        // A task that completed before the abort has recorded its result.
-                        if let Ok((id, ())) = joined {
-                            finished(id, &mut in_flight);
-                        }
+                () = &mut grace => break,
+            }
+        }
+        // Past the grace period: requests still waiting for an answer are abandoned and their
+        // leases released (due at once, no attempt spent); answered ones get a little longer
+        // to be recorded and are never released, which could overtake their record and send
+        // them a second time. Whatever is still unrecorded after that returns when its lease
+        // expires.
+        if !tasks.is_empty() {
+            for task in in_flight.values() {
+                if !task.answered.load(Ordering::SeqCst) {
+                    task.abort.abort();
+                }
+            }
+            let recording = tokio::time::sleep(RECORD_GRACE);
+            tokio::pin!(recording);
+            loop {
+                tokio::select! {
+                    joined = tasks.join_next_with_id() => match joined {
+                        // A task that completed has recorded its result.
+                        Some(Ok((id, ()))) => finished(id, &mut in_flight),
+                        Some(Err(_)) => {}
+                        None => break,
+                    },
+                    () = &mut recording => {
+                        tasks.abort_all();
+                        while tasks.join_next().await.is_some() {}
+                        break;
                     }
-                    break;
                 }
             }
         }
-        if !in_flight.is_empty() {
-            let leases: Vec<_> = in_flight
-                .into_values()
-                .map(|f| (f.delivery, f.lease))
-                .collect();
+        let leases: Vec<_> = in_flight
+            .into_values()
+            .filter(|task| !task.answered.load(Ordering::SeqCst))
+            .map(|task| (task.delivery, task.lease))
+            .collect();
+        if !leases.is_empty() {
             let count = leases.len();
             match self.store.release(leases, self.clock.now_ms()).await {
                 Ok(()) => info!(count, "released unfinished deliveries back to the queue"),

@@ -218,9 +218,21 @@ async fn migrate(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Opens one connection first: a pool that cannot connect reports only that it timed out,
+/// where a single connection says why (refused, authentication, TLS, unknown database).
+async fn probe(options: &PgConnectOptions) -> Result<(), StoreError> {
+    use sqlx::Connection;
+    let conn = sqlx::PgConnection::connect_with(options)
+        .await
+        .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
+    conn.close().await?;
+    Ok(())
+}
+
 impl PgStore {
     /// Connects, creates the schema if needed and applies pending migrations.
     pub async fn open(settings: &PostgresSettings) -> Result<Self, StoreError> {
+        probe(&connect_options(settings)?).await?;
         let pool = PgPoolOptions::new()
             .max_connections(settings.pool_size)
             // A broken connection fails its statement (retried by the caller or the worker's
@@ -301,6 +313,7 @@ impl PgStore {
 
     /// Whether the configured schema holds a hookrelay database (never creates one).
     pub async fn is_initialised(settings: &PostgresSettings) -> Result<bool, StoreError> {
+        probe(&connect_options(settings)?).await?;
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
