@@ -92,6 +92,8 @@ struct EndpointRuntime {
     health: EndpointHealth,
     /// The row's `updated_at` when last read: a newer one means an operator changed it.
     updated_at_ms: i64,
+    /// This worker disabled it (failing too long) and the database may not show it yet.
+    disabling: bool,
 }
 
 /// Claims, sends and records deliveries.
@@ -125,6 +127,9 @@ struct InFlight {
     answered: Arc<AtomicBool>,
     abort: tokio::task::AbortHandle,
 }
+
+/// How long a disabling decided here outweighs a database row that does not show it yet.
+const DISABLING_HOLD_MS: i64 = 30_000;
 
 /// Recording tasks allowed per unit of `concurrency`: answered attempts whose result is still
 /// being written. Beyond, the worker claims nothing until the database catches up.
@@ -241,6 +246,18 @@ impl Worker {
                 }
                 _ => endpoint.health,
             };
+            // Likewise an automatic disabling this worker decided, which is in memory before its
+            // record commits: a refresh in between must not re-enable the endpoint.
+            // Bounded in time: if that record never lands, the database's word wins again.
+            let disabling = endpoint.enabled
+                && previous.as_ref().is_some_and(|p| {
+                    p.disabling
+                        && p.updated_at_ms >= endpoint.updated_at_ms
+                        && p.health
+                            .last_attempt_at_ms
+                            .is_some_and(|at| now - at < DISABLING_HOLD_MS)
+                });
+            let enabled = endpoint.enabled && !disabling;
             // Keep the limiter's schedule unless the limit itself changed.
             let throttle = match (previous.and_then(|p| p.throttle), target.rate_limit) {
                 (Some(throttle), Some(limit)) if throttle.limit() == limit => Some(throttle),
@@ -249,7 +266,8 @@ impl Worker {
             next.insert(
                 endpoint.id.clone(),
                 EndpointRuntime {
-                    enabled: endpoint.enabled,
+                    enabled,
+                    disabling,
                     health,
                     throttle,
                     paused_until_ms,
@@ -589,6 +607,7 @@ impl Worker {
                     self.disable_reason(&runtime.health, record.error_detail.as_deref(), now);
                 if let Some(reason) = &disable {
                     runtime.enabled = false;
+                    runtime.disabling = true;
                     warn!(endpoint = %target.id, reason, "endpoint disabled");
                 }
                 HealthUpdate {
