@@ -8,6 +8,7 @@
 //! whose lease expired cannot overwrite what a newer claimant decided.
 
 mod postgres;
+mod shared;
 mod sqlite;
 mod tally;
 

@@ -31,6 +31,10 @@ use super::{
     AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
     DeliverySummary, HealthUpdate, Ingested, LEAD_SQL, LeaseToken, MaintenanceReport, NewEvent,
     NextState, QueueCounts, Selection, Store, StoreError, TableStats,
+    shared::{
+        self, ALERT_COLUMNS, ENDPOINT_COLUMNS, ModelSums, RETENTION_BATCH, SESSION_COLUMNS,
+        SUMMARY_COLUMNS, SessionRow, UNSET_REASON, json_text,
+    },
     tally::{Aggregates, Rollup},
 };
 use crate::{
@@ -38,10 +42,7 @@ use crate::{
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
     monitor::{Alert, AlertLevel, Condition, WindowTotals, bucket},
-    sessions::{
-        Analytics, CleanupReport, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
-        WebhookCounts, WebhooksSummary,
-    },
+    sessions::{Analytics, CleanupReport, ModelUsage, SessionStats},
 };
 
 /// Versioned schema migrations, applied in order, each once.
@@ -61,10 +62,6 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(20);
 const COMMITTERS: usize = 2;
 /// Calls that may wait for a group committer; beyond this, callers wait (backpressure).
 const WRITE_QUEUE: usize = 16_384;
-/// Rows removed per retention transaction.
-const RETENTION_BATCH: i64 = 1000;
-/// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
-const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
 /// The notification channel that tells workers on every instance that work was queued; the
 /// payload is the schema, so deployments sharing a database do not wake each other.
 const WORK_CHANNEL: &str = "hookrelay_work";
@@ -735,10 +732,6 @@ fn decode_error(detail: impl std::fmt::Display) -> sqlx::Error {
     sqlx::Error::Decode(detail.to_string().into())
 }
 
-const SUMMARY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, e.event_type, e.session_id, d.status, \
-     d.attempts, d.total_attempts, d.last_status, d.last_error, e.created_at, d.next_attempt_at, d.finished_at, \
-     d.throttled";
-
 fn summary_from_row(row: &PgRow) -> Result<DeliverySummary, sqlx::Error> {
     let status = DeliveryStatus::from_db(row.try_get("status")?);
     Ok(DeliverySummary {
@@ -763,8 +756,6 @@ fn summary_from_row(row: &PgRow) -> Result<DeliverySummary, sqlx::Error> {
     })
 }
 
-const ALERT_COLUMNS: &str = "id, rule, level, message, value, threshold, fired_at, resolved_at";
-
 fn alert_from_row(row: &PgRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {
         id: row.try_get("id")?,
@@ -778,25 +769,18 @@ fn alert_from_row(row: &PgRow) -> Result<Alert, sqlx::Error> {
     })
 }
 
-const SESSION_COLUMNS: &str =
-    "session_id, first_seen, last_seen, queries, successes, failures, response_time_sum_ms, tokens";
-
 fn session_from_row(row: &PgRow) -> Result<SessionStats, sqlx::Error> {
-    let queries = count(row, 3)?;
-    let total = count(row, 6)?;
-    Ok(SessionStats {
+    Ok(SessionRow {
         session_id: row.try_get(0)?,
         first_seen_ms: row.try_get(1)?,
         last_seen_ms: row.try_get(2)?,
-        queries,
+        queries: count(row, 3)?,
         successes: count(row, 4)?,
         failures: count(row, 5)?,
-        total_response_time_ms: total,
-        avg_response_time_ms: (queries > 0).then(|| total as f64 / queries as f64),
-        estimated_tokens: count(row, 7)?,
-        models: Vec::new(),
-        webhooks: WebhookCounts::default(),
-    })
+        response_time_sum_ms: count(row, 6)?,
+        tokens: count(row, 7)?,
+    }
+    .into())
 }
 
 /// Adds a session's models and webhook counts.
@@ -833,15 +817,6 @@ async fn complete_session(
         }
     }
     Ok(session)
-}
-
-const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, secret, previous_secret, previous_secret_until, \
-     headers, timeout_ms, max_retries, rate_limit, rate_burst, circuit_threshold, enabled, disabled_reason, \
-     managed_by_config, circuit_state, circuit_changed_at, consecutive_failures, failing_since, last_attempt_at, \
-     last_success_at, created_at, updated_at";
-
-fn json_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
 fn endpoint_from_row(row: &PgRow) -> Result<Endpoint, sqlx::Error> {
@@ -941,38 +916,26 @@ impl AttemptColumns {
     fn new(records: &[AttemptRecord], now_ms: i64) -> Self {
         let mut c = Self::default();
         for record in records {
-            let (status, next_at, outcome, finished, spent, throttled) = match record.next {
-                NextState::Delivered => (
-                    DeliveryStatus::Delivered,
-                    now_ms,
-                    "delivered",
-                    Some(now_ms),
-                    1,
-                    0,
-                ),
-                NextState::RetryAt(at) => (DeliveryStatus::Pending, at, "retry", None, 1, 0),
-                NextState::DeadLetter => (DeliveryStatus::Dead, now_ms, "dead", Some(now_ms), 1, 0),
-                NextState::Throttled(at) => (DeliveryStatus::Pending, at, "throttled", None, 0, 1),
-            };
+            let t = record.next.transition(now_ms);
             c.ids.push(record.delivery_id.as_str().to_owned());
             c.leases.push(record.lease.0);
-            c.statuses.push(status.as_str());
-            c.next_at.push(next_at);
+            c.statuses.push(t.status.as_str());
+            c.next_at.push(t.next_attempt_at);
             c.http_status.push(record.status_code.map(i64::from));
             c.last_error.push(match record.next {
                 NextState::Delivered => None,
                 _ => record.error_detail.clone(),
             });
-            c.finished.push(finished);
-            c.spent.push(spent);
-            c.throttled.push(throttled);
+            c.finished.push(t.finished_at);
+            c.spent.push(t.spent);
+            c.throttled.push(t.throttled);
             c.attempt_no.push(i64::from(record.attempt_no));
             c.started.push(record.started_at_ms);
             c.duration.push(record.duration_ms);
             c.error_kind.push(record.error_kind.clone());
             c.error_detail.push(record.error_detail.clone());
             c.snippet.push(record.response_snippet.clone());
-            c.outcome.push(outcome);
+            c.outcome.push(t.outcome);
             c.bucket.push(bucket(record.duration_ms) as i64);
             c.latency.push(record.latency_ms);
         }
@@ -1179,7 +1142,7 @@ async fn retention_batch(
     )
     .bind(cutoff_ms)
     .bind(cursor)
-    .bind(RETENTION_BATCH)
+    .bind(RETENTION_BATCH as i64)
     .fetch_one(pool)
     .await?;
     Ok((
@@ -1946,25 +1909,18 @@ impl Store for PgStore {
         .bind(first_day)
         .fetch_all(&self.pool)
         .await?;
-        let mut models = Vec::new();
-        let (mut queries, mut successes, mut tokens, mut response_sum) = (0u64, 0u64, 0u64, 0u64);
-        for row in rows {
-            let (q, s, t, r) = (
-                count(&row, 1)?,
-                count(&row, 2)?,
-                count(&row, 3)?,
-                count(&row, 4)?,
-            );
-            queries += q;
-            successes += s;
-            tokens += t;
-            response_sum += r;
-            models.push(ModelUsage {
-                model: row.try_get(0)?,
-                queries: q,
-                tokens: t,
-            });
-        }
+        let models = rows
+            .iter()
+            .map(|row| {
+                Ok(ModelSums {
+                    model: row.try_get(0)?,
+                    queries: count(row, 1)?,
+                    successes: count(row, 2)?,
+                    tokens: count(row, 3)?,
+                    response_time_sum_ms: count(row, 4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let row = sqlx::query(
             "SELECT COALESCE(SUM(delivered), 0)::int8, COALESCE(SUM(dead_lettered), 0)::int8,
                  COALESCE(SUM(attempts), 0)::int8
@@ -1973,30 +1929,13 @@ impl Store for PgStore {
         .bind(since_ms.div_euclid(60_000))
         .fetch_one(&self.pool)
         .await?;
-        let (delivered, dead, attempts) = (count(&row, 0)?, count(&row, 1)?, count(&row, 2)?);
-        let ratio = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
-        Ok(Analytics {
+        Ok(shared::analytics(
             since_ms,
             days,
-            sessions: SessionsSummary {
-                total: sessions.unsigned_abs(),
-                total_queries: queries,
-            },
-            queries: QueriesSummary {
-                total: queries,
-                successes,
-                success_rate: ratio(successes, queries),
-                avg_response_time_ms: ratio(response_sum, queries),
-                tokens,
-            },
+            sessions.unsigned_abs(),
             models,
-            webhooks: WebhooksSummary {
-                delivered,
-                dead_lettered: dead,
-                attempts,
-                success_rate: ratio(delivered, delivered + dead),
-            },
-        })
+            (count(&row, 0)?, count(&row, 1)?, count(&row, 2)?),
+        ))
     }
 
     async fn cleanup(&self, cutoff_ms: i64, dry_run: bool) -> Result<CleanupReport, StoreError> {
@@ -2037,7 +1976,7 @@ impl Store for PgStore {
             report.deliveries += deliveries;
             report.attempts += attempts;
             match last {
-                Some(last) if events == RETENTION_BATCH as u64 => cursor = last,
+                Some(last) if events == RETENTION_BATCH => cursor = last,
                 _ => break,
             }
         }
@@ -2048,13 +1987,13 @@ impl Store for PgStore {
                      (SELECT session_id FROM sessions WHERE last_seen < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 )
                 .bind(cutoff_ms)
-                .bind(RETENTION_BATCH)
+                .bind(RETENTION_BATCH as i64)
                 .execute(&self.pool)
             })
             .await?
             .rows_affected();
             report.sessions += removed;
-            if removed < RETENTION_BATCH as u64 {
+            if removed < RETENTION_BATCH {
                 break;
             }
         }

@@ -21,6 +21,10 @@ use super::{
     AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
     DeliverySummary, HealthUpdate, Ingested, LEAD_SQL, LeaseToken, MaintenanceReport, NewEvent,
     NextState, QueueCounts, Selection, Store, StoreError, TableStats,
+    shared::{
+        self, ALERT_COLUMNS, ENDPOINT_COLUMNS, ModelSums, RETENTION_BATCH, SESSION_COLUMNS,
+        SUMMARY_COLUMNS, SessionRow, UNSET_REASON, json_text,
+    },
     tally::{Aggregates, Rollup},
 };
 use crate::{
@@ -28,10 +32,7 @@ use crate::{
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
     monitor::{Alert, AlertLevel, Condition, WindowTotals},
-    sessions::{
-        Analytics, CleanupReport, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
-        WebhookCounts, WebhooksSummary,
-    },
+    sessions::{Analytics, CleanupReport, ModelUsage, SessionStats},
 };
 
 /// Versioned schema migrations, applied in order, each once.
@@ -423,10 +424,6 @@ impl SqliteStore {
     }
 }
 
-const SUMMARY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, e.event_type, e.session_id, d.status, \
-     d.attempts, d.total_attempts, d.last_status, d.last_error, e.created_at, d.next_attempt_at, d.finished_at, \
-     d.throttled";
-
 fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
     let status = DeliveryStatus::from_db(&row.get::<_, String>(5)?);
     Ok(DeliverySummary {
@@ -475,8 +472,6 @@ fn add_rollup(conn: &Connection, minute: i64, r: &Rollup) -> Result<(), StoreErr
     Ok(())
 }
 
-const ALERT_COLUMNS: &str = "id, rule, level, message, value, threshold, fired_at, resolved_at";
-
 fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<Alert> {
     Ok(Alert {
         id: row.get(0)?,
@@ -490,29 +485,19 @@ fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<Alert> {
     })
 }
 
-/// Rows removed per retention transaction.
-const RETENTION_BATCH: u64 = 1000;
-
-const SESSION_COLUMNS: &str =
-    "session_id, first_seen, last_seen, queries, successes, failures, response_time_sum_ms, tokens";
-
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionStats> {
     let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
-    let queries = n(3)?;
-    let total = n(6)?;
-    Ok(SessionStats {
+    Ok(SessionRow {
         session_id: row.get(0)?,
         first_seen_ms: row.get(1)?,
         last_seen_ms: row.get(2)?,
-        queries,
+        queries: n(3)?,
         successes: n(4)?,
         failures: n(5)?,
-        total_response_time_ms: total,
-        avg_response_time_ms: (queries > 0).then(|| total as f64 / queries as f64),
-        estimated_tokens: n(7)?,
-        models: Vec::new(),
-        webhooks: WebhookCounts::default(),
-    })
+        response_time_sum_ms: n(6)?,
+        tokens: n(7)?,
+    }
+    .into())
 }
 
 /// Adds a session's models and webhook counts (indexed look-ups by session).
@@ -652,18 +637,6 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), StoreError> {
     std::fs::rename(&staging, target)
         .map_err(|e| StoreError::Database(format!("cannot replace the database: {e}")))?;
     Ok(())
-}
-
-/// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
-const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
-
-const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, secret, previous_secret, previous_secret_until, \
-     headers, timeout_ms, max_retries, rate_limit, rate_burst, circuit_threshold, enabled, disabled_reason, \
-     managed_by_config, circuit_state, circuit_changed_at, consecutive_failures, failing_since, last_attempt_at, \
-     last_success_at, created_at, updated_at";
-
-fn json_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
 
 fn corrupt(column: usize, detail: impl std::fmt::Display) -> rusqlite::Error {
@@ -968,13 +941,7 @@ impl Store for SqliteStore {
             )?;
             let mut rollup = Rollup::default();
             for record in records {
-                // (status, due, attempt outcome, finished, budget spent, throttled)
-                let (status, next_at, outcome, finished, spent, throttled) = match record.next {
-                    NextState::Delivered => (DeliveryStatus::Delivered, now_ms, "delivered", Some(now_ms), 1, 0),
-                    NextState::RetryAt(at) => (DeliveryStatus::Pending, at, "retry", None, 1, 0),
-                    NextState::DeadLetter => (DeliveryStatus::Dead, now_ms, "dead", Some(now_ms), 1, 0),
-                    NextState::Throttled(at) => (DeliveryStatus::Pending, at, "throttled", None, 0, 1),
-                };
+                let t = record.next.transition(now_ms);
                 insert.execute(params![
                     record.delivery_id.as_str(),
                     record.attempt_no,
@@ -984,23 +951,23 @@ impl Store for SqliteStore {
                     record.error_kind,
                     record.error_detail,
                     record.response_snippet,
-                    outcome,
+                    t.outcome,
                 ])?;
                 let last_error = match record.next {
                     NextState::Delivered => None,
                     _ => record.error_detail.clone(),
                 };
                 let updated = update.execute(params![
-                    status.as_str(),
-                    next_at,
+                    t.status.as_str(),
+                    t.next_attempt_at,
                     record.status_code,
                     last_error,
                     now_ms,
-                    finished,
+                    t.finished_at,
                     record.delivery_id.as_str(),
                     record.lease.0,
-                    spent,
-                    throttled,
+                    t.spent,
+                    t.throttled,
                 ])?;
                 if updated == 0 {
                     tracing::warn!(delivery_id = %record.delivery_id, "lease lost before the attempt was recorded; its result is kept in the attempt log only");
@@ -1575,59 +1542,35 @@ impl Store for SqliteStore {
             let since_ms = first_day * 86_400_000;
             let sessions: i64 =
                 conn.prepare_cached("SELECT COUNT(*) FROM sessions WHERE last_seen >= ?1")?.query_row([since_ms], |r| r.get(0))?;
-            let mut models = Vec::new();
-            let (mut queries, mut successes, mut tokens, mut response_sum) = (0u64, 0u64, 0u64, 0u64);
-            let mut by_model = conn.prepare_cached(
-                "SELECT model, SUM(queries), SUM(successes), SUM(tokens), SUM(response_time_sum_ms)
-                 FROM usage_daily WHERE day >= ?1 GROUP BY model ORDER BY SUM(tokens) DESC, model",
-            )?;
-            let rows = by_model.query_map([first_day], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?.unsigned_abs(),
-                    row.get::<_, i64>(2)?.unsigned_abs(),
-                    row.get::<_, i64>(3)?.unsigned_abs(),
-                    row.get::<_, i64>(4)?.unsigned_abs(),
-                ))
-            })?;
-            for row in rows {
-                let (model, q, s, t, r) = row?;
-                queries += q;
-                successes += s;
-                tokens += t;
-                response_sum += r;
-                models.push(ModelUsage { model, queries: q, tokens: t });
-            }
-            let (delivered, dead, attempts): (i64, i64, i64) = conn
+            let models = conn
+                .prepare_cached(
+                    "SELECT model, SUM(queries), SUM(successes), SUM(tokens), SUM(response_time_sum_ms)
+                     FROM usage_daily WHERE day >= ?1 GROUP BY model ORDER BY SUM(tokens) DESC, model",
+                )?
+                .query_map([first_day], |row| {
+                    let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
+                    Ok(ModelSums {
+                        model: row.get(0)?,
+                        queries: n(1)?,
+                        successes: n(2)?,
+                        tokens: n(3)?,
+                        response_time_sum_ms: n(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let webhooks: (i64, i64, i64) = conn
                 .prepare_cached(
                     "SELECT COALESCE(SUM(delivered), 0), COALESCE(SUM(dead_lettered), 0), COALESCE(SUM(attempts), 0)
                      FROM rollups WHERE minute >= ?1",
                 )?
                 .query_row([since_ms.div_euclid(60_000)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            let (delivered, dead) = (delivered.unsigned_abs(), dead.unsigned_abs());
-            let ratio = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
-            Ok(Analytics {
+            Ok(shared::analytics(
                 since_ms,
                 days,
-                sessions: SessionsSummary {
-                    total: sessions.unsigned_abs(),
-                    total_queries: queries,
-                },
-                queries: QueriesSummary {
-                    total: queries,
-                    successes,
-                    success_rate: ratio(successes, queries),
-                    avg_response_time_ms: ratio(response_sum, queries),
-                    tokens,
-                },
+                sessions.unsigned_abs(),
                 models,
-                webhooks: WebhooksSummary {
-                    delivered,
-                    dead_lettered: dead,
-                    attempts: attempts.unsigned_abs(),
-                    success_rate: ratio(delivered, delivered + dead),
-                },
-            })
+                (webhooks.0.unsigned_abs(), webhooks.1.unsigned_abs(), webhooks.2.unsigned_abs()),
+            ))
         })
         .await
     }

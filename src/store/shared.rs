@@ -1,0 +1,158 @@
+//! What both stores share that is not SQL dialect: column lists, the meaning of an attempt's
+//! outcome for its delivery, and the assembly of reports from the sums each store reads.
+
+use super::{DeliveryStatus, NextState};
+use crate::sessions::{
+    Analytics, ModelUsage, QueriesSummary, SessionStats, SessionsSummary, WebhookCounts,
+    WebhooksSummary,
+};
+
+/// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
+pub(super) const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
+
+/// Rows removed per retention transaction.
+pub(super) const RETENTION_BATCH: u64 = 1000;
+
+pub(super) const SUMMARY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, e.event_type, e.session_id, d.status, \
+     d.attempts, d.total_attempts, d.last_status, d.last_error, e.created_at, d.next_attempt_at, d.finished_at, \
+     d.throttled";
+
+pub(super) const ALERT_COLUMNS: &str =
+    "id, rule, level, message, value, threshold, fired_at, resolved_at";
+
+pub(super) const SESSION_COLUMNS: &str =
+    "session_id, first_seen, last_seen, queries, successes, failures, response_time_sum_ms, tokens";
+
+pub(super) const ENDPOINT_COLUMNS: &str = "id, url, description, event_types, secret, previous_secret, previous_secret_until, \
+     headers, timeout_ms, max_retries, rate_limit, rate_burst, circuit_threshold, enabled, disabled_reason, \
+     managed_by_config, circuit_state, circuit_changed_at, consecutive_failures, failing_since, last_attempt_at, \
+     last_success_at, created_at, updated_at";
+
+/// An endpoint's filter or headers as stored (JSON text).
+pub(super) fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+/// What recording an attempt does to its delivery.
+pub(super) struct Transition {
+    pub(super) status: DeliveryStatus,
+    /// The new due time (for a finished delivery, the time it finished).
+    pub(super) next_attempt_at: i64,
+    /// The attempt log's `outcome`.
+    pub(super) outcome: &'static str,
+    pub(super) finished_at: Option<i64>,
+    /// Added to `attempts` (the retry budget spent).
+    pub(super) spent: i64,
+    /// Added to `throttled`.
+    pub(super) throttled: i64,
+}
+
+impl NextState {
+    pub(super) fn transition(self, now_ms: i64) -> Transition {
+        let (status, next_attempt_at, outcome, finished_at, spent, throttled) = match self {
+            NextState::Delivered => (
+                DeliveryStatus::Delivered,
+                now_ms,
+                "delivered",
+                Some(now_ms),
+                1,
+                0,
+            ),
+            NextState::RetryAt(at) => (DeliveryStatus::Pending, at, "retry", None, 1, 0),
+            NextState::DeadLetter => (DeliveryStatus::Dead, now_ms, "dead", Some(now_ms), 1, 0),
+            NextState::Throttled(at) => (DeliveryStatus::Pending, at, "throttled", None, 0, 1),
+        };
+        Transition {
+            status,
+            next_attempt_at,
+            outcome,
+            finished_at,
+            spent,
+            throttled,
+        }
+    }
+}
+
+/// A session row's counts, as both stores read them (`SESSION_COLUMNS` order).
+pub(super) struct SessionRow {
+    pub(super) session_id: String,
+    pub(super) first_seen_ms: i64,
+    pub(super) last_seen_ms: i64,
+    pub(super) queries: u64,
+    pub(super) successes: u64,
+    pub(super) failures: u64,
+    pub(super) response_time_sum_ms: u64,
+    pub(super) tokens: u64,
+}
+
+impl From<SessionRow> for SessionStats {
+    fn from(row: SessionRow) -> Self {
+        SessionStats {
+            session_id: row.session_id,
+            first_seen_ms: row.first_seen_ms,
+            last_seen_ms: row.last_seen_ms,
+            queries: row.queries,
+            successes: row.successes,
+            failures: row.failures,
+            total_response_time_ms: row.response_time_sum_ms,
+            avg_response_time_ms: (row.queries > 0)
+                .then(|| row.response_time_sum_ms as f64 / row.queries as f64),
+            estimated_tokens: row.tokens,
+            models: Vec::new(),
+            webhooks: WebhookCounts::default(),
+        }
+    }
+}
+
+/// One model's sums over the analytics period, most tokens first.
+pub(super) struct ModelSums {
+    pub(super) model: String,
+    pub(super) queries: u64,
+    pub(super) successes: u64,
+    pub(super) tokens: u64,
+    pub(super) response_time_sum_ms: u64,
+}
+
+/// The analytics summary from what a store summed for the period.
+pub(super) fn analytics(
+    since_ms: i64,
+    days: u32,
+    sessions: u64,
+    models: Vec<ModelSums>,
+    (delivered, dead, attempts): (u64, u64, u64),
+) -> Analytics {
+    let queries: u64 = models.iter().map(|m| m.queries).sum();
+    let successes: u64 = models.iter().map(|m| m.successes).sum();
+    let tokens: u64 = models.iter().map(|m| m.tokens).sum();
+    let response_sum: u64 = models.iter().map(|m| m.response_time_sum_ms).sum();
+    let ratio = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
+    Analytics {
+        since_ms,
+        days,
+        sessions: SessionsSummary {
+            total: sessions,
+            total_queries: queries,
+        },
+        queries: QueriesSummary {
+            total: queries,
+            successes,
+            success_rate: ratio(successes, queries),
+            avg_response_time_ms: ratio(response_sum, queries),
+            tokens,
+        },
+        models: models
+            .into_iter()
+            .map(|m| ModelUsage {
+                model: m.model,
+                queries: m.queries,
+                tokens: m.tokens,
+            })
+            .collect(),
+        webhooks: WebhooksSummary {
+            delivered,
+            dead_lettered: dead,
+            attempts,
+            success_rate: ratio(delivered, delivered + dead),
+        },
+    }
+}
