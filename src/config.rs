@@ -217,12 +217,23 @@ pub struct Config {
     /// `HOOKRELAY_ENDPOINT_RATE_LIMIT` (default 0 = unlimited): requests per second per
     /// endpoint, for endpoints without their own limit (Zapier URLs default to Zapier's).
     pub endpoint_rate_limit: f64,
-    /// `HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD` (default 10; 0 = off): consecutive failures that
-    /// open an endpoint's circuit.
+    /// `HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD` (default 10; 0 = off): different events whose
+    /// latest attempt within the window failed, before an endpoint's failure rate is judged.
     pub circuit_failure_threshold: u32,
-    /// `HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS` (default 30): how long an open circuit waits before
-    /// one probe delivery.
+    /// `HOOKRELAY_CIRCUIT_FAILURE_RATE` (default 0.8): share of the events attempted within the
+    /// window that must be failing to open the circuit.
+    pub circuit_failure_rate: f64,
+    /// `HOOKRELAY_CIRCUIT_WINDOW_SECONDS` (default 30): how far back attempts are judged.
+    pub circuit_window: Duration,
+    /// `HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS` (default 2): how long an open circuit first waits
+    /// before a round of probes; doubled with each failed round.
     pub circuit_cooldown: Duration,
+    /// `HOOKRELAY_CIRCUIT_MAX_COOLDOWN_SECONDS` (default 30): the longest wait between probe
+    /// rounds.
+    pub circuit_max_cooldown: Duration,
+    /// `HOOKRELAY_CIRCUIT_PROBES` (default 3): deliveries, of different events, sent in one
+    /// probe round.
+    pub circuit_probes: u32,
     /// `HOOKRELAY_ENDPOINT_DISABLE_AFTER_SECONDS` (default 0 = never): an endpoint failing
     /// continuously this long is disabled, with the reason recorded.
     pub endpoint_disable_after: Option<Duration>,
@@ -751,7 +762,23 @@ impl Config {
         }
         let circuit_failure_threshold =
             r.number("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", 10, 0, 1_000_000) as u32;
-        let circuit_cooldown = r.seconds("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", 30.0, 0.0, 86_400.0);
+        let circuit_failure_rate = r.fraction("HOOKRELAY_CIRCUIT_FAILURE_RATE", 0.8);
+        let circuit_window = r.seconds("HOOKRELAY_CIRCUIT_WINDOW_SECONDS", 30.0, 1.0, 86_400.0);
+        let circuit_cooldown = r.seconds("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", 2.0, 0.0, 86_400.0);
+        let circuit_max_cooldown = r.seconds(
+            "HOOKRELAY_CIRCUIT_MAX_COOLDOWN_SECONDS",
+            30.0,
+            0.0,
+            86_400.0,
+        );
+        if circuit_max_cooldown < circuit_cooldown {
+            r.error(
+                "HOOKRELAY_CIRCUIT_MAX_COOLDOWN_SECONDS",
+                "is shorter than HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS",
+                "make it at least the first cool-down",
+            );
+        }
+        let circuit_probes = r.number("HOOKRELAY_CIRCUIT_PROBES", 3, 1, 1_000) as u32;
         let disable_after = r.seconds(
             "HOOKRELAY_ENDPOINT_DISABLE_AFTER_SECONDS",
             0.0,
@@ -999,7 +1026,11 @@ impl Config {
             allowed_target_cidrs,
             endpoint_rate_limit,
             circuit_failure_threshold,
+            circuit_failure_rate,
+            circuit_window,
             circuit_cooldown,
+            circuit_max_cooldown,
+            circuit_probes,
             endpoint_disable_after,
             secret_rotation_overlap,
             ingest_secrets,

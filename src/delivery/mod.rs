@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, time::Duration};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 pub use self::{
-    circuit::{CircuitPolicy, Signal, after_attempt, probe_due},
+    circuit::{Admission, Answer, Breaker, CircuitPolicy, Signal, Transition, track_health},
     client::{HttpSender, Response, SNIPPET_BYTES, SendError},
     policy::{Failure, RetryPolicy, parse_retry_after},
     probe::{ProbeReport, ProbeStep, probe},
@@ -24,6 +24,7 @@ pub use self::{
     worker::{Outcome, Worker, WorkerSettings},
 };
 use crate::{
+    clock::millis,
     config::Config,
     domain::{EndpointId, EndpointUrl, EventId, SigningSecret},
     endpoints::{Endpoint, RateLimit},
@@ -86,6 +87,7 @@ impl Target {
                 None
             }
         });
+        let timeout = endpoint.timeout.unwrap_or(config.timeout);
         Self {
             id: endpoint.id.clone(),
             url: endpoint.url.clone(),
@@ -94,7 +96,7 @@ impl Target {
             signature_header: config.signature_header.clone(),
             signature_algorithm: config.signature_algorithm,
             headers: endpoint.headers.clone(),
-            timeout: endpoint.timeout.unwrap_or(config.timeout),
+            timeout,
             policy: RetryPolicy {
                 max_retries: endpoint.max_retries.unwrap_or(config.max_retries),
                 base_delay: config.retry_delay,
@@ -102,10 +104,16 @@ impl Target {
             },
             rate_limit,
             circuit: CircuitPolicy {
-                threshold: endpoint
+                min_failures: endpoint
                     .circuit_threshold
                     .unwrap_or(config.circuit_failure_threshold),
-                cooldown_ms: crate::clock::millis(config.circuit_cooldown),
+                failure_rate: config.circuit_failure_rate,
+                window_ms: millis(config.circuit_window),
+                cooldown_ms: millis(config.circuit_cooldown),
+                max_cooldown_ms: millis(config.circuit_max_cooldown),
+                probes: config.circuit_probes,
+                // A probe's answer is recorded well within its lease.
+                probe_timeout_ms: millis(timeout) * 2 + 5_000,
             },
             require_https: config.require_https,
         }

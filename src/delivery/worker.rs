@@ -8,12 +8,14 @@
 //! next free slot of a rate limit, a circuit's probe time, a poll tick, or a wake-up from
 //! ingest, whichever comes first.
 //!
-//! Per endpoint it keeps a rate limiter ([`Throttle`]) and a circuit breaker: claims are
+//! Per endpoint it keeps a rate limiter ([`Throttle`]) and a circuit [`Breaker`]: claims are
 //! limited to what the rate allows, an open circuit claims nothing until its cool-down is over
-//! and then a single probe. Health is written with every attempt, so `endpoints show` sees it.
+//! and then one round of probes, half of them deliveries that failed before and half the
+//! oldest due. Health is written with every attempt, so `endpoints show` sees it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -26,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    CircuitPolicy, Failure, HttpSender, SendError, Signal, Target, Throttle, after_attempt,
-    parse_retry_after, probe_due, signed_headers,
+    Admission, Answer, Breaker, Failure, HttpSender, SendError, Signal, Target, Throttle,
+    Transition, parse_retry_after, signed_headers, track_health,
 };
 use crate::{
     clock::{Clock, millis},
@@ -90,6 +92,10 @@ struct EndpointRuntime {
     /// A receiver's 429 `Retry-After` holds every delivery to it until then (unix ms).
     paused_until_ms: i64,
     health: EndpointHealth,
+    /// This worker's circuit breaker for the endpoint; `health.circuit` mirrors it.
+    breaker: Breaker,
+    /// Deliveries out as probes of the current half-open round.
+    probes: HashSet<DeliveryId>,
     /// The row's `updated_at` when last read: a newer one means an operator changed it.
     updated_at_ms: i64,
     /// This worker disabled it (failing too long) and the database may not show it yet.
@@ -237,7 +243,7 @@ impl Worker {
             // The database may lag behind this worker's own latest result (written a moment
             // later): keep the newer health in memory, unless an operator has changed the
             // endpoint since (enabling it resets its health).
-            let health = match &previous {
+            let mut health = match &previous {
                 Some(p)
                     if p.updated_at_ms >= endpoint.updated_at_ms
                         && p.health.last_attempt_at_ms >= endpoint.health.last_attempt_at_ms =>
@@ -246,6 +252,18 @@ impl Worker {
                 }
                 _ => endpoint.health,
             };
+            // The breaker is this worker's own judgement; it starts from the stored state
+            // when the endpoint is first seen or an operator has changed it (enabling closes it).
+            let (breaker, probes) = match &previous {
+                Some(p) if p.updated_at_ms >= endpoint.updated_at_ms => {
+                    (p.breaker.clone(), p.probes.clone())
+                }
+                _ => (Breaker::from_health(&endpoint.health), HashSet::new()),
+            };
+            health.circuit = breaker.state();
+            if health.circuit != endpoint.health.circuit {
+                health.circuit_changed_at_ms = Some(breaker.changed_at_ms());
+            }
             // Likewise an automatic disabling this worker decided, which is in memory before its
             // record commits: a refresh in between must not re-enable the endpoint.
             // Bounded in time: if that record never lands, the database's word wins again.
@@ -269,6 +287,8 @@ impl Worker {
                     enabled,
                     disabling,
                     health,
+                    breaker,
+                    probes,
                     throttle,
                     paused_until_ms,
                     updated_at_ms: endpoint.updated_at_ms,
@@ -303,7 +323,6 @@ impl Worker {
         if !self.config.webhook_enabled {
             return Vec::new();
         }
-        let lease = self.lease_ms();
         let mut free = self.settings.concurrency.saturating_sub(total_in_flight);
         let mut wants = Vec::new();
         for (id, runtime) in self.runtimes().iter() {
@@ -311,27 +330,17 @@ impl Worker {
                 continue;
             }
             let busy = in_flight.get(id).copied().unwrap_or(0);
-            let (mut slots, probe) = match runtime.health.circuit {
-                CircuitState::Closed => (
+            let (mut slots, probe) = match runtime.breaker.admission(&runtime.target.circuit, now) {
+                Admission::Flow => (
                     self.settings.endpoint_concurrency.saturating_sub(busy),
                     false,
                 ),
-                CircuitState::Open
-                    if busy == 0 && probe_due(&runtime.health, runtime.target.circuit, now) =>
-                {
-                    (1, true)
-                }
-                // A probe whose worker vanished: allow another once its lease is over.
-                CircuitState::HalfOpen
-                    if busy == 0
-                        && runtime
-                            .health
-                            .circuit_changed_at_ms
-                            .is_none_or(|at| now >= at + lease) =>
-                {
-                    (1, true)
-                }
-                CircuitState::Open | CircuitState::HalfOpen => continue,
+                // Probes go once the attempts sent before the circuit opened have answered.
+                Admission::Probe(probes) if busy == 0 => (
+                    (probes as usize).min(self.settings.endpoint_concurrency),
+                    true,
+                ),
+                Admission::Probe(_) | Admission::Wait(_) => continue,
             };
             if let Some(throttle) = &runtime.throttle {
                 slots = slots.min(throttle.available(now));
@@ -364,18 +373,47 @@ impl Worker {
         if requested == 0 {
             return Ok((Vec::new(), 0));
         }
-        let claimed = self
+        let lease_ms = self.lease_ms();
+        let mut claimed = self
             .store
             .claim_due(
                 now,
-                self.lease_ms(),
+                lease_ms,
                 self.settings.instance.clone(),
                 wants
                     .iter()
+                    .filter(|w| !w.probe)
                     .map(|w| (w.endpoint.clone(), w.slots))
                     .collect(),
             )
             .await?;
+        for want in wants.iter().filter(|w| w.probe) {
+            // Half the probes re-try deliveries that failed before, the rest are the oldest
+            // due: a receiver that fails only first attempts, or only some events, answers
+            // one of them and closes the circuit; a dead one fails them all.
+            let mut probes = self
+                .store
+                .claim_retried(
+                    now,
+                    lease_ms,
+                    self.settings.instance.clone(),
+                    want.endpoint.clone(),
+                    want.slots.div_ceil(2),
+                )
+                .await?;
+            let rest = want.slots - probes.len();
+            probes.extend(
+                self.store
+                    .claim_due(
+                        now,
+                        lease_ms,
+                        self.settings.instance.clone(),
+                        vec![(want.endpoint.clone(), rest)],
+                    )
+                    .await?,
+            );
+            claimed.extend(probes);
+        }
 
         let mut probes = Vec::new();
         {
@@ -392,9 +430,15 @@ impl Worker {
                     throttle.take(now, count);
                 }
                 if want.probe && count > 0 {
-                    runtime.health.circuit = CircuitState::HalfOpen;
+                    runtime.probes = claimed
+                        .iter()
+                        .filter(|c| c.endpoint_id == want.endpoint)
+                        .map(|c| c.id.clone())
+                        .collect();
+                    runtime.breaker.probes_sent(count as u32, now);
+                    runtime.health.circuit = runtime.breaker.state();
                     runtime.health.circuit_changed_at_ms = Some(now);
-                    info!(endpoint = %want.endpoint, "circuit half-open: sending one probe delivery");
+                    info!(endpoint = %want.endpoint, probes = count, "circuit half-open: sending probe deliveries");
                     probes.push(HealthUpdate {
                         endpoint_id: want.endpoint.clone(),
                         health: runtime.health,
@@ -522,9 +566,14 @@ impl Worker {
             return (record, Signal::Neutral);
         }
         if probing && failure.is_retryable() {
-            // A failed probe re-opens the circuit; the delivery waits for the next probe
-            // instead of spending its budget against an endpoint known to be down.
-            record.next = NextState::Throttled(now_ms + target.circuit.cooldown_ms);
+            // A probe tests the endpoint, not the event: a failure (the endpoint still looks
+            // down) keeps the delivery's schedule but spends none of its budget, so a long
+            // outage does not dead-letter the probed events.
+            let delay = target
+                .policy
+                .next_delay(1, &failure, jitter)
+                .unwrap_or(target.policy.base_delay);
+            record.next = NextState::Throttled(now_ms + millis(delay));
             record.error_detail = Some(format!("{detail} (circuit probe)"));
             return (record, Signal::Failure);
         }
@@ -557,14 +606,15 @@ impl Worker {
     ) -> Result<Outcome, StoreError> {
         let found = self
             .runtimes()
-            .get(&delivery.endpoint_id)
+            .get_mut(&delivery.endpoint_id)
             .and_then(|runtime| {
-                runtime.enabled.then(|| {
-                    (
-                        runtime.target.clone(),
-                        runtime.health.circuit == CircuitState::HalfOpen,
-                    )
-                })
+                let probing = runtime.probes.remove(&delivery.id);
+                if !runtime.enabled && probing {
+                    runtime
+                        .breaker
+                        .probe_abandoned(&runtime.target.circuit, self.clock.now_ms());
+                }
+                runtime.enabled.then(|| (runtime.target.clone(), probing))
             });
         let Some((target, probing)) = found else {
             drop(slot);
@@ -573,35 +623,36 @@ impl Worker {
                 .await?;
             return Ok(Outcome::Released);
         };
-        let (mut record, signal) = self.attempt(&target, probing, &delivery).await;
+        let (record, signal) = self.attempt(&target, probing, &delivery).await;
         let now = self.clock.now_ms();
 
         let health_update = {
             let mut runtimes = self.runtimes();
             runtimes.get_mut(&delivery.endpoint_id).map(|runtime| {
-                let before = runtime.health;
-                runtime.health = after_attempt(before, signal, target.circuit, now);
+                runtime.health = track_health(runtime.health, signal, now);
                 if let (NextState::Throttled(until), Some(429)) = (record.next, record.status_code)
                 {
                     // The receiver asked everyone to wait, not just this delivery.
                     runtime.paused_until_ms = runtime.paused_until_ms.max(until);
                 }
-                self.log_circuit_change(&target.id, before, runtime.health, target.circuit);
-                // Deliveries wait while the circuit is open: an attempt that was already in
-                // flight when it opened (or that opened it) spends no budget on its failure.
-                let retryable = record
-                    .status_code
-                    .is_none_or(|code| matches!(code, 408 | 500..=599));
-                if runtime.health.circuit != CircuitState::Closed
-                    && signal == Signal::Failure
-                    && retryable
-                    && matches!(record.next, NextState::RetryAt(_) | NextState::DeadLetter)
+                let key = BuildHasherDefault::<DefaultHasher>::default().hash_one(&delivery.id);
+                let answer = Answer {
+                    delivery: key,
+                    signal,
+                    retried: delivery.total_attempts > 0,
+                    last: matches!(record.next, NextState::DeadLetter),
+                };
+                if let Some(transition) =
+                    runtime
+                        .breaker
+                        .record(answer, probing, &target.circuit, now)
                 {
-                    record.next = NextState::Throttled(now + target.circuit.cooldown_ms);
-                    record.error_detail = record
-                        .error_detail
-                        .take()
-                        .map(|d| format!("{d} (circuit open)"));
+                    runtime.health.circuit = transition.to;
+                    runtime.health.circuit_changed_at_ms = Some(now);
+                    if transition.to != CircuitState::HalfOpen {
+                        runtime.probes.clear();
+                    }
+                    log_circuit_change(&target.id, transition, &runtime.health);
                 }
                 let disable =
                     self.disable_reason(&runtime.health, record.error_detail.as_deref(), now);
@@ -671,30 +722,6 @@ impl Worker {
             .record_attempts(vec![record], health_update.into_iter().collect(), now)
             .await?;
         Ok(outcome)
-    }
-
-    fn log_circuit_change(
-        &self,
-        endpoint: &EndpointId,
-        before: EndpointHealth,
-        after: EndpointHealth,
-        policy: CircuitPolicy,
-    ) {
-        if before.circuit == after.circuit {
-            return;
-        }
-        match after.circuit {
-            CircuitState::Open => warn!(
-                endpoint = %endpoint,
-                consecutive_failures = after.consecutive_failures,
-                cooldown_ms = policy.cooldown_ms,
-                "circuit opened: deliveries to this endpoint wait for a probe"
-            ),
-            CircuitState::Closed => {
-                info!(endpoint = %endpoint, "circuit closed: deliveries resume")
-            }
-            CircuitState::HalfOpen => {}
-        }
     }
 
     /// Disables an endpoint that has failed continuously for longer than allowed.
@@ -767,18 +794,16 @@ impl Worker {
             .into_iter()
             .filter_map(|(id, due_at)| {
                 let runtime = runtimes.get(&id)?;
-                let gate = match runtime.health.circuit {
-                    CircuitState::Closed => now,
+                let gate = match runtime.breaker.admission(&runtime.target.circuit, now) {
+                    Admission::Flow => now,
                     // With attempts still in flight no probe goes: their completion wakes the loop.
-                    CircuitState::Open if in_flight.get(&id).copied().unwrap_or(0) > 0 => {
+                    Admission::Probe(_) if in_flight.get(&id).copied().unwrap_or(0) > 0 => {
                         return None;
                     }
-                    CircuitState::Open => runtime
-                        .health
-                        .circuit_changed_at_ms
-                        .map_or(now, |at| at + runtime.target.circuit.cooldown_ms),
-                    // Its probe's completion wakes the loop.
-                    CircuitState::HalfOpen => return None,
+                    Admission::Probe(_) => now,
+                    Admission::Wait(Some(at)) => at,
+                    // The probes' answers wake the loop.
+                    Admission::Wait(None) => return None,
                 };
                 let gate = runtime
                     .throttle
@@ -968,5 +993,21 @@ impl Worker {
         }
         self.running.store(false, Ordering::Relaxed);
         debug!("delivery worker stopped");
+    }
+}
+
+fn log_circuit_change(endpoint: &EndpointId, transition: Transition, health: &EndpointHealth) {
+    match transition.to {
+        CircuitState::Open => warn!(
+            endpoint = %endpoint,
+            from = %transition.from,
+            consecutive_failures = health.consecutive_failures,
+            cooldown_ms = transition.cooldown_ms,
+            "circuit opened: deliveries to this endpoint wait for a round of probes"
+        ),
+        CircuitState::Closed => {
+            info!(endpoint = %endpoint, "circuit closed: deliveries resume")
+        }
+        CircuitState::HalfOpen => {}
     }
 }

@@ -350,6 +350,18 @@ pub trait Store: Send + Sync + 'static {
         wanted: Vec<(EndpointId, usize)>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
+    /// Claims, as [`Store::claim_due`] does, up to `limit` due deliveries of `endpoint` that
+    /// have been attempted before: an open circuit's probes take half their deliveries from
+    /// these, so a receiver that fails only first attempts is not judged dead.
+    async fn claim_retried(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        endpoint: EndpointId,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
     /// Records attempts and moves each delivery to its next state (only if still leased),
     /// with the endpoints' new health, in one transaction.
     async fn record_attempts(

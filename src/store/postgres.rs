@@ -341,6 +341,79 @@ impl PgStore {
         pool.close().await;
         Ok(())
     }
+
+    /// `claim_due`, or with `retried_only` only deliveries attempted before.
+    async fn claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        wanted: Vec<(EndpointId, usize)>,
+        retried_only: bool,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let (endpoints, limits): (Vec<String>, Vec<i64>) = wanted
+            .into_iter()
+            .filter(|(_, limit)| *limit > 0)
+            .map(|(endpoint, limit)| (endpoint.as_str().to_owned(), limit as i64))
+            .unzip();
+        if endpoints.is_empty() {
+            return Ok(Vec::new());
+        }
+        let token = LeaseToken(rand::random::<i64>());
+        // One statement for every endpoint: the rows another claimant holds are skipped, not
+        // waited for, and the claim is atomic without an explicit transaction.
+        let rows = retrying(|| {
+            sqlx::query(
+                "WITH picked AS (
+                     SELECT due.id FROM UNNEST($4::text[], $5::int8[]) AS w(endpoint_id, wanted)
+                     CROSS JOIN LATERAL (
+                         SELECT id FROM deliveries
+                         WHERE status = 'pending' AND endpoint_id = w.endpoint_id AND next_attempt_at <= $3
+                             AND (NOT $7 OR total_attempts > 0)
+                         ORDER BY next_attempt_at LIMIT w.wanted
+                         FOR UPDATE SKIP LOCKED) AS due),
+                 claimed AS (
+                     UPDATE deliveries d SET lease_token = $1, next_attempt_at = $2, updated_at = $3,
+                         claimed_by = $6
+                     FROM picked WHERE d.id = picked.id
+                     RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.total_attempts, d.throttled,
+                         d.next_attempt_at)
+                 SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.total_attempts, c.throttled,
+                     e.event_type, e.payload, e.created_at, e.session_id
+                 FROM claimed c CROSS JOIN LATERAL (
+                     SELECT event_type, payload, created_at, session_id FROM events WHERE id = c.event_id) e
+                 ORDER BY c.endpoint_id, c.next_attempt_at",
+            )
+            .bind(token.0)
+            .bind(now_ms + lease_ms)
+            .bind(now_ms)
+            .bind(&endpoints)
+            .bind(&limits)
+            .bind(&claimant)
+            .bind(retried_only)
+            .fetch_all(&self.pool)
+        })
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            claimed.push((|| -> Result<ClaimedDelivery, sqlx::Error> {
+                Ok(ClaimedDelivery {
+                    id: DeliveryId::from_trusted(row.try_get("id")?),
+                    event_id: EventId::from_trusted(row.try_get("event_id")?),
+                    endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
+                    event_type: EventType::from_trusted(row.try_get("event_type")?),
+                    payload: Bytes::from(row.try_get::<Vec<u8>, _>("payload")?),
+                    event_created_at_ms: row.try_get("created_at")?,
+                    session_id: row.try_get("session_id")?,
+                    attempts: small(&row, "attempts")?,
+                    total_attempts: small(&row, "total_attempts")?,
+                    throttled: small(&row, "throttled")?,
+                    lease: token,
+                })
+            })()?);
+        }
+        Ok(claimed)
+    }
 }
 
 /// Group commit: takes every job waiting in `queue` (up to `MAX_GROUP` of `weight`), commits
@@ -1258,66 +1331,19 @@ impl Store for PgStore {
         claimant: String,
         wanted: Vec<(EndpointId, usize)>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let (endpoints, limits): (Vec<String>, Vec<i64>) = wanted
-            .into_iter()
-            .filter(|(_, limit)| *limit > 0)
-            .map(|(endpoint, limit)| (endpoint.as_str().to_owned(), limit as i64))
-            .unzip();
-        if endpoints.is_empty() {
-            return Ok(Vec::new());
-        }
-        let token = LeaseToken(rand::random::<i64>());
-        // One statement for every endpoint: the rows another claimant holds are skipped, not
-        // waited for, and the claim is atomic without an explicit transaction.
-        let rows = retrying(|| {
-            sqlx::query(
-                "WITH picked AS (
-                     SELECT due.id FROM UNNEST($4::text[], $5::int8[]) AS w(endpoint_id, wanted)
-                     CROSS JOIN LATERAL (
-                         SELECT id FROM deliveries
-                         WHERE status = 'pending' AND endpoint_id = w.endpoint_id AND next_attempt_at <= $3
-                         ORDER BY next_attempt_at LIMIT w.wanted
-                         FOR UPDATE SKIP LOCKED) AS due),
-                 claimed AS (
-                     UPDATE deliveries d SET lease_token = $1, next_attempt_at = $2, updated_at = $3,
-                         claimed_by = $6
-                     FROM picked WHERE d.id = picked.id
-                     RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.total_attempts, d.throttled,
-                         d.next_attempt_at)
-                 SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.total_attempts, c.throttled,
-                     e.event_type, e.payload, e.created_at, e.session_id
-                 FROM claimed c CROSS JOIN LATERAL (
-                     SELECT event_type, payload, created_at, session_id FROM events WHERE id = c.event_id) e
-                 ORDER BY c.endpoint_id, c.next_attempt_at",
-            )
-            .bind(token.0)
-            .bind(now_ms + lease_ms)
-            .bind(now_ms)
-            .bind(&endpoints)
-            .bind(&limits)
-            .bind(&claimant)
-            .fetch_all(&self.pool)
-        })
-        .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            claimed.push((|| -> Result<ClaimedDelivery, sqlx::Error> {
-                Ok(ClaimedDelivery {
-                    id: DeliveryId::from_trusted(row.try_get("id")?),
-                    event_id: EventId::from_trusted(row.try_get("event_id")?),
-                    endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
-                    event_type: EventType::from_trusted(row.try_get("event_type")?),
-                    payload: Bytes::from(row.try_get::<Vec<u8>, _>("payload")?),
-                    event_created_at_ms: row.try_get("created_at")?,
-                    session_id: row.try_get("session_id")?,
-                    attempts: small(&row, "attempts")?,
-                    total_attempts: small(&row, "total_attempts")?,
-                    throttled: small(&row, "throttled")?,
-                    lease: token,
-                })
-            })()?);
-        }
-        Ok(claimed)
+        self.claim(now_ms, lease_ms, claimant, wanted, false).await
+    }
+
+    async fn claim_retried(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        endpoint: EndpointId,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim(now_ms, lease_ms, claimant, vec![(endpoint, limit)], true)
+            .await
     }
 
     async fn record_attempts(

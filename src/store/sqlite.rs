@@ -422,6 +422,83 @@ impl SqliteStore {
         .await
         .map_err(|_| StoreError::Closed)?
     }
+
+    /// `claim_due`, or with `retried_only` only deliveries attempted before.
+    async fn claim(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        wanted: Vec<(EndpointId, usize)>,
+        retried_only: bool,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.write(move |conn| {
+            let token = LeaseToken(rand::random::<i64>());
+            let mut claim = conn.prepare_cached(
+                "UPDATE deliveries SET lease_token = ?1, next_attempt_at = ?2, updated_at = ?3, claimed_by = ?6
+                 WHERE id IN (
+                     SELECT id FROM deliveries
+                     WHERE status = 'pending' AND endpoint_id = ?4 AND next_attempt_at <= ?3
+                         AND (NOT ?7 OR total_attempts > 0)
+                     ORDER BY next_attempt_at LIMIT ?5)
+                 RETURNING id, event_id, attempts, total_attempts, throttled",
+            )?;
+            let mut event = conn.prepare_cached(
+                "SELECT event_type, payload, created_at, session_id FROM events WHERE id = ?1",
+            )?;
+            let mut claimed = Vec::new();
+            for (endpoint, limit) in wanted.into_iter().filter(|(_, limit)| *limit > 0) {
+                let rows = claim
+                    .query_map(
+                        params![
+                            token.0,
+                            now_ms + lease_ms,
+                            now_ms,
+                            endpoint.as_str(),
+                            limit as i64,
+                            claimant,
+                            retried_only,
+                        ],
+                        |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, u32>(2)?,
+                                row.get::<_, u32>(3)?,
+                                row.get::<_, u32>(4)?,
+                            ))
+                        },
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (id, event_id, attempts, total_attempts, throttled) in rows {
+                    let (event_type, payload, created_at, session_id) =
+                        event.query_row([&event_id], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, Vec<u8>>(1)?,
+                                row.get::<_, i64>(2)?,
+                                row.get::<_, Option<String>>(3)?,
+                            ))
+                        })?;
+                    claimed.push(ClaimedDelivery {
+                        id: DeliveryId::from_trusted(id),
+                        event_id: EventId::from_trusted(event_id),
+                        endpoint_id: endpoint.clone(),
+                        event_type: EventType::from_trusted(event_type),
+                        payload: Bytes::from(payload),
+                        event_created_at_ms: created_at,
+                        session_id,
+                        attempts,
+                        total_attempts,
+                        throttled,
+                        lease: token,
+                    });
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+    }
 }
 
 fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
@@ -853,70 +930,19 @@ impl Store for SqliteStore {
         claimant: String,
         wanted: Vec<(EndpointId, usize)>,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.write(move |conn| {
-            let token = LeaseToken(rand::random::<i64>());
-            let mut claim = conn.prepare_cached(
-                "UPDATE deliveries SET lease_token = ?1, next_attempt_at = ?2, updated_at = ?3, claimed_by = ?6
-                 WHERE id IN (
-                     SELECT id FROM deliveries
-                     WHERE status = 'pending' AND endpoint_id = ?4 AND next_attempt_at <= ?3
-                     ORDER BY next_attempt_at LIMIT ?5)
-                 RETURNING id, event_id, attempts, total_attempts, throttled",
-            )?;
-            let mut event = conn.prepare_cached(
-                "SELECT event_type, payload, created_at, session_id FROM events WHERE id = ?1",
-            )?;
-            let mut claimed = Vec::new();
-            for (endpoint, limit) in wanted.into_iter().filter(|(_, limit)| *limit > 0) {
-                let rows = claim
-                    .query_map(
-                        params![
-                            token.0,
-                            now_ms + lease_ms,
-                            now_ms,
-                            endpoint.as_str(),
-                            limit as i64,
-                            claimant,
-                        ],
-                        |row| {
-                            Ok((
-                                row.get::<_, String>(0)?,
-                                row.get::<_, String>(1)?,
-                                row.get::<_, u32>(2)?,
-                                row.get::<_, u32>(3)?,
-                                row.get::<_, u32>(4)?,
-                            ))
-                        },
-                    )?
-                    .collect::<Result<Vec<_>, _>>()?;
-                for (id, event_id, attempts, total_attempts, throttled) in rows {
-                    let (event_type, payload, created_at, session_id) =
-                        event.query_row([&event_id], |row| {
-                            Ok((
-                                row.get::<_, String>(0)?,
-                                row.get::<_, Vec<u8>>(1)?,
-                                row.get::<_, i64>(2)?,
-                                row.get::<_, Option<String>>(3)?,
-                            ))
-                        })?;
-                    claimed.push(ClaimedDelivery {
-                        id: DeliveryId::from_trusted(id),
-                        event_id: EventId::from_trusted(event_id),
-                        endpoint_id: endpoint.clone(),
-                        event_type: EventType::from_trusted(event_type),
-                        payload: Bytes::from(payload),
-                        event_created_at_ms: created_at,
-                        session_id,
-                        attempts,
-                        total_attempts,
-                        throttled,
-                        lease: token,
-                    });
-                }
-            }
-            Ok(claimed)
-        })
-        .await
+        self.claim(now_ms, lease_ms, claimant, wanted, false).await
+    }
+
+    async fn claim_retried(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        endpoint: EndpointId,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim(now_ms, lease_ms, claimant, vec![(endpoint, limit)], true)
+            .await
     }
 
     async fn record_attempts(

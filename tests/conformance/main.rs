@@ -55,6 +55,7 @@ conformance!(
     // claims, leases, release, next_due, counts
     queue::a_claim_carries_the_event_intact,
     queue::a_claimed_delivery_is_not_claimed_again_while_leased,
+    queue::a_retried_claim_takes_only_due_deliveries_attempted_before,
     queue::an_expired_lease_makes_the_delivery_claimable_again,
     queue::the_claim_limit_applies_to_each_endpoint,
     queue::the_longest_waiting_deliveries_are_claimed_first,

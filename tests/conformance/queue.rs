@@ -36,6 +36,55 @@ pub async fn a_claim_carries_the_event_intact(backend: Backend) {
     assert_eq!(payload["id"], plain_id.as_str());
 }
 
+pub async fn a_retried_claim_takes_only_due_deliveries_attempted_before(backend: Backend) {
+    let store = &backend.store;
+    with_default_endpoint(store).await;
+    ingest(
+        store,
+        (0..4).map(|n| event("order.created", START + n)).collect(),
+    )
+    .await;
+    let first = claim(store, START + 10, &ep_default(), 2).await;
+    assert_eq!(first.len(), 2);
+    for claimed in &first[..] {
+        record(
+            store,
+            claimed,
+            NextState::RetryAt(START + 1_000),
+            START + 10,
+        )
+        .await;
+    }
+    let retried = |now: i64, limit: usize| {
+        store.claim_retried(now, LEASE, "conformance".into(), ep_default(), limit)
+    };
+
+    // Not due yet; the two never attempted do not qualify.
+    assert!(
+        retried(START + 999, ALL)
+            .await
+            .expect("claim_retried")
+            .is_empty()
+    );
+    let got = retried(START + 1_000, 1).await.expect("claim_retried");
+    assert_eq!(got.len(), 1, "the limit applies");
+    assert!(ids(&first).contains(&got[0].id));
+    assert_eq!(got[0].total_attempts, 1);
+    let rest = retried(START + 1_000, ALL).await.expect("claim_retried");
+    assert_eq!(rest.len(), 1, "a leased delivery is not claimed twice");
+    assert_ne!(rest[0].id, got[0].id);
+    assert!(
+        retried(START + 1_000, ALL)
+            .await
+            .expect("claim_retried")
+            .is_empty()
+    );
+    // The fresh ones are still there for an ordinary claim.
+    let fresh = claim(store, START + 1_000, &ep_default(), ALL).await;
+    assert_eq!(fresh.len(), 2);
+    assert!(fresh.iter().all(|c| c.total_attempts == 0));
+}
+
 pub async fn a_claimed_delivery_is_not_claimed_again_while_leased(backend: Backend) {
     let store = &backend.store;
     with_default_endpoint(store).await;

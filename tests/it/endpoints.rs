@@ -244,13 +244,15 @@ async fn our_own_rate_limit_spaces_requests_to_the_endpoint() {
 }
 
 #[tokio::test]
-async fn the_circuit_opens_on_a_dead_receiver_probes_after_the_cooldown_and_closes() {
+async fn the_circuit_opens_on_a_dead_receiver_probes_with_a_growing_cooldown_and_closes() {
     let receiver = TestReceiver::start().await;
     receiver.always(Reply::status(503));
     let (relay, clock, _dir) = clocked_relay(&[
         ("ZAPIER_WEBHOOK_URL", &receiver.url()),
         ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "3"),
-        ("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", "30"),
+        ("HOOKRELAY_CIRCUIT_COOLDOWN_SECONDS", "2"),
+        ("HOOKRELAY_CIRCUIT_MAX_COOLDOWN_SECONDS", "4"),
+        ("HOOKRELAY_CIRCUIT_PROBES", "2"),
         ("WEBHOOK_RETRY_DELAY_SECONDS", "1"),
         ("WEBHOOK_MAX_RETRIES", "2"),
     ])
@@ -264,49 +266,103 @@ async fn the_circuit_opens_on_a_dead_receiver_probes_after_the_cooldown_and_clos
     let first = relay.worker().run_once().await.expect("run");
     assert_eq!(first.len(), 5);
     let default = EndpointId::default_endpoint();
-    let health = relay.endpoint(&default).await.expect("endpoint").health;
+    let circuit = || async {
+        relay
+            .endpoint(&EndpointId::default_endpoint())
+            .await
+            .expect("endpoint")
+            .health
+    };
+    let health = circuit().await;
     assert_eq!(health.circuit, CircuitState::Open);
     assert_eq!(health.consecutive_failures, 5);
 
     // Retries fall due, but the circuit holds them: no request, no budget spent.
-    clock.advance(Duration::from_secs(5));
+    clock.advance(Duration::from_millis(1_500));
     assert_eq!(relay.worker().run_once().await.expect("run"), vec![]);
     assert_eq!(receiver.received().len(), 5);
 
-    // After the cool-down exactly one probe goes; it fails and re-opens without spending budget.
-    clock.advance(Duration::from_secs(30));
-    let probe = relay.worker().run_once().await.expect("run");
-    assert!(
-        matches!(probe[..], [Outcome::Throttled { .. }]),
-        "{probe:?}"
-    );
-    assert_eq!(
-        relay
-            .endpoint(&default)
-            .await
-            .expect("endpoint")
-            .health
-            .circuit,
-        CircuitState::Open
-    );
+    // After the 2 s cool-down a round of two probes goes; both fail, without spending budget,
+    // and the next cool-down is twice as long (4 s, the cap).
+    for cooldown_ms in [500, 4_000, 4_000] {
+        clock.advance(Duration::from_millis(cooldown_ms - 1));
+        assert_eq!(
+            relay.worker().run_once().await.expect("run"),
+            vec![],
+            "still cooling down"
+        );
+        clock.advance(Duration::from_millis(1));
+        let probes = relay.worker().run_once().await.expect("run");
+        assert!(
+            matches!(
+                probes[..],
+                [Outcome::Throttled { .. }, Outcome::Throttled { .. }]
+            ),
+            "{probes:?}"
+        );
+        assert_eq!(circuit().await.circuit, CircuitState::Open);
+    }
+    assert_eq!(receiver.received().len(), 5 + 3 * 2, "a trickle of probes");
 
-    // The receiver recovers: the next probe closes the circuit and the rest flows.
+    // The receiver recovers: the next round closes the circuit and the rest flows.
     receiver.always(Reply::status(200));
-    clock.advance(Duration::from_secs(31));
-    assert_eq!(
-        relay.worker().run_once().await.expect("run"),
-        vec![Outcome::Delivered]
-    );
+    clock.advance(Duration::from_secs(4));
+    let round = relay.worker().run_once().await.expect("run");
+    assert_eq!(round, vec![Outcome::Delivered; 2]);
     let health = relay.endpoint(&default).await.expect("endpoint").health;
     assert_eq!(health.circuit, CircuitState::Closed);
     assert_eq!(health.consecutive_failures, 0);
     let rest = relay.worker().run_once().await.expect("run");
-    assert_eq!(rest, vec![Outcome::Delivered; 4]);
+    assert_eq!(rest, vec![Outcome::Delivered; 3]);
     assert_eq!(
         relay.counts().await.expect("counts").dead,
         0,
         "nothing was dead-lettered while the circuit was open"
     );
+}
+
+#[tokio::test]
+async fn events_failing_only_their_first_attempt_are_delivered_at_their_retry_time() {
+    // The report behind the breaker's rule: 50 at once, every first attempt answered 500.
+    let receiver = TestReceiver::start().await;
+    receiver.fail_first_attempts(500);
+    let (relay, clock, _dir) = clocked_relay(&[
+        ("ZAPIER_WEBHOOK_URL", &receiver.url()),
+        ("WEBHOOK_RETRY_DELAY_SECONDS", "1"),
+        ("WEBHOOK_MAX_RETRIES", "3"),
+    ])
+    .await;
+    for i in 0..50 {
+        relay
+            .track_usage(usage(&format!("s{i}")))
+            .await
+            .expect("track");
+    }
+    let mut delivered = 0;
+    let mut elapsed_ms = 0;
+    while delivered < 50 {
+        assert!(
+            elapsed_ms <= 5_000,
+            "{delivered} of 50 delivered after {elapsed_ms} ms"
+        );
+        for outcome in relay.worker().run_once().await.expect("run") {
+            delivered += usize::from(outcome == Outcome::Delivered);
+        }
+        clock.advance(Duration::from_millis(100));
+        elapsed_ms += 100;
+    }
+    // The first 16 (the endpoint's concurrency) fail together with nothing to weigh against
+    // them, which is what a dead receiver looks like: the circuit opens. The 2 s probe round
+    // takes retried events, which go through and close it with a recovery on record, so the
+    // other 34 failing their first attempt next do not re-open it: they go at their retry
+    // time, 1 s ±25% later. Before the rule: none of the 50 after 40 s.
+    assert!(elapsed_ms <= 4_000, "all 50 delivered by {elapsed_ms} ms");
+    assert_eq!(
+        receiver.received().len(),
+        100,
+        "one failure and one success each"
+    );
+    assert_eq!(relay.counts().await.expect("counts").dead, 0);
 }
 
 #[tokio::test]

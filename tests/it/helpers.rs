@@ -74,6 +74,8 @@ struct ReceiverState {
     per_second: Mutex<Option<(usize, u64, usize)>>,
     script: Mutex<VecDeque<Reply>>,
     default_reply: Mutex<Option<Reply>>,
+    /// Answers each event's first request (by `webhook-id`) with this status.
+    fail_first: Mutex<Option<(u16, std::collections::HashSet<String>)>>,
     received: Mutex<Vec<Received>>,
 }
 
@@ -111,11 +113,23 @@ async fn receive(
             return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
         }
     }
-    let reply = state
-        .script
+    let first_failure = state
+        .fail_first
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .pop_front()
+        .as_mut()
+        .and_then(|(status, seen)| {
+            let id = headers.get("webhook-id")?.to_str().ok()?.to_owned();
+            seen.insert(id).then(|| Reply::status(*status))
+        });
+    let reply = first_failure
+        .or_else(|| {
+            state
+                .script
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+        })
         .or_else(|| {
             state
                 .default_reply
@@ -194,6 +208,16 @@ impl TestReceiver {
             .default_reply
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(reply);
+    }
+
+    /// Answers each event's first attempt (told by its `webhook-id`) with `status`, like a
+    /// receiver that fails cold and succeeds on the retry.
+    pub fn fail_first_attempts(&self, status: u16) {
+        *self
+            .state
+            .fail_first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((status, Default::default()));
     }
 
     /// Answers 429 with `Retry-After: 1` beyond `limit` requests in a wall-clock second.
