@@ -36,6 +36,12 @@ enum Scenario {
     Slow,
     /// `--backlog` pending deliveries queued before the server starts, then flat out on top.
     Backlog,
+    /// A steady rate against a receiver that fails every event's first attempt, circuit on.
+    FlakyFirst,
+    /// A steady rate where 5% of events are always answered 500 (a "poison" payload).
+    Poison,
+    /// A steady rate against a receiver that answers 503 for its first `--outage` seconds.
+    Outage,
     /// `Relay::track_usage` from many tasks in one process.
     Library,
     /// Every scenario in turn.
@@ -51,13 +57,16 @@ struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value = "flat")]
     scenario: Scenario,
+    /// Seconds the receiver answers 503 from the first send (outage).
+    #[arg(long, default_value_t = 20)]
+    outage: u64,
     /// Events to send (flat, retry, backlog, library).
     #[arg(long, default_value_t = 20_000)]
     events: u64,
     /// Concurrent HTTP clients (or tasks, for library).
     #[arg(long, default_value_t = 64)]
     concurrency: u64,
-    /// Events per second (steady, slow).
+    /// Events per second (steady, slow, flaky-first, poison, outage).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
     /// Seconds a steady run lasts.
@@ -133,13 +142,30 @@ impl Database {
     }
 }
 
+/// How a receiver misbehaves.
+#[derive(Default)]
+enum Fault {
+    #[default]
+    None,
+    /// Every event's first attempt is answered 503.
+    FirstAttempt,
+    /// Events whose session id starts with `poison-` are always answered 500.
+    Poison,
+    /// Every request is answered 503 until this moment (set when the load starts).
+    OutageUntil(Mutex<Option<Instant>>),
+}
+
 /// A receiver: counts arrivals and their latency from the payload's acceptance timestamp.
 #[derive(Default)]
 struct Receiver {
     /// (allowed per second, current second, requests in it)
     limit: Mutex<Option<(u64, u64, u64)>>,
-    fail_first_attempt: bool,
+    fault: Fault,
     delay: Duration,
+    /// Every request received, whatever it was answered.
+    requests: AtomicU64,
+    /// Requests answered 503 because of an outage.
+    outage_requests: AtomicU64,
     throttled: AtomicU64,
     failed: AtomicU64,
     arrived: AtomicU64,
@@ -151,8 +177,18 @@ async fn receive(
     State(receiver): State<Arc<Receiver>>,
     body: Bytes,
 ) -> (StatusCode, [(&'static str, &'static str); 1]) {
+    receiver.requests.fetch_add(1, Ordering::SeqCst);
     if !receiver.delay.is_zero() {
         tokio::time::sleep(receiver.delay).await;
+    }
+    if let Fault::OutageUntil(until) = &receiver.fault
+        && until
+            .lock()
+            .map(|until| until.is_none_or(|until| Instant::now() < until))
+            .unwrap_or(false)
+    {
+        receiver.outage_requests.fetch_add(1, Ordering::SeqCst);
+        return (StatusCode::SERVICE_UNAVAILABLE, [("x-bench", "outage")]);
     }
     let now = OffsetDateTime::now_utc();
     if let Ok(mut limit) = receiver.limit.lock()
@@ -171,6 +207,14 @@ async fn receive(
     let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return (StatusCode::BAD_REQUEST, [("x-bench", "bad")]);
     };
+    if matches!(receiver.fault, Fault::Poison)
+        && payload["session_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(POISON_PREFIX))
+    {
+        receiver.failed.fetch_add(1, Ordering::SeqCst);
+        return (StatusCode::INTERNAL_SERVER_ERROR, [("x-bench", "poison")]);
+    }
     let id = payload["event_id"].as_str().unwrap_or_default().to_owned();
     let seen_before = receiver
         .seen
@@ -181,7 +225,7 @@ async fn receive(
             *count - 1
         })
         .unwrap_or(0);
-    if receiver.fail_first_attempt && seen_before == 0 {
+    if matches!(receiver.fault, Fault::FirstAttempt) && seen_before == 0 {
         receiver.failed.fetch_add(1, Ordering::SeqCst);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,6 +264,13 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// The session id that marks a poison event (in the poison scenario, one event in 20).
+const POISON_PREFIX: &str = "poison-";
+
+fn is_poison(n: u64) -> bool {
+    n.is_multiple_of(20)
 }
 
 fn event(n: u64) -> UsageEvent {
@@ -270,8 +321,20 @@ impl Drop for Server {
     }
 }
 
-/// The environment every hookrelay process of a run shares.
-fn server_env(command: &mut Command, dir: &Path, receiver_url: &str, database: &Database) {
+/// The environment every hookrelay process of a run shares. The fault scenarios run with
+/// the circuit breaker at its defaults and the retry policy (1 s, 3 retries); the
+/// others switch the breaker off and retry after 50 ms, to measure the pipeline alone.
+fn server_env(
+    command: &mut Command,
+    dir: &Path,
+    receiver_url: &str,
+    database: &Database,
+    scenario: Scenario,
+) {
+    let faulty = matches!(
+        scenario,
+        Scenario::FlakyFirst | Scenario::Poison | Scenario::Outage
+    );
     command
         .env_clear()
         .current_dir(dir)
@@ -279,13 +342,20 @@ fn server_env(command: &mut Command, dir: &Path, receiver_url: &str, database: &
         .env("ZAPIER_WEBHOOK_URL", receiver_url)
         .env("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
         .env("HOOKRELAY_ALLOW_PRIVATE_TARGETS", "true")
-        .env("WEBHOOK_RETRY_DELAY_SECONDS", "0.05")
         // The load comes from one address; the guide's default allows 100 requests per hour.
         .env("WEBHOOK_RATE_LIMIT", "10000000")
         .env("WEBHOOK_RATE_WINDOW", "1")
         .env("HOOKRELAY_MAX_CONCURRENT_REQUESTS", "4096")
-        .env("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0")
         .env("LOG_LEVEL", "warn");
+    if faulty {
+        command
+            .env("WEBHOOK_RETRY_DELAY_SECONDS", "1")
+            .env("WEBHOOK_MAX_RETRIES", "3");
+    } else {
+        command
+            .env("WEBHOOK_RETRY_DELAY_SECONDS", "0.05")
+            .env("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0");
+    }
     database.apply(command);
 }
 
@@ -295,10 +365,11 @@ fn start_server(
     receiver_url: &str,
     endpoint_concurrency: Option<usize>,
     database: &Database,
+    scenario: Scenario,
 ) -> anyhow::Result<Server> {
     use std::io::{BufRead, BufReader};
     let mut command = Command::new(binary);
-    server_env(&mut command, dir, receiver_url, database);
+    server_env(&mut command, dir, receiver_url, database, scenario);
     if let Some(n) = endpoint_concurrency {
         command.env("HOOKRELAY_ENDPOINT_CONCURRENCY", n.to_string());
     }
@@ -341,8 +412,12 @@ async fn wait_delivered(
     Ok(Instant::now())
 }
 
-async fn post_event(http: &reqwest::Client, url: &str, n: u64) -> anyhow::Result<()> {
-    let body = serde_json::to_vec(&event(n))?;
+async fn post_event(http: &reqwest::Client, url: &str, n: u64, poison: bool) -> anyhow::Result<()> {
+    let mut event = event(n);
+    if poison && is_poison(n) {
+        event.session_id = format!("{POISON_PREFIX}{n}");
+    }
+    let body = serde_json::to_vec(&event)?;
     let response = http
         .post(url)
         .header("content-type", "application/json")
@@ -356,12 +431,13 @@ async fn post_event(http: &reqwest::Client, url: &str, n: u64) -> anyhow::Result
 }
 
 /// Sends `total` events flat out with `concurrency` clients, or at `rate` per second, spread
-/// over the instances' `urls`.
+/// over the instances' `urls`; with `poison`, one event in 20 carries a poison session id.
 async fn drive(
     urls: &[String],
     total: u64,
     concurrency: u64,
     rate: Option<u64>,
+    poison: bool,
 ) -> anyhow::Result<Duration> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency as usize)
@@ -380,7 +456,7 @@ async fn drive(
                         if n >= total {
                             return Ok::<_, anyhow::Error>(());
                         }
-                        post_event(&http, &url, n).await?;
+                        post_event(&http, &url, n, poison).await?;
                     }
                 });
             }
@@ -391,7 +467,7 @@ async fn drive(
             for n in 0..total {
                 ticker.tick().await;
                 let (http, url) = (http.clone(), urls[n as usize % urls.len()].clone());
-                clients.spawn(async move { post_event(&http, &url, n).await });
+                clients.spawn(async move { post_event(&http, &url, n, poison).await });
             }
         }
     }
@@ -456,18 +532,29 @@ fn dead_letters(
     database: &Database,
 ) -> Option<u64> {
     let mut command = Command::new(binary);
-    server_env(&mut command, &server.dir, receiver_url, database);
+    server_env(
+        &mut command,
+        &server.dir,
+        receiver_url,
+        database,
+        Scenario::Flat,
+    );
     command
         .args(["dlq", "list", "--json"])
         .output()
         .ok()
         .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        .and_then(|v| v["count"].as_u64())
+        .and_then(|v| v["total"].as_u64())
 }
 
 async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
     let database = Database::for_run(args);
-    let result = http_run(args, scenario, &database).await;
+    let result = match scenario {
+        Scenario::FlakyFirst | Scenario::Poison | Scenario::Outage => {
+            fault_run(args, scenario, &database).await
+        }
+        _ => http_run(args, scenario, &database).await,
+    };
     database.drop().await;
     result
 }
@@ -483,7 +570,11 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
     let dir = tempfile::tempdir()?;
     let (receiver, receiver_url) = start_receiver(Receiver {
         limit: Mutex::new(args.receiver_limit.map(|allowed| (allowed, 0, 0))),
-        fail_first_attempt: scenario == Scenario::Retry,
+        fault: if scenario == Scenario::Retry {
+            Fault::FirstAttempt
+        } else {
+            Fault::None
+        },
         ..Receiver::default()
     })
     .await?;
@@ -513,6 +604,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
                 &receiver_url,
                 args.endpoint_concurrency,
                 database,
+                scenario,
             )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -526,7 +618,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         })
         .await?;
         let mut command = Command::new(&binary);
-        server_env(&mut command, dir.path(), &receiver_url, database);
+        server_env(&mut command, dir.path(), &receiver_url, database, scenario);
         let added = command
             .args([
                 "endpoints",
@@ -563,7 +655,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         _ => (args.events, None),
     };
     let started = Instant::now();
-    let ingest = drive(&urls, total, args.concurrency, rate).await?;
+    let ingest = drive(&urls, total, args.concurrency, rate, false).await?;
     let delivered_at =
         wait_delivered(&receiver, total + backlog, Duration::from_secs(3600)).await?;
     let (cpu_after, peak_mib) = usage();
@@ -581,7 +673,11 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         Scenario::Backlog => {
             format!("flat out on top of {backlog} pending deliveries (delivered counts both)")
         }
-        Scenario::Library | Scenario::All => unreachable!(),
+        Scenario::FlakyFirst
+        | Scenario::Poison
+        | Scenario::Outage
+        | Scenario::Library
+        | Scenario::All => unreachable!(),
     };
     let title = match args.receiver_limit {
         Some(limit) => format!("{title}; receiver allows {limit}/s"),
@@ -613,6 +709,153 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
             "dead letters: {}",
             dead.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
         );
+    }
+    Ok(())
+}
+
+/// The number of dead letters, once it reaches `expected` or `limit` has passed (it is read
+/// again after that, so a count above `expected` is seen too).
+async fn dead_letters_when(
+    binary: &Path,
+    server: &Server,
+    receiver_url: &str,
+    database: &Database,
+    expected: u64,
+    limit: Duration,
+) -> Option<u64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let count = dead_letters(binary, server, receiver_url, database);
+        if count.is_some_and(|n| n >= expected) || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A steady load against a misbehaving receiver with the breaker on: how long until every
+/// healthy event has arrived, what the receiver had to take, and what was dead-lettered.
+async fn fault_run(args: &Args, scenario: Scenario, database: &Database) -> anyhow::Result<()> {
+    let binary = match &args.server {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("hookrelay"),
+    };
+    let dir = tempfile::tempdir()?;
+    let fault = match scenario {
+        Scenario::FlakyFirst => Fault::FirstAttempt,
+        Scenario::Poison => Fault::Poison,
+        _ => Fault::OutageUntil(Mutex::new(None)),
+    };
+    let (receiver, receiver_url) = start_receiver(Receiver {
+        fault,
+        ..Receiver::default()
+    })
+    .await?;
+    let servers = (0..args.instances.max(1))
+        .map(|_| {
+            start_server(
+                &binary,
+                dir.path(),
+                &receiver_url,
+                args.endpoint_concurrency,
+                database,
+                scenario,
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{}/api/webhook/usage", s.address))
+        .collect();
+    let usage = || {
+        pids.iter()
+            .map(|pid| process_usage(*pid).unwrap_or((f64::NAN, f64::NAN)))
+            .fold((0.0, 0.0_f64), |(cpu, peak), (c, p)| (cpu + c, peak.max(p)))
+    };
+    let total = args.rate * args.duration;
+    let poison = scenario == Scenario::Poison;
+    let poisoned = if poison {
+        (0..total).filter(|n| is_poison(*n)).count() as u64
+    } else {
+        0
+    };
+    let healthy = total - poisoned;
+
+    let cpu_before = usage().0;
+    let started = Instant::now();
+    let outage_ends = started + Duration::from_secs(args.outage);
+    if let Fault::OutageUntil(until) = &receiver.fault
+        && let Ok(mut until) = until.lock()
+    {
+        *until = Some(outage_ends);
+    }
+    let ingest = drive(&urls, total, args.concurrency, Some(args.rate), poison).await?;
+    let last_sent = started + ingest;
+    let delivered_at = wait_delivered(&receiver, healthy, Duration::from_secs(1800)).await?;
+    let (cpu_after, peak_mib) = usage();
+    let title = match scenario {
+        Scenario::FlakyFirst => format!(
+            "flaky-first: {} events/s for {} s, every first attempt answered 503",
+            args.rate, args.duration
+        ),
+        Scenario::Poison => format!(
+            "poison: {} events/s for {} s, 1 in 20 always answered 500",
+            args.rate, args.duration
+        ),
+        _ => format!(
+            "outage: {} events/s for {} s, the receiver answers 503 for the first {} s",
+            args.rate, args.duration, args.outage
+        ),
+    };
+    report(
+        &title,
+        total,
+        healthy,
+        ingest,
+        delivered_at - started,
+        &receiver,
+        cpu_after - cpu_before,
+        peak_mib,
+    );
+    let requests = receiver.requests.load(Ordering::SeqCst);
+    println!(
+        "healthy:   all {healthy} arrived {:.2} s after the first send, {:.2} s after the last",
+        (delivered_at - started).as_secs_f64(),
+        delivered_at
+            .saturating_duration_since(last_sent)
+            .as_secs_f64(),
+    );
+    if scenario == Scenario::Outage {
+        println!(
+            "outage:    {} requests during the {} s outage; every healthy event arrived {:.2} s after it ended",
+            receiver.outage_requests.load(Ordering::SeqCst),
+            args.outage,
+            delivered_at
+                .saturating_duration_since(outage_ends)
+                .as_secs_f64(),
+        );
+    }
+    println!(
+        "receiver:  {requests} requests for {total} events ({:.2} per event)",
+        requests as f64 / total as f64
+    );
+    // A poison event is dead-lettered after its 3 retries (1 + 2 + 4 s, with jitter).
+    let dead = dead_letters_when(
+        &binary,
+        &servers[0],
+        &receiver_url,
+        database,
+        poisoned,
+        Duration::from_secs(if poison { 120 } else { 0 }),
+    )
+    .await;
+    println!(
+        "dead letters: {} (poison events: {poisoned})",
+        dead.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+    );
+    if dead != Some(poisoned) {
+        bail!("dead letters must be exactly the {poisoned} poison events, found {dead:?}");
     }
     Ok(())
 }
@@ -712,6 +955,9 @@ async fn run(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
                 Scenario::Retry,
                 Scenario::Slow,
                 Scenario::Backlog,
+                Scenario::FlakyFirst,
+                Scenario::Poison,
+                Scenario::Outage,
                 Scenario::Library,
             ] {
                 Box::pin(run(args, scenario)).await?;

@@ -74,8 +74,15 @@ pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> 
                 .dead_letters(limit)
                 .await
                 .context("reading the dead-letter queue")?;
+            // `count` is what this page holds; `total` is the whole queue, so a limited list
+            // is never read as all of it.
+            let total = relay
+                .counts()
+                .await
+                .context("counting the dead-letter queue")?
+                .dead;
             if as_json {
-                json(&json!({ "count": dead.len(), "dead_letters": dead }));
+                json(&json!({ "count": dead.len(), "total": total, "dead_letters": dead }));
             } else if dead.is_empty() {
                 println!("The dead-letter queue is empty.");
             } else {
@@ -103,6 +110,12 @@ pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> 
                     ],
                     &rows,
                 );
+                if total > dead.len() as u64 {
+                    println!(
+                        "{} of {total} dead letters shown, newest first (--limit shows more).",
+                        dead.len()
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

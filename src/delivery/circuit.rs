@@ -11,11 +11,12 @@
 //!   a poison event nor a retried one weighs more than a healthy one. 429 and refusals of our
 //!   own (blocked address, `REQUIRE_HTTPS`) are not judged.
 //! - **A first failure is provisional.** An event failing its first attempt counts against
-//!   the endpoint only until the window shows that failed events go through on retry (one
-//!   delivery that failed and then succeeded); from then on an event counts as failing once
+//!   the endpoint only while retries do not go through: when most of the recent retries in
+//!   the window (the last [`RETRY_CAPACITY`]) succeeded, an event counts as failing only once
 //!   its retry fails too, or its failure was its last. So a receiver that fails every first
-//!   attempt (a cold start, a Zap warming up) never trips it for long, while a dead one, with
-//!   no such recovery in sight, opens it after `min_failures` events.
+//!   attempt (a cold start, a Zap warming up) never trips it for long, at any rate, while a
+//!   dead one, with no such recovery in sight, opens it after `min_failures` events; and one
+//!   that dies after such a spell opens it as soon as its retries fail.
 //! - **Open → half-open** after a cool-down that starts at `cooldown` and doubles with every
 //!   probe round that fails (and with every re-opening soon after closing), up to
 //!   `max_cooldown`. Half-open sends up to `probes` deliveries of different events at once.
@@ -98,6 +99,10 @@ pub struct CircuitPolicy {
 /// Deliveries kept in the window; enough to judge a rate, bounded whatever the traffic.
 const WINDOW_CAPACITY: usize = 512;
 
+/// Retry answers kept apart from the window, so that at a high rate the first failures do
+/// not crowd the evidence of retries going through out of it.
+pub const RETRY_CAPACITY: usize = 64;
+
 /// A delivery's latest judged answer in the window.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -170,6 +175,8 @@ pub struct Breaker {
     level: u32,
     closed_at_ms: Option<i64>,
     window: VecDeque<Sample>,
+    /// The latest retries' answers in the window: (when, went through).
+    retries: VecDeque<(i64, bool)>,
     round: Option<Round>,
 }
 
@@ -181,6 +188,7 @@ impl Default for Breaker {
             level: 0,
             closed_at_ms: None,
             window: VecDeque::new(),
+            retries: VecDeque::new(),
             round: None,
         }
     }
@@ -273,8 +281,8 @@ impl Breaker {
         match self.state {
             CircuitState::Closed => {
                 let verdict = Verdict::of(answer)?;
-                self.push(answer.delivery, verdict, policy, now_ms);
-                if signal == Signal::Failure && self.should_open(policy) {
+                self.push(answer, verdict, policy, now_ms);
+                if signal == Signal::Failure && self.should_open(policy, now_ms) {
                     // Re-opening soon after closing means the recovery did not hold.
                     let relapse = self
                         .closed_at_ms
@@ -290,7 +298,7 @@ impl Breaker {
                     // The fresh window starts with what closed it: a retry going through
                     // tells the events that fail their first attempt next not to count yet.
                     if let Some(verdict) = Verdict::of(answer) {
-                        self.push(answer.delivery, verdict, policy, now_ms);
+                        self.push(answer, verdict, policy, now_ms);
                     }
                     return Some(transition);
                 }
@@ -322,8 +330,16 @@ impl Breaker {
         }
     }
 
-    fn push(&mut self, delivery: u64, verdict: Verdict, policy: &CircuitPolicy, now_ms: i64) {
+    fn push(&mut self, answer: Answer, verdict: Verdict, policy: &CircuitPolicy, now_ms: i64) {
+        let delivery = answer.delivery;
         let horizon = now_ms.saturating_sub(policy.window_ms);
+        if answer.retried {
+            if self.retries.len() >= RETRY_CAPACITY {
+                self.retries.pop_front();
+            }
+            self.retries
+                .push_back((now_ms, verdict == Verdict::Recovered));
+        }
         // A delivery counts once, by its latest answer.
         if let Some(at) = self.window.iter().position(|s| s.delivery == delivery) {
             self.window.remove(at);
@@ -340,11 +356,25 @@ impl Breaker {
         });
     }
 
-    fn should_open(&self, policy: &CircuitPolicy) -> bool {
+    /// Most of the retries answered in the window went through.
+    fn retries_recover(&self, policy: &CircuitPolicy, now_ms: i64) -> bool {
+        let horizon = now_ms.saturating_sub(policy.window_ms);
+        let (recovered, failed) =
+            self.retries
+                .iter()
+                .filter(|(at, _)| *at > horizon)
+                .fold(
+                    (0, 0),
+                    |(r, f), (_, ok)| if *ok { (r + 1, f) } else { (r, f + 1) },
+                );
+        recovered > failed
+    }
+
+    fn should_open(&self, policy: &CircuitPolicy, now_ms: i64) -> bool {
         if policy.min_failures == 0 {
             return false;
         }
-        let recovering = self.window.iter().any(|s| s.verdict == Verdict::Recovered);
+        let recovering = self.retries_recover(policy, now_ms);
         let (mut failing, mut judged) = (0_usize, 0_usize);
         for sample in &self.window {
             match sample.verdict {
@@ -378,6 +408,7 @@ impl Breaker {
         self.round = None;
         // Judge the endpoint afresh: the failures that opened it are history.
         self.window.clear();
+        self.retries.clear();
         Transition {
             from,
             to: CircuitState::Closed,

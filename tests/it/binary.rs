@@ -10,7 +10,7 @@ use std::{
 };
 
 use hookrelay::Relay;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{Reply, TestReceiver, config, usage, usage_event};
 
@@ -363,6 +363,14 @@ async fn send_and_dlq_commands_work_on_the_database_directly() {
     let list: Value =
         serde_json::from_slice(&run(&["dlq", "list", "--json"]).stdout).expect("json");
     assert_eq!(list["count"], 2);
+    let page: Value =
+        serde_json::from_slice(&run(&["dlq", "list", "--json", "--limit", "1"]).stdout)
+            .expect("json");
+    assert_eq!(
+        (page["count"].clone(), page["total"].clone()),
+        (json!(1), json!(2)),
+        "a limited page still tells the queue's size"
+    );
     let id = list["dead_letters"][0]["id"]
         .as_str()
         .expect("id")

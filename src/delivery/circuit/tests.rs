@@ -124,17 +124,20 @@ fn first_failures_stop_counting_once_a_retry_goes_through() {
     for d in 2..100 {
         assert_eq!(fail(&mut b, d, 1_000), None, "event {d}");
     }
-    // Their retries failing too is evidence about the endpoint: 10 of 11 judged.
-    for d in 2..11 {
-        assert_eq!(
-            b.record(Answer::retry(d, Signal::Failure), false, &POLICY, 2_000),
-            None
-        );
-    }
+    // Then their retries fail too: once failed retries are not outnumbered by those that
+    // went through, the first failures count again and the circuit opens on the spot.
     let t = b
-        .record(Answer::retry(11, Signal::Failure), false, &POLICY, 2_000)
+        .record(Answer::retry(2, Signal::Failure), false, &POLICY, 2_000)
         .expect("opens");
     assert_eq!(t.to, CircuitState::Open);
+    // Retries going through at a high rate keep first failures provisional however many of
+    // them fill the window; only the retries' own record decides.
+    let mut b = Breaker::default();
+    for d in 0..5_000_u64 {
+        let now = d as i64;
+        assert_eq!(fail(&mut b, 10_000 + d, now), None, "event {d}");
+        b.record(Answer::retry(d, Signal::Success), false, &POLICY, now);
+    }
     // A failure that dead-letters its delivery counts at once, retried or not.
     let mut b = Breaker::default();
     b.record(Answer::retry(1, Signal::Success), false, &POLICY, 0);
@@ -322,6 +325,8 @@ struct Scenario {
     receiver: Receiver,
     /// Events the receiver never accepts.
     poison: fn(usize) -> bool,
+    /// Deliveries the worker model sends per tick while the circuit is closed.
+    per_tick: usize,
 }
 
 #[derive(Debug, Default)]
@@ -345,7 +350,6 @@ struct Delivery {
 
 const RETRY_BASE_MS: i64 = 1_000;
 const MAX_RETRIES: u32 = 3;
-const CONCURRENCY: usize = 16;
 const TICK_MS: i64 = 50;
 
 /// Plays a scenario: every tick, the worker model claims what the breaker admits (oldest due
@@ -376,7 +380,7 @@ fn play(s: &Scenario, count_from: i64, count_to: i64) -> Report {
             .collect();
         due.sort_by_key(|&i| ds[i].due);
         let (picked, probing): (Vec<usize>, bool) = match b.admission(&POLICY, now) {
-            Admission::Flow => (due.into_iter().take(CONCURRENCY).collect(), false),
+            Admission::Flow => (due.into_iter().take(s.per_tick).collect(), false),
             Admission::Probe(k) => {
                 let k = k as usize;
                 let mut picked: Vec<usize> = due
@@ -481,6 +485,7 @@ fn scenarios_deliver_healthy_events_and_dead_letter_only_poison() {
                 arrivals: vec![0; 50],
                 receiver: |_, attempt, _| attempt > 1,
                 poison: never,
+                per_tick: 16,
             },
             done_by_ms: 6_000,
             attempts_window: (0, 300_000, 50 * 2 + 20),
@@ -492,10 +497,25 @@ fn scenarios_deliver_healthy_events_and_dead_letter_only_poison() {
                 arrivals: (0..600).map(|n| n * 50).collect(),
                 receiver: |_, attempt, _| attempt > 1,
                 poison: never,
+                per_tick: 16,
             },
             done_by_ms: 36_000,
             attempts_window: (0, 300_000, 600 * 2 + 60),
             opened: (0, 10),
+        },
+        Row {
+            // Ten times the window's capacity per second: the evidence that retries go
+            // through must not be crowded out of the window by the first failures.
+            scenario: Scenario {
+                name: "flaky-first, a steady 1,000/s",
+                arrivals: (0..10_000).collect(),
+                receiver: |_, attempt, _| attempt > 1,
+                poison: never,
+                per_tick: 200,
+            },
+            done_by_ms: 14_000,
+            attempts_window: (0, 300_000, 10_000 * 2 + 60),
+            opened: (0, 3),
         },
         Row {
             scenario: Scenario {
@@ -503,6 +523,7 @@ fn scenarios_deliver_healthy_events_and_dead_letter_only_poison() {
                 arrivals: (0..600).map(|n| n * 50).collect(),
                 receiver: |_, _, _| true,
                 poison: |event| event % 20 == 7,
+                per_tick: 16,
             },
             done_by_ms: 30_000,
             attempts_window: (0, 300_000, 570 + 30 * 4),
@@ -514,6 +535,7 @@ fn scenarios_deliver_healthy_events_and_dead_letter_only_poison() {
                 arrivals: (0..600).map(|n| n * 50).collect(),
                 receiver: |_, _, now| now >= 20_000,
                 poison: never,
+                per_tick: 16,
             },
             // Probes at 2, 6, 14 and 30 s: the first after the outage ends succeeds, then
             // the backlog of ~500 drains at the model's 16 a tick.
@@ -528,6 +550,7 @@ fn scenarios_deliver_healthy_events_and_dead_letter_only_poison() {
                 arrivals: (0..600).map(|n| n * 50).collect(),
                 receiver: |event, _, _| event % 2 == 0,
                 poison: |event| event % 2 == 1,
+                per_tick: 16,
             },
             done_by_ms: 30_000,
             attempts_window: (0, 300_000, 300 + 300 * 4),
