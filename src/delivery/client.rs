@@ -35,9 +35,12 @@ pub enum SendError {
     /// No complete response within the timeout.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// Could not connect (refused, unreachable, DNS, TLS).
+    /// Could not connect (refused, unreachable, DNS).
     #[error("connection failed: {0}")]
     Connect(String),
+    /// Connected, but the TLS handshake failed.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// The connection failed mid-request.
     #[error("request failed: {0}")]
     Network(String),
@@ -95,7 +98,8 @@ impl HttpSender {
         Ok(Self { client, policy })
     }
 
-    /// POSTs `body` with `headers`; the whole exchange, body included, is bounded by `timeout`.
+    /// POSTs `body` with `headers`. The answer (status and headers) must come within
+    /// `timeout`; the first bytes of the body are read within what is left of it.
     pub async fn post(
         &self,
         url: &EndpointUrl,
@@ -107,51 +111,51 @@ impl HttpSender {
         self.policy
             .check_url(url.url())
             .map_err(SendError::Blocked)?;
-        let exchange = async {
-            let mut response = self
-                .client
-                .post(url.as_str())
-                .headers(headers)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| classify(&e))?;
-            let status = response.status();
-            let header = |name| {
-                response
-                    .headers()
-                    .get(name)
-                    .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let retry_after = header(RETRY_AFTER);
-            let location = header(reqwest::header::LOCATION);
-            let mut snippet = Vec::new();
-            // Read only what the attempt log keeps; a huge or endless body is not our problem.
-            while snippet.len() < SNIPPET_BYTES {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => snippet.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    // The status already tells the outcome; a broken body only shortens the log.
-                    Err(_) => break,
-                }
-            }
-            snippet.truncate(SNIPPET_BYTES);
-            Ok(Response {
-                status,
-                retry_after,
-                location,
-                snippet: String::from_utf8_lossy(&snippet).into_owned(),
-            })
+        // The status line and headers must arrive within the timeout; the body is read only
+        // for the attempt log, for what is left of it. Once the status is in, it is the
+        // receiver's answer: a body that drips, breaks or never ends shortens the log only.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = self
+            .client
+            .post(url.as_str())
+            .headers(headers)
+            .body(body)
+            .send();
+        let mut response = match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(classify(&error, url)),
+            Err(_) => return Err(SendError::Timeout(timeout)),
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(SendError::Timeout(timeout)),
+        let status = response.status();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(RETRY_AFTER);
+        let location = header(reqwest::header::LOCATION);
+        let mut snippet = Vec::new();
+        // Read only what the attempt log keeps; dropping the response then closes the
+        // connection instead of draining a huge or endless body.
+        while snippet.len() < SNIPPET_BYTES {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => snippet.extend_from_slice(&chunk),
+                Ok(Ok(None) | Err(_)) | Err(_) => break,
+            }
         }
+        snippet.truncate(SNIPPET_BYTES);
+        Ok(Response {
+            status,
+            retry_after,
+            location,
+            snippet: String::from_utf8_lossy(&snippet).into_owned(),
+        })
     }
 }
 
-fn classify(error: &reqwest::Error) -> SendError {
+fn classify(error: &reqwest::Error, url: &EndpointUrl) -> SendError {
     let mut source = error.source();
     while let Some(cause) = source {
         if let Some(blocked) = cause.downcast_ref::<BlockedAddress>() {
@@ -162,9 +166,40 @@ fn classify(error: &reqwest::Error) -> SendError {
     let detail = describe(error);
     if error.is_timeout() {
         SendError::Timeout(Duration::ZERO)
+    } else if error.is_connect() && url.url().scheme() == "https" && tls_failed(error) {
+        SendError::Tls(detail)
     } else if error.is_connect() {
         SendError::Connect(detail)
     } else {
         SendError::Network(detail)
+    }
+}
+
+/// Whether a connect error happened after TCP was up: a TLS error, or what making a TCP
+/// connection never fails with (bad data, an early end of stream) while a handshake does.
+fn tls_failed(error: &reqwest::Error) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if is_tls(cause) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// An I/O error's `source()` skips the error it wraps, so wrapped ones are opened here.
+fn is_tls(cause: &(dyn std::error::Error + 'static)) -> bool {
+    if cause.is::<rustls::Error>() {
+        return true;
+    }
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io) => {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) || io.get_ref().is_some_and(|inner| is_tls(inner))
+        }
+        None => false,
     }
 }

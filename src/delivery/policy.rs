@@ -14,8 +14,10 @@ pub enum Failure {
     },
     /// No complete answer within the timeout.
     Timeout,
-    /// The connection could not be made (refused, DNS, TLS handshake).
+    /// The connection could not be made (refused, unreachable, DNS).
     Connect,
+    /// The TLS handshake failed (bad certificate, not TLS, closed during the handshake).
+    Tls,
     /// The connection broke mid-request.
     Network,
 }
@@ -27,17 +29,19 @@ impl Failure {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status { code, .. } => matches!(code, 408 | 429 | 500..=599),
-            Self::Timeout | Self::Connect | Self::Network => true,
+            Self::Timeout | Self::Connect | Self::Tls | Self::Network => true,
         }
     }
 
-    /// A short kind for the attempt log: `status`, `timeout`, `connect`, `network`.
+    /// A short kind for the attempt log: `status`, `redirect`, `timeout`, `connect`, `tls`,
+    /// `network`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Status { code, .. } if (300..400).contains(code) => "redirect",
             Self::Status { .. } => "status",
             Self::Timeout => "timeout",
             Self::Connect => "connect",
+            Self::Tls => "tls",
             Self::Network => "network",
         }
     }
@@ -143,6 +147,7 @@ mod tests {
             (status(307), false),
             (Failure::Timeout, true),
             (Failure::Connect, true),
+            (Failure::Tls, true),
             (Failure::Network, true),
         ];
         for (failure, retryable) in table {

@@ -541,6 +541,7 @@ impl Worker {
                 let failure = match &error {
                     SendError::Timeout(_) => Failure::Timeout,
                     SendError::Connect(_) => Failure::Connect,
+                    SendError::Tls(_) => Failure::Tls,
                     SendError::Network(_) | SendError::Blocked(_) => Failure::Network,
                 };
                 (failure, error.to_string())

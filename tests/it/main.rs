@@ -4,6 +4,7 @@ mod binary;
 mod delivery;
 mod dlq;
 mod endpoints;
+mod faults;
 mod guard;
 mod helpers;
 mod ingest;
