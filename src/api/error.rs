@@ -69,7 +69,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        // Both are the server's state, not the request's: the client should come back.
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE
+        ) {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -82,11 +86,18 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         // The cause is logged, not shown: it may describe the server's file system.
         tracing::error!(error = %error, "storage error while answering a request");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage_unavailable",
-            "the event store is unavailable; nothing was stored, retry later",
-        )
+        match error {
+            StoreError::Full(_) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                "the disk holding the event store is full; nothing was stored, retry later",
+            ),
+            _ => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                "the event store is unavailable; nothing was stored, retry later",
+            ),
+        }
     }
 }
 

@@ -86,6 +86,9 @@ pub enum StoreError {
     /// The database answered with an error (disk full, I/O error, locked for too long, …).
     #[error("database error: {0}")]
     Database(String),
+    /// The disk holding the database is full: nothing was written.
+    #[error("the database's disk is full: {0}")]
+    Full(String),
     /// The store has shut down.
     #[error("the store is closed")]
     Closed,

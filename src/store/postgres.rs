@@ -68,7 +68,16 @@ const WORK_CHANNEL: &str = "hookrelay_work";
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        StoreError::Database(error.to_string())
+        // 53100 disk_full; 53xxx is "insufficient resources".
+        let disk_full = error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "53100");
+        if disk_full {
+            StoreError::Full(error.to_string())
+        } else {
+            StoreError::Database(error.to_string())
+        }
     }
 }
 

@@ -82,7 +82,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        StoreError::Database(error.to_string())
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(error.to_string()),
+            _ => StoreError::Database(error.to_string()),
+        }
     }
 }
 

@@ -231,3 +231,178 @@ async fn misbehaving_receivers_end_within_the_timeout_with_a_clear_error_kind() 
         }
     }
 }
+
+/// A size-limited tmpfs of the test's own, unmounted when dropped (after what uses it).
+struct SmallDisk {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl SmallDisk {
+    /// Mounts `size` bytes of tmpfs, or says why it cannot (mounting needs root). Set
+    /// `HOOKRELAY_REQUIRE_FAULT_TESTS=1` (CI does) to fail instead of skipping.
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Self { dir: Some(dir) }),
+            other => {
+                let why = format!("cannot mount a tmpfs for the disk-full test: {other:?}");
+                assert!(
+                    std::env::var("HOOKRELAY_REQUIRE_FAULT_TESTS").is_err(),
+                    "{why}"
+                );
+                eprintln!("skipped: {why}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.as_ref().expect("mounted").path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(dir.path())
+                .status();
+        }
+    }
+}
+
+/// Fills the file system at `dir` to the last byte; returns the filler's path.
+fn fill(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).expect("filler");
+    let block = vec![0_u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    while file.write_all(&[0]).is_ok() {}
+    let _ = file.sync_all();
+    path
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_507_keeps_what_was_acknowledged_and_recovers_without_restart() {
+    let Some(disk) = SmallDisk::mount("6m") else {
+        return;
+    };
+    let receiver = crate::helpers::TestReceiver::start().await;
+    // Deliveries wait until the disk is freed, so what was acknowledged is still pending.
+    receiver.always(crate::helpers::Reply::status(503));
+    let data = tempfile::TempDir::new_in(disk.path()).expect("data dir");
+    let app = crate::helpers::TestApp::spawn_with(
+        config(
+            data.path(),
+            &[
+                ("ZAPIER_WEBHOOK_URL", &receiver.url()),
+                ("WEBHOOK_RETRY_DELAY_SECONDS", "0.05"),
+                ("HOOKRELAY_CIRCUIT_FAILURE_THRESHOLD", "0"),
+            ],
+        ),
+        tempfile::tempdir().expect("unused dir"),
+        Arc::new(hookrelay::clock::SystemClock),
+    )
+    .await;
+
+    let mut acknowledged = Vec::new();
+    let post = |n: usize| {
+        let app = &app;
+        async move {
+            app.post_json(
+                "/api/webhook/usage",
+                &crate::helpers::usage_event(&format!("disk-{n}")),
+            )
+            .await
+        }
+    };
+    let filler = fill(disk.path());
+    let mut refused = None;
+    for n in 0..20_000 {
+        let response = post(n).await;
+        match response.status().as_u16() {
+            202 => {
+                let body: serde_json::Value = response.json().await.expect("json");
+                acknowledged.push(body["id"].as_str().expect("id").to_owned());
+            }
+            status => {
+                let retry_after = response.headers().get("retry-after").cloned();
+                let body: serde_json::Value = response.json().await.expect("a JSON error");
+                refused = Some((status, body, retry_after));
+                break;
+            }
+        }
+    }
+    let (status, body, retry_after) = refused.expect("the full disk refused an event");
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["code"], "storage_full", "{body}");
+    assert!(retry_after.is_some(), "a refusal says when to retry");
+    // Refused again and again, the same way, while the disk stays full.
+    for n in 0..20 {
+        assert_eq!(post(100_000 + n).await.status(), 507);
+    }
+    // The database is sound and holds every acknowledged event.
+    {
+        let db = rusqlite::Connection::open_with_flags(
+            data.path().join("hookrelay.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open");
+        let check: String = db
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok");
+    }
+    let counts = app.relay.counts().await.expect("counts");
+    assert!(
+        counts.pending as usize >= acknowledged.len(),
+        "{} acknowledged, {} pending",
+        acknowledged.len(),
+        counts.pending
+    );
+
+    // Space comes back: ingest and delivery resume without a restart.
+    std::fs::remove_file(filler).expect("free space");
+    receiver.always(crate::helpers::Reply::status(200));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = post(200_000).await;
+        if response.status() == 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest did not resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::helpers::eventually(Duration::from_secs(30), "the queue drained", || {
+        let app = &app;
+        async move {
+            app.relay
+                .counts()
+                .await
+                .is_ok_and(|c| c.pending == 0 && c.dead == 0)
+        }
+    })
+    .await;
+    let arrived: std::collections::HashSet<String> = receiver
+        .received()
+        .iter()
+        .filter_map(|r| r.json()["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !arrived.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but never delivered: {lost:?}"
+    );
+    drop(app);
+    drop(data);
+    drop(disk);
+}
