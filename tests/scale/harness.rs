@@ -144,13 +144,23 @@ pub struct Instance {
 impl Instance {
     /// Starts `hookrelay serve --role ROLE` and waits for its first line on stdout.
     pub async fn start(role: Role, schema: &TestSchema, receiver: &Receiver) -> Self {
+        Self::start_via(role, schema, receiver, &schema.url).await
+    }
+
+    /// The same, reaching the database at `database_url` (a proxy in front of the server).
+    pub async fn start_via(
+        role: Role,
+        schema: &TestSchema,
+        receiver: &Receiver,
+        database_url: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("data dir");
         let mut child = Command::new(BIN)
             .env_clear()
             // No `.env` of the repository is read from here.
             .current_dir(dir.path())
             .args(["serve", "--role", role.as_str()])
-            .env("DATABASE_URL", &schema.url)
+            .env("DATABASE_URL", database_url)
             .env("HOOKRELAY_DB_SCHEMA", &schema.name)
             .env("HOOKRELAY_LISTEN", "127.0.0.1:0")
             .env("HOOKRELAY_DATA_DIR", dir.path())
@@ -233,6 +243,11 @@ impl Instance {
     /// The `LIKE` pattern of this process's instance ids.
     pub fn like_pattern(&self) -> String {
         format!("{}-%", self.pid)
+    }
+
+    /// The process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL, and waits until the process is gone.
@@ -430,4 +445,85 @@ pub async fn post_usage(
         .ok_or_else(|| format!("202 without an id: {body}"))?
         .to_owned();
     Ok(Acknowledged { id, replayed })
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut: every open connection is
+/// dropped and new ones are closed at once until it is restored, as when the server restarts.
+pub struct DatabaseProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    /// Bumped by each cut; a connection ends when it no longer matches.
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The local ports of the proxy's connections to the server, as `pg_stat_activity`
+    /// shows them in `client_port`: which backends are this test's.
+    ports: Arc<Mutex<Vec<u16>>>,
+    accept: JoinHandle<()>,
+}
+
+impl DatabaseProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let generation = Arc::new(tokio::sync::watch::channel(0_u64).0);
+        let ports = Arc::new(Mutex::new(Vec::new()));
+        let (flag, cuts, seen) = (Arc::clone(&up), Arc::clone(&generation), Arc::clone(&ports));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut cut = cuts.subscribe();
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if let Ok(local) = server.local_addr() {
+                        seen.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(local.port());
+                    }
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            generation,
+            ports,
+            accept,
+        }
+    }
+
+    /// The `client_port`s of every server connection the proxy opened.
+    pub fn backend_ports(&self) -> Vec<i32> {
+        self.ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| i32::from(*p))
+            .collect()
+    }
+
+    /// Drops every connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for DatabaseProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.generation.send_modify(|g| *g += 1);
+    }
 }

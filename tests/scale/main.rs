@@ -441,3 +441,161 @@ async fn one_instance_leads_and_a_survivor_takes_over() {
         killed_at.elapsed()
     );
 }
+
+/// What the load of the PostgreSQL fault test got back.
+#[derive(Default)]
+struct FaultTally {
+    acknowledged: Mutex<HashSet<String>>,
+    /// 503s that carried `Retry-After` and a JSON `storage_unavailable` reason.
+    unavailable: AtomicUsize,
+    /// Anything else that was not a 202: a wrong status, a body without a reason, no answer.
+    wrong: Mutex<Vec<String>>,
+    /// When each 202 came, for "resumed within seconds".
+    acknowledged_at: Mutex<Vec<Instant>>,
+}
+
+async fn fault_client(url: String, client: usize, stop: Arc<AtomicBool>, tally: Arc<FaultTally>) {
+    let http = reqwest::Client::new();
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        n += 1;
+        let body = harness::usage_event(&format!("fault-{client}-{n}"));
+        let response = match http.post(&url).json(&body).send().await {
+            Ok(response) => response,
+            Err(e) => {
+                tally
+                    .wrong
+                    .lock()
+                    .expect("tally")
+                    .push(format!("no answer: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        match status {
+            202 => {
+                let id = body["id"].as_str().unwrap_or_default().to_owned();
+                tally.acknowledged.lock().expect("tally").insert(id);
+                tally
+                    .acknowledged_at
+                    .lock()
+                    .expect("tally")
+                    .push(Instant::now());
+            }
+            503 if retry_after && body["code"] == "storage_unavailable" => {
+                tally.unavailable.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => tally
+                .wrong
+                .lock()
+                .expect("tally")
+                .push(format!("{status} (retry-after: {retry_after}): {body}")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_going_away_under_load_answers_503_and_loses_nothing_acknowledged() {
+    let Some(url) = postgres_url("postgres_going_away_under_load") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let schema = TestSchema::create(&url, "pgfault").await;
+    let receiver = Receiver::start(Duration::ZERO).await;
+    let mut direct = reqwest::Url::parse(&url).expect("HOOKRELAY_TEST_POSTGRES_URL is a URL");
+    let target = direct
+        .socket_addrs(|| Some(5432))
+        .expect("PostgreSQL address")[0];
+    let proxy = harness::DatabaseProxy::start(target).await;
+    direct.set_port(Some(proxy.port)).expect("port");
+    let mut instance = Instance::start_via(Role::All, &schema, &receiver, direct.as_str()).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(FaultTally::default());
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            tokio::spawn(fault_client(
+                instance.ingest_url(),
+                client,
+                Arc::clone(&stop),
+                Arc::clone(&tally),
+            ))
+        })
+        .collect();
+    let acknowledged = || tally.acknowledged.lock().expect("tally").len();
+    poll_until(Duration::from_secs(10), "events flowing", || async {
+        (acknowledged() >= 200).then_some(())
+    })
+    .await;
+
+    // Every backend of this instance terminated, three times over, under load.
+    for _ in 0..3 {
+        let terminated: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE client_addr IS NOT NULL AND client_port = ANY($1)",
+        )
+        .bind(proxy.backend_ports())
+        .fetch_one(&schema.pool)
+        .await
+        .expect("terminate backends");
+        assert!(terminated > 0, "the instance's connections were found");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Then the server is gone for 3 s: connections dropped, new ones closed at once.
+    proxy.cut();
+    let cut_at = Instant::now();
+    let unavailable_before = tally.unavailable.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        tally.unavailable.load(Ordering::SeqCst) > unavailable_before,
+        "ingest answered 503 while the database was away"
+    );
+    assert!(instance.is_running(), "hookrelay kept running");
+    proxy.restore();
+    let restored_at = Instant::now();
+    let resumed = poll_until(Duration::from_secs(10), "ingest to resume", || async {
+        tally
+            .acknowledged_at
+            .lock()
+            .expect("tally")
+            .iter()
+            .copied()
+            .find(|at| *at > restored_at)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.expect("client");
+    }
+    assert!(instance.is_running(), "hookrelay kept running");
+    let wrong = tally.wrong.lock().expect("tally").clone();
+    assert!(
+        wrong.is_empty(),
+        "answers other than 202 or a 503 with a reason: {wrong:?}"
+    );
+
+    let ids: Vec<String> = tally
+        .acknowledged
+        .lock()
+        .expect("tally")
+        .iter()
+        .cloned()
+        .collect();
+    receiver
+        .wait_for_all(ids.iter(), Duration::from_secs(15), Duration::from_secs(60))
+        .await;
+    println!(
+        "postgres away: {} acknowledged, {} answered 503; ingest resumed {:.2?} after the \
+         server came back ({:.2?} after the cut), every acknowledged event delivered",
+        ids.len(),
+        tally.unavailable.load(Ordering::SeqCst),
+        resumed - restored_at,
+        resumed - cut_at,
+    );
+    drop(instance);
+}
