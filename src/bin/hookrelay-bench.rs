@@ -308,6 +308,21 @@ fn process_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / clock_ticks, hwm_kib / 1024.0))
 }
 
+/// The hookrelay binary: `--server`, or the one next to this bench.
+fn server_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    match &args.server {
+        Some(path) => Ok(path.clone()),
+        None => Ok(std::env::current_exe()?.with_file_name("hookrelay")),
+    }
+}
+
+/// CPU seconds summed over the instances, and the largest instance's peak RSS (MiB).
+fn instances_usage(pids: &[u32]) -> (f64, f64) {
+    pids.iter()
+        .map(|pid| process_usage(*pid).unwrap_or((f64::NAN, f64::NAN)))
+        .fold((0.0, 0.0_f64), |(cpu, peak), (c, p)| (cpu + c, peak.max(p)))
+}
+
 struct Server {
     child: Child,
     address: String,
@@ -392,6 +407,29 @@ fn start_server(
         address,
         dir: dir.to_path_buf(),
     })
+}
+
+/// `--instances` servers (at least one) on one database.
+fn start_servers(
+    args: &Args,
+    binary: &Path,
+    dir: &Path,
+    receiver_url: &str,
+    database: &Database,
+    scenario: Scenario,
+) -> anyhow::Result<Vec<Server>> {
+    (0..args.instances.max(1))
+        .map(|_| {
+            start_server(
+                binary,
+                dir,
+                receiver_url,
+                args.endpoint_concurrency,
+                database,
+                scenario,
+            )
+        })
+        .collect()
 }
 
 async fn wait_delivered(
@@ -563,10 +601,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
     if args.instances == 0 {
         bail!("--instances must be at least 1");
     }
-    let binary = match &args.server {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("hookrelay"),
-    };
+    let binary = server_binary(args)?;
     let dir = tempfile::tempdir()?;
     let (receiver, receiver_url) = start_receiver(Receiver {
         limit: Mutex::new(args.receiver_limit.map(|allowed| (allowed, 0, 0))),
@@ -596,18 +631,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
             started.elapsed().as_secs_f64()
         );
     }
-    let servers = (0..args.instances)
-        .map(|_| {
-            start_server(
-                &binary,
-                dir.path(),
-                &receiver_url,
-                args.endpoint_concurrency,
-                database,
-                scenario,
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let servers = start_servers(args, &binary, dir.path(), &receiver_url, database, scenario)?;
     let server = &servers[0];
     let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
     let mut slow = None;
@@ -643,12 +667,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         .iter()
         .map(|s| format!("{}/api/webhook/usage", s.address))
         .collect();
-    // Summed over the instances; peak memory is the largest instance's.
-    let usage = || {
-        pids.iter()
-            .map(|pid| process_usage(*pid).unwrap_or((f64::NAN, f64::NAN)))
-            .fold((0.0, 0.0_f64), |(cpu, peak), (c, p)| (cpu + c, peak.max(p)))
-    };
+    let usage = || instances_usage(&pids);
     let cpu_before = usage().0;
     let (total, rate) = match scenario {
         Scenario::Steady | Scenario::Slow => (args.rate * args.duration, Some(args.rate)),
@@ -736,10 +755,7 @@ async fn dead_letters_when(
 /// A steady load against a misbehaving receiver with the breaker on: how long until every
 /// healthy event has arrived, what the receiver had to take, and what was dead-lettered.
 async fn fault_run(args: &Args, scenario: Scenario, database: &Database) -> anyhow::Result<()> {
-    let binary = match &args.server {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("hookrelay"),
-    };
+    let binary = server_binary(args)?;
     let dir = tempfile::tempdir()?;
     let fault = match scenario {
         Scenario::FlakyFirst => Fault::FirstAttempt,
@@ -751,28 +767,13 @@ async fn fault_run(args: &Args, scenario: Scenario, database: &Database) -> anyh
         ..Receiver::default()
     })
     .await?;
-    let servers = (0..args.instances.max(1))
-        .map(|_| {
-            start_server(
-                &binary,
-                dir.path(),
-                &receiver_url,
-                args.endpoint_concurrency,
-                database,
-                scenario,
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let servers = start_servers(args, &binary, dir.path(), &receiver_url, database, scenario)?;
     let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
     let urls: Vec<String> = servers
         .iter()
         .map(|s| format!("{}/api/webhook/usage", s.address))
         .collect();
-    let usage = || {
-        pids.iter()
-            .map(|pid| process_usage(*pid).unwrap_or((f64::NAN, f64::NAN)))
-            .fold((0.0, 0.0_f64), |(cpu, peak), (c, p)| (cpu + c, peak.max(p)))
-    };
+    let usage = || instances_usage(&pids);
     let total = args.rate * args.duration;
     let poison = scenario == Scenario::Poison;
     let poisoned = if poison {
