@@ -41,10 +41,7 @@ use crate::{
         validate_secret,
     },
     ingest::{IngestError, Ingestor},
-    store::{
-        DeliveryDetail, DeliverySummary, Ingested, PgStore, QueueCounts, Selection, SqliteStore,
-        Store, StoreError,
-    },
+    store::{DeliveryDetail, DeliverySummary, Ingested, QueueCounts, Selection, Store, StoreError},
 };
 
 /// Opening the relay failed.
@@ -107,12 +104,7 @@ impl Relay {
         clock: Arc<dyn Clock>,
         sync_default: bool,
     ) -> Result<Self, RelayError> {
-        let store: Arc<dyn Store> = match &config.database {
-            DatabaseLocation::Sqlite(path) => {
-                Arc::new(SqliteStore::open(path, config.sqlite_sync).await?)
-            }
-            DatabaseLocation::Postgres(settings) => Arc::new(PgStore::open(settings).await?),
-        };
+        let store = crate::store::open(&config.database, config.sqlite_sync).await?;
         // ep_default mirrors ZAPIER_WEBHOOK_URL; events queued for it while it is unset wait.
         // A management command only creates it on a fresh database, never changes it.
         let first_use = config.webhook_url.is_some()

@@ -21,11 +21,24 @@ pub use self::{
     sqlite::{SqliteStore, restore},
 };
 use crate::{
+    config::{DatabaseLocation, SqliteSync},
     domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
     endpoints::{Endpoint, EndpointHealth},
     monitor::{Alert, Condition, WindowTotals},
     sessions::{Analytics, CleanupReport, SessionStats, UsageFacts},
 };
+
+/// Opens (creating and migrating as needed) the store at `location`: a SQLite file written
+/// with `sync`, or a PostgreSQL schema.
+pub async fn open(
+    location: &DatabaseLocation,
+    sync: SqliteSync,
+) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        DatabaseLocation::Sqlite(path) => std::sync::Arc::new(SqliteStore::open(path, sync).await?),
+        DatabaseLocation::Postgres(settings) => std::sync::Arc::new(PgStore::open(settings).await?),
+    })
+}
 
 /// One table's share of the database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -12,23 +12,7 @@ use std::{
 use hookrelay::Relay;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestReceiver, config, usage, usage_event};
-
-const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
-
-/// A `hookrelay` command with a clean environment (no `.env`, no inherited settings).
-fn hookrelay(dir: &Path, vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .current_dir(dir)
-        .env("HOOKRELAY_DATA_DIR", dir)
-        .env("RUST_LOG", "hookrelay=warn")
-        .env("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8")
-        .env("WEBHOOK_RATE_LIMIT", "1000000")
-        .envs(vars.iter().copied());
-    command
-}
+use crate::helpers::{Reply, TestReceiver, config, hookrelay, usage, usage_event};
 
 /// Starts `hookrelay serve` on a free port and returns it with its address.
 async fn start_server(dir: &Path, vars: &[(&str, &str)]) -> (Child, String) {

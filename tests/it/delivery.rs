@@ -7,10 +7,11 @@ use hookrelay::{
     clock::{Clock, ManualClock},
     delivery::Outcome,
     domain::EndpointId,
-    store::{SqliteStore, Store},
 };
 
-use crate::helpers::{Reply, TestApp, TestReceiver, config, eventually, usage, usage_event};
+use crate::helpers::{
+    Reply, TestApp, TestReceiver, config, eventually, open_store, usage, usage_event,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 const START_MS: i64 = 1_800_000_000_000;
@@ -277,12 +278,7 @@ async fn an_abandoned_claim_is_delivered_after_its_lease_expires() {
     relay.track_usage(usage("s")).await.expect("track");
 
     // Another worker claims the delivery and dies without recording anything.
-    let other = SqliteStore::open(
-        &dir.path().join("hookrelay.db"),
-        hookrelay::config::SqliteSync::Full,
-    )
-    .await
-    .expect("open");
+    let other = open_store(dir.path()).await;
     let claimed = other
         .claim_due(
             clock.now_ms(),
@@ -313,12 +309,7 @@ async fn a_result_from_an_expired_lease_does_not_overwrite_the_new_claim() {
     let receiver = TestReceiver::start().await;
     let (relay, clock, dir) = manual_relay(&receiver, &[]).await;
     relay.track_usage(usage("s")).await.expect("track");
-    let store = SqliteStore::open(
-        &dir.path().join("hookrelay.db"),
-        hookrelay::config::SqliteSync::Full,
-    )
-    .await
-    .expect("open");
+    let store = open_store(dir.path()).await;
     let first = store
         .claim_due(
             clock.now_ms(),
@@ -429,31 +420,25 @@ async fn graceful_shutdown_finishes_in_flight_deliveries() {
         app.post_json("/api/webhook/usage", &usage_event(&format!("s{i}")))
             .await;
     }
-    let db = app.db_path();
     eventually(WAIT, "all five in flight", || async {
         receiver.arrived() == 5
     })
     .await;
-    let _data = app.stop().await;
+    let data = app.stop().await;
     assert_eq!(receiver.received().len(), 5);
-    let store = SqliteStore::open(&db, hookrelay::config::SqliteSync::Full)
-        .await
-        .expect("open");
+    let store = open_store(data.path()).await;
     let counts = store.counts().await.expect("counts");
     assert_eq!(
         (counts.pending, counts.dead),
         (0, 0),
         "every in-flight delivery was finished and recorded"
     );
-    let conn = rusqlite::Connection::open(&db).expect("open");
-    let delivered: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'",
-            [],
-            |row| row.get(0),
-        )
-        .expect("count");
-    assert_eq!(delivered, 5);
+    let totals = store.window_totals(None).await.expect("totals");
+    assert_eq!(
+        (totals.successes, totals.failures),
+        (5, 0),
+        "each recorded as delivered"
+    );
 }
 
 #[tokio::test]
@@ -472,16 +457,12 @@ async fn shutdown_past_the_grace_period_returns_deliveries_to_the_queue_unspent(
         app.post_json("/api/webhook/usage", &usage_event(&format!("s{i}")))
             .await;
     }
-    let db = app.db_path();
     eventually(WAIT, "all three in flight", || async {
         receiver.arrived() == 3
     })
     .await;
-    let _data = app.stop().await;
-
-    let store = SqliteStore::open(&db, hookrelay::config::SqliteSync::Full)
-        .await
-        .expect("open");
+    let data = app.stop().await;
+    let store = open_store(data.path()).await;
     assert_eq!(store.counts().await.expect("counts").pending, 3);
     // Released, not leased: due at once, with no attempt spent.
     let now = hookrelay::clock::SystemClock.now_ms();

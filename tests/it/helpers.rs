@@ -1,10 +1,10 @@
-//! Test harness: the real server on port 0 with a fresh database file, and a real receiver on
+//! Test harness: the real server on port 0 with a fresh database (a SQLite file, or with
+//! `HOOKRELAY_IT_BACKEND=postgres` a PostgreSQL schema of its own), and a real receiver on
 //! loopback that records what arrives and answers as scripted.
 
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -279,12 +279,83 @@ where
     }
 }
 
-/// A configuration from variables, with the data in `dir`.
+/// The PostgreSQL server these tests run on, when `HOOKRELAY_IT_BACKEND=postgres` (CI runs the
+/// suite once on SQLite files and once on PostgreSQL); `None` for SQLite.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("HOOKRELAY_IT_BACKEND").as_deref() {
+        Ok("postgres") => Some(std::env::var("HOOKRELAY_TEST_POSTGRES_URL").expect(
+            "HOOKRELAY_IT_BACKEND=postgres needs HOOKRELAY_TEST_POSTGRES_URL (postgres://…)",
+        )),
+        Ok("sqlite") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("HOOKRELAY_IT_BACKEND must be sqlite or postgres, not {other}"),
+    }
+}
+
+/// True, with the reason printed, when a test inspects the SQLite file itself and so has
+/// nothing to check on PostgreSQL (the conformance suite covers the store there).
+pub fn sqlite_only(reason: &str) -> bool {
+    let skip = postgres_url().is_some();
+    if skip {
+        eprintln!("skipped on PostgreSQL: {reason}");
+    }
+    skip
+}
+
+/// The variables that put the data of `dir` in the backend under test: nothing for SQLite
+/// (the file lives in `dir`); for PostgreSQL the server and a schema of this directory's own,
+/// remembered in the directory so a server reopened on it finds the same data. CI drops the
+/// `it_` schemas before and after the run.
+pub fn database_vars(dir: &std::path::Path) -> Vec<(String, String)> {
+    let Some(url) = postgres_url() else {
+        return Vec::new();
+    };
+    let marker = dir.join(".it-postgres-schema");
+    let schema = std::fs::read_to_string(&marker).unwrap_or_else(|_| {
+        let schema = format!("it_{}", uuid::Uuid::now_v7().simple());
+        std::fs::write(&marker, &schema).expect("remember the schema");
+        schema
+    });
+    vec![
+        ("DATABASE_URL".into(), url),
+        ("HOOKRELAY_DB_SCHEMA".into(), schema),
+        // Two tests at a time on two cores, each with its own pool: stay far below the
+        // server's connection limit.
+        ("HOOKRELAY_DB_POOL_SIZE".into(), "4".into()),
+    ]
+}
+
+/// Runs SQL on the database of `dir` behind the relay's back, as an operator with `sqlite3`
+/// or `psql` would: `sqlite` on the file, or `postgres` in the directory's schema.
+pub async fn execute_sql(dir: &std::path::Path, sqlite: &str, postgres: &str) {
+    let vars: HashMap<String, String> = database_vars(dir).into_iter().collect();
+    match (vars.get("DATABASE_URL"), vars.get("HOOKRELAY_DB_SCHEMA")) {
+        (Some(url), Some(schema)) => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::raw_sql(&format!("SET search_path TO {schema}; {postgres}"))
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{postgres}: {e}"));
+        }
+        _ => rusqlite::Connection::open(dir.join("hookrelay.db"))
+            .expect("open")
+            .execute_batch(sqlite)
+            .unwrap_or_else(|e| panic!("{sqlite}: {e}")),
+    }
+}
+
+/// A configuration from variables, with the data in `dir` (or its schema, see
+/// [`database_vars`]); a test that names its own `DATABASE_URL` keeps it.
 pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
     let mut map: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    if !map.contains_key("DATABASE_URL") {
+        for (name, value) in database_vars(dir) {
+            map.entry(name).or_insert(value);
+        }
+    }
     // The receivers of these tests listen on loopback, which deliveries may not reach by
     // default: loopback, and only loopback, is allowed.
     map.entry("HOOKRELAY_ALLOWED_TARGET_CIDRS".into())
@@ -297,6 +368,31 @@ pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
     let (config, _) =
         Config::from_lookup(|name| map.get(name).cloned()).unwrap_or_else(|e| panic!("{e}"));
     config
+}
+
+/// A second handle on the database of `dir`, as another process would open it.
+pub async fn open_store(dir: &std::path::Path) -> Arc<dyn hookrelay::store::Store> {
+    let config = config(dir, &[]);
+    hookrelay::store::open(&config.database, config.sqlite_sync)
+        .await
+        .expect("open the store")
+}
+
+/// A `hookrelay` command with a clean environment (no `.env`, no inherited settings).
+pub fn hookrelay(dir: &std::path::Path, vars: &[(&str, &str)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"));
+    command
+        .env_clear()
+        .current_dir(dir)
+        .env("HOOKRELAY_DATA_DIR", dir)
+        .env("RUST_LOG", "hookrelay=warn")
+        .env("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8")
+        .env("WEBHOOK_RATE_LIMIT", "1000000");
+    if !vars.iter().any(|(name, _)| *name == "DATABASE_URL") {
+        command.envs(database_vars(dir));
+    }
+    command.envs(vars.iter().copied());
+    command
 }
 
 /// Where the manual clocks of these tests start.
@@ -366,10 +462,6 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
-    }
-
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("hookrelay.db")
     }
 
     /// POSTs raw bytes as JSON.

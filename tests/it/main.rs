@@ -1,4 +1,5 @@
-//! Integration tests: the real server, a real SQLite file, a real receiver on loopback.
+//! Integration tests: the real server, a real database (a SQLite file by default, a PostgreSQL
+//! schema with `HOOKRELAY_IT_BACKEND=postgres`), a real receiver on loopback.
 
 mod binary;
 mod delivery;

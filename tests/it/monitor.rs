@@ -11,7 +11,7 @@ use hookrelay::{
 use serde_json::Value;
 
 use crate::helpers::{
-    Reply, START_MS, TestApp, TestReceiver, clocked_relay, config, usage, usage_event,
+    Reply, START_MS, TestApp, TestReceiver, clocked_relay, config, hookrelay, usage, usage_event,
 };
 
 #[tokio::test]
@@ -312,15 +312,7 @@ fn slack_urls_get_slack_messages() {
 }
 
 fn cli(dir: &std::path::Path, vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-        .env_clear()
-        .current_dir(dir)
-        .env("HOOKRELAY_DATA_DIR", dir)
-        .env("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8")
-        .envs(vars.iter().copied())
-        .args(args)
-        .output()
-        .expect("run")
+    hookrelay(dir, vars).args(args).output().expect("run")
 }
 
 #[tokio::test]
