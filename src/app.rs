@@ -19,7 +19,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let grace = relay.config().shutdown_grace;
     let role = relay.config().role;
-    crate::monitor::metrics::install();
+    crate::metrics::install();
     let worker = role
         .delivers()
         .then(|| tokio::spawn(relay.clone().run_worker(shutdown.clone())));

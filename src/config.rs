@@ -10,10 +10,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::{
-    domain::{EndpointUrl, Redacted, SigningSecret},
-    signing::SignatureAlgorithm,
-};
+use crate::domain::{AddressPolicy, EndpointUrl, Redacted, SignatureAlgorithm, SigningSecret};
 
 /// How much of a usage event's prompt leaves hookrelay in `query.summary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -39,6 +36,28 @@ impl FromStr for QueryMode {
             "hash" => Ok(Self::Hash),
             "omit" => Ok(Self::Omit),
             other => Err(format!("unknown mode `{other}`")),
+        }
+    }
+}
+
+/// Which header the trusted proxies write the client chain into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            other => Err(format!("unknown header `{other}`")),
         }
     }
 }
@@ -252,7 +271,7 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// `HOOKRELAY_FORWARDED_HEADER` (default `x-forwarded-for`; or `forwarded`): the one
     /// header the trusted proxies append the client's address to.
-    pub forwarded_header: crate::guard::ForwardedHeader,
+    pub forwarded_header: ForwardedHeader,
     /// `HOOKRELAY_ALLOW_NO_ADMIN_TOKEN` (default false): let `serve` start on a non-loopback
     /// address without `HOOKRELAY_ADMIN_TOKEN` (management routes then answer loopback only).
     pub allow_no_admin_token: bool,
@@ -845,7 +864,7 @@ impl Config {
         let trusted_proxies = r.cidrs("HOOKRELAY_TRUSTED_PROXIES");
         let forwarded_header = r.parsed(
             "HOOKRELAY_FORWARDED_HEADER",
-            crate::guard::ForwardedHeader::XForwardedFor,
+            ForwardedHeader::XForwardedFor,
             "x-forwarded-for or forwarded",
         );
         let allow_no_admin_token = r.bool("HOOKRELAY_ALLOW_NO_ADMIN_TOKEN", false);
@@ -949,7 +968,7 @@ impl Config {
         }
 
         if let Some(url) = &webhook_url {
-            let policy = crate::delivery::AddressPolicy {
+            let policy = AddressPolicy {
                 allow_private: allow_private_targets,
                 allowed: allowed_target_cidrs.clone(),
             };

@@ -42,6 +42,7 @@ pub mod domain;
 pub mod endpoints;
 pub mod guard;
 pub mod ingest;
+pub mod metrics;
 pub mod monitor;
 pub mod relay;
 pub mod sessions;

@@ -34,8 +34,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::{Clock, SystemClock},
     config::{Config, DatabaseLocation},
-    delivery::{AddressPolicy, HttpSender, Worker, WorkerSettings},
-    domain::{DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, UsageEvent},
+    delivery::{HttpSender, Worker, WorkerSettings},
+    domain::{
+        AddressPolicy, DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, UsageEvent,
+    },
     endpoints::{
         Endpoint, EndpointChanges, EndpointError, EndpointSpec, InvalidEndpoint, generate_secret,
         validate_secret,
@@ -391,7 +393,7 @@ impl Relay {
     pub async fn session_stats(
         &self,
         session_id: &str,
-    ) -> Result<Option<crate::sessions::SessionStats>, StoreError> {
+    ) -> Result<Option<crate::domain::SessionStats>, StoreError> {
         self.inner.store.session(session_id.to_owned()).await
     }
 
@@ -401,12 +403,12 @@ impl Relay {
         since_ms: i64,
         until_ms: i64,
         limit: usize,
-    ) -> Result<Vec<crate::sessions::SessionStats>, StoreError> {
+    ) -> Result<Vec<crate::domain::SessionStats>, StoreError> {
         self.inner.store.sessions(since_ms, until_ms, limit).await
     }
 
     /// The analytics summary of the last `days` days.
-    pub async fn analytics(&self, days: u32) -> Result<crate::sessions::Analytics, StoreError> {
+    pub async fn analytics(&self, days: u32) -> Result<crate::domain::Analytics, StoreError> {
         self.inner
             .store
             .analytics(self.inner.clock.now_ms(), days)
@@ -419,7 +421,7 @@ impl Relay {
         &self,
         days: u32,
         dry_run: bool,
-    ) -> Result<crate::sessions::CleanupReport, StoreError> {
+    ) -> Result<crate::domain::CleanupReport, StoreError> {
         let cutoff = self.inner.clock.now_ms() - i64::from(days) * 86_400_000;
         self.inner.store.cleanup(cutoff, dry_run).await
     }

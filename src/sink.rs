@@ -23,9 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     clock::{Clock, SystemClock},
-    domain::SigningSecret,
-    ingest::rfc3339,
-    signing::{self, SignatureAlgorithm, VerifyError},
+    domain::{SignatureAlgorithm, SigningSecret, rfc3339},
+    signing::{self, VerifyError},
 };
 
 /// How the sink behaves.

@@ -26,11 +26,11 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn metrics() -> Response {
-    monitor::metrics::install();
+    crate::metrics::install();
     (
         StatusCode::OK,
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        monitor::metrics::render(),
+        crate::metrics::render(),
     )
         .into_response()
 }

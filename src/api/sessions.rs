@@ -74,7 +74,7 @@ fn default_days() -> u32 {
 async fn analytics(
     State(relay): State<Relay>,
     query: Result<Query<AnalyticsQuery>, QueryRejection>,
-) -> Result<Json<crate::sessions::Analytics>, ApiError> {
+) -> Result<Json<crate::domain::Analytics>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     if !(1..=3650).contains(&query.days) {
         return Err(ApiError::bad_request(

@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     clock::{Clock, SystemClock},
     config::{Config, Problem, Severity},
-    delivery::{AddressPolicy, HttpSender, Target, probe},
-    domain::{EndpointId, EndpointUrl, IdempotencyKey, SigningSecret, UsageEvent},
+    delivery::{HttpSender, Target, probe},
+    domain::{
+        AddressPolicy, EndpointId, EndpointUrl, IdempotencyKey, SignatureAlgorithm, SigningSecret,
+        UsageEvent,
+    },
     relay::Relay,
-    signing::SignatureAlgorithm,
     sink::{self, SinkOptions},
 };
 

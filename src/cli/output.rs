@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::ingest::rfc3339;
+use crate::domain::rfc3339;
 
 /// Prints rows under headers, columns aligned.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {

@@ -10,8 +10,8 @@ use reqwest::{
     redirect,
 };
 
-use super::ssrf::{AddressPolicy, BlockedAddress, GuardedResolver};
-use crate::domain::EndpointUrl;
+use super::ssrf::GuardedResolver;
+use crate::domain::{AddressPolicy, BlockedAddress, EndpointUrl};
 
 /// How much of a response body is kept in the attempt log.
 pub const SNIPPET_BYTES: usize = 512;

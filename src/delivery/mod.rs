@@ -19,16 +19,17 @@ pub use self::{
     client::{HttpSender, Response, SNIPPET_BYTES, SendError},
     policy::{Failure, RetryPolicy, parse_retry_after},
     probe::{ProbeReport, ProbeStep, probe},
-    ssrf::{AddressPolicy, BlockedAddress, GuardedResolver},
+    ssrf::GuardedResolver,
     throttle::Throttle,
     worker::{Outcome, Worker, WorkerSettings},
 };
 use crate::{
     clock::millis,
     config::Config,
-    domain::{EndpointId, EndpointUrl, EventId, SigningSecret},
-    endpoints::{Endpoint, RateLimit},
-    signing::{self, SignatureAlgorithm},
+    domain::{
+        Endpoint, EndpointId, EndpointUrl, EventId, RateLimit, SignatureAlgorithm, SigningSecret,
+    },
+    signing,
 };
 
 /// An endpoint as the worker needs it to send: its settings with the configuration's defaults

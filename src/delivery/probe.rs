@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpStream;
 
-use super::{AddressPolicy, HttpSender, Target, signed_headers};
+use super::{HttpSender, Target, signed_headers};
 use crate::{
-    domain::{EventId, EventType},
+    domain::{AddressPolicy, EventId, EventType},
     ingest::generic_payload,
 };
 

@@ -34,9 +34,7 @@ use super::{
 use crate::{
     clock::{Clock, millis},
     config::Config,
-    domain::{DeliveryId, EndpointId},
-    endpoints::{CircuitState, EndpointHealth},
-    ingest::rfc3339,
+    domain::{CircuitState, DeliveryId, EndpointHealth, EndpointId, rfc3339},
     store::{
         AttemptRecord, ClaimedDelivery, HealthUpdate, LeaseToken, NextState, Store, StoreError,
     },
@@ -689,7 +687,7 @@ impl Worker {
             NextState::Throttled(_) => "throttled",
             NextState::DeadLetter => "dead",
         };
-        crate::monitor::metrics::attempt(
+        crate::metrics::attempt(
             target.id.as_str(),
             outcome_label,
             record.status_code,

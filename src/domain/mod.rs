@@ -1,12 +1,33 @@
-//! Typed values shared by every part of hookrelay. Parse at the boundary; after that, the rest
+//! Typed values shared by every part of hookrelay, the bottom layer: it imports nothing else
+//! of the crate. Parse at the boundary; after that, the rest
 //! of the code cannot hold an invalid id, event or secret.
 
+mod address;
+mod alert;
+mod endpoint;
 mod event;
 mod ids;
 mod secret;
+mod signature;
+mod stats;
+mod time;
 mod url;
+mod usage;
 
+pub use address::{AddressPolicy, BlockedAddress};
+pub use alert::{Alert, AlertLevel, Condition};
+pub(crate) use endpoint::invalid as invalid_endpoint;
+pub use endpoint::{
+    CircuitState, Endpoint, EndpointHealth, EndpointView, EventFilter, InvalidEndpoint, RateLimit,
+};
 pub use event::{EventType, GenericEvent, IdempotencyKey, InvalidEvent, UsageEvent};
 pub use ids::{DeliveryId, EndpointId, EventId, IdError};
 pub use secret::{Redacted, SecretError, SigningSecret};
+pub use signature::SignatureAlgorithm;
+pub use stats::{BUCKETS_MS, WindowStats, WindowTotals, bucket, percentile};
+pub use time::rfc3339;
 pub use url::{EndpointUrl, UrlError};
+pub use usage::{
+    Analytics, CleanupReport, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
+    UsageFacts, WebhookCounts, WebhooksSummary,
+};

@@ -11,8 +11,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    delivery::AddressPolicy,
-    domain::{EndpointId, EndpointUrl},
+    domain::{AddressPolicy, EndpointId, EndpointUrl},
 };
 
 /// A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it.

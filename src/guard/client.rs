@@ -5,27 +5,7 @@ use std::net::IpAddr;
 use axum::http::HeaderMap;
 use ipnet::IpNet;
 
-/// Which header the trusted proxies write the client chain into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ForwardedHeader {
-    /// `X-Forwarded-For` (nginx, HAProxy, most load balancers).
-    #[default]
-    XForwardedFor,
-    /// RFC 7239 `Forwarded: for=…`.
-    Forwarded,
-}
-
-impl std::str::FromStr for ForwardedHeader {
-    type Err = String;
-    fn from_str(value: &str) -> Result<Self, String> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "x-forwarded-for" => Ok(Self::XForwardedFor),
-            "forwarded" => Ok(Self::Forwarded),
-            other => Err(format!("unknown header `{other}`")),
-        }
-    }
-}
+use crate::config::ForwardedHeader;
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     let ip = ip.to_canonical();

@@ -19,11 +19,15 @@ use ipnet::IpNet;
 use tokio::sync::Semaphore;
 
 pub use self::{
-    client::{ForwardedHeader, client_ip},
+    client::client_ip,
     ratelimit::{RateLimiter, RateState},
     signature::{SignatureError, Verifier},
 };
-use crate::{api::ApiError, clock::Clock, config::Config};
+use crate::{
+    api::ApiError,
+    clock::Clock,
+    config::{Config, ForwardedHeader},
+};
 
 /// Everything ingest requests pass through before a handler sees them.
 pub struct Guard {
@@ -192,7 +196,7 @@ pub async fn ingest_guard(
 ) -> Response {
     let response = guard.check(peer, request, next).await;
     if response.status().is_client_error() || response.status().is_server_error() {
-        crate::monitor::metrics::rejected(response.status().as_u16());
+        crate::metrics::rejected(response.status().as_u16());
     }
     response
 }

@@ -9,8 +9,8 @@ use std::{
 use axum::http::HeaderMap;
 
 use crate::{
-    domain::SigningSecret,
-    signing::{self, SignatureAlgorithm, VerifyError},
+    domain::{SignatureAlgorithm, SigningSecret},
+    signing::{self, VerifyError},
 };
 
 /// Why a request's signature was refused.

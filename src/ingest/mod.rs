@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 pub use self::payload::{
-    Category, categorize, estimate_complexity, generic_payload, rfc3339, usage_payload,
+    Category, categorize, estimate_complexity, generic_payload, usage_payload,
 };
 use crate::{
     clock::Clock,
@@ -109,7 +109,7 @@ impl Ingestor {
                         let key = if single { k.clone() } else { k.for_item(index) };
                         key.scoped(&EventType::usage_tracked())
                     }),
-                    usage: Some(crate::sessions::UsageFacts {
+                    usage: Some(crate::domain::UsageFacts {
                         session_id: event.session_id.clone(),
                         model: event.model_name.clone(),
                         response_time_ms: event.response_time_ms,
@@ -159,7 +159,7 @@ impl Ingestor {
         };
         let stored = self.store.ingest(events).await?;
         let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
-        crate::monitor::metrics::ingested(kind, stored.len() as u64 - duplicates, duplicates);
+        crate::metrics::ingested(kind, stored.len() as u64 - duplicates, duplicates);
         if stored.iter().any(|s| !s.duplicate) {
             self.wake.notify_one();
         }

@@ -3,11 +3,10 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     config::QueryMode,
-    domain::{EventId, EventType, UsageEvent},
+    domain::{EventId, EventType, UsageEvent, rfc3339},
 };
 
 /// Characters of the prompt kept in `query.summary` by default.
@@ -133,14 +132,6 @@ fn summarize(query: &str, mode: QueryMode) -> Option<String> {
         )),
         QueryMode::Omit => None,
     }
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(unix_ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 #[derive(Serialize)]

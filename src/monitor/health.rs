@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::alerts::{AlertLevel, Condition};
+use crate::domain::{AlertLevel, Condition};
 
 /// The verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

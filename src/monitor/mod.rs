@@ -7,9 +7,7 @@
 
 mod alerts;
 mod health;
-pub mod metrics;
 mod notify;
-mod stats;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -18,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use self::{
-    alerts::{
-        Alert, AlertLevel, Condition, FAILING_CONTINUOUSLY_MS, Snapshot, evaluate, transitions,
-    },
+    alerts::{FAILING_CONTINUOUSLY_MS, Snapshot, evaluate, transitions},
     health::{Health, HealthStatus, Observations, STALLED_AFTER_MS, verdict},
     notify::{Changes, payload as alert_payload},
-    stats::{BUCKETS_MS, WindowStats, WindowTotals, bucket, percentile},
+};
+pub use crate::domain::{
+    Alert, AlertLevel, BUCKETS_MS, Condition, WindowStats, WindowTotals, bucket, percentile,
 };
 use crate::{
     clock::Clock,
@@ -293,7 +291,7 @@ async fn run_retention(
     store: &dyn Store,
     config: &Config,
     clock: &dyn Clock,
-) -> Result<crate::sessions::CleanupReport, StoreError> {
+) -> Result<crate::domain::CleanupReport, StoreError> {
     let cutoff = clock.now_ms() - i64::from(config.retention_days) * 86_400_000;
     let report = store.cleanup(cutoff, false).await?;
     info!(
@@ -348,7 +346,7 @@ impl Monitor {
     pub async fn refresh_gauges(&self) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let counts = self.store.counts().await?;
-        metrics::queue(
+        crate::metrics::queue(
             counts.pending,
             counts.dead,
             counts
@@ -356,7 +354,7 @@ impl Monitor {
                 .map(|at| (now - at).max(0) as f64 / 1000.0),
         );
         for endpoint in self.store.endpoints().await? {
-            metrics::endpoint(
+            crate::metrics::endpoint(
                 endpoint.id.as_str(),
                 endpoint.enabled,
                 endpoint.health.circuit != CircuitState::Closed,
@@ -390,7 +388,7 @@ impl Monitor {
         let active = self.store.active_alerts().await?;
         let (fire, resolve) = transitions(&active, &desired);
         if fire.is_empty() && resolve.is_empty() {
-            metrics::alerts(
+            crate::metrics::alerts(
                 active
                     .iter()
                     .filter(|a| a.level == AlertLevel::Warning)
@@ -411,7 +409,7 @@ impl Monitor {
             info!(rule = alert.rule, "alert resolved: {}", alert.message);
         }
         let still = self.store.active_alerts().await?;
-        metrics::alerts(
+        crate::metrics::alerts(
             still
                 .iter()
                 .filter(|a| a.level == AlertLevel::Warning)
@@ -465,7 +463,7 @@ impl Monitor {
     }
 
     /// One retention pass with `HOOKRELAY_RETENTION_DAYS`.
-    pub async fn retention(&self) -> Result<crate::sessions::CleanupReport, StoreError> {
+    pub async fn retention(&self) -> Result<crate::domain::CleanupReport, StoreError> {
         run_retention(self.store.as_ref(), &self.config, self.clock.as_ref()).await
     }
 

@@ -8,8 +8,10 @@ use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use super::alerts::{Alert, AlertLevel};
-use crate::{delivery::HttpSender, domain::EndpointUrl};
+use crate::{
+    delivery::HttpSender,
+    domain::{Alert, AlertLevel, EndpointUrl},
+};
 
 /// What changed in one evaluation.
 #[derive(Debug, Clone, Default)]

@@ -2,7 +2,7 @@
 //! outcome for its delivery, and the assembly of reports from the sums each store reads.
 
 use super::{DeliveryStatus, NextState};
-use crate::sessions::{
+use crate::domain::{
     Analytics, ModelUsage, QueriesSummary, SessionStats, SessionsSummary, WebhookCounts,
     WebhooksSummary,
 };

@@ -23,7 +23,7 @@ fn close(actual: Option<f64>, expected: f64) -> bool {
     actual.is_some_and(|a| (a - expected).abs() < 1e-9)
 }
 
-async fn session(store: &std::sync::Arc<dyn Store>, id: &str) -> hookrelay::sessions::SessionStats {
+async fn session(store: &std::sync::Arc<dyn Store>, id: &str) -> hookrelay::domain::SessionStats {
     store
         .session(id.to_owned())
         .await

@@ -9,8 +9,8 @@ use std::{
 use axum::{body::Body, extract::ConnectInfo, http::Request};
 use hookrelay::{
     clock::{Clock, ManualClock},
-    domain::SigningSecret,
-    signing::{self, SignatureAlgorithm},
+    domain::{SignatureAlgorithm, SigningSecret},
+    signing,
 };
 use proptest::prelude::*;
 use serde_json::Value;

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use hookrelay::{
     Relay,
-    domain::{EventId, SigningSecret},
-    signing::{SignatureAlgorithm, verify_legacy, verify_standard},
+    domain::{EventId, SignatureAlgorithm, SigningSecret},
+    signing::{verify_legacy, verify_standard},
 };
 use serde_json::{Value, json};
 

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use super::stats::BUCKETS_MS;
+use crate::domain::BUCKETS_MS;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
