@@ -45,7 +45,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod monitor;
 pub mod relay;
-pub mod sessions;
 pub mod signing;
 pub mod sink;
 pub mod store;

@@ -4,6 +4,7 @@ mod dlq;
 mod endpoints;
 mod error;
 mod extract;
+mod guard;
 mod health;
 mod ingest;
 mod monitoring;
@@ -25,11 +26,11 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::ApiError;
-use self::extract::{json_body, parse};
-use crate::{
-    guard::{Guard, Limits, ingest_guard, request_limits},
-    relay::Relay,
+use self::{
+    extract::{json_body, parse},
+    guard::{Limits, ingest_guard, request_limits},
 };
+use crate::{guard::Guard, relay::Relay};
 
 /// What every handler can reach.
 pub type AppState = Relay;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState};
-use crate::{relay::Relay, sessions::SessionStats};
+use crate::{domain::SessionStats, relay::Relay};
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -10,8 +10,8 @@ use super::output::{json, table, time};
 use crate::{
     clock::{Clock, SystemClock},
     config::{Config, DatabaseLocation},
+    domain::SessionStats,
     relay::Relay,
-    sessions::SessionStats,
 };
 
 /// Session commands.

@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 
-use crate::endpoints::{CircuitState, EndpointHealth};
+use crate::domain::{CircuitState, EndpointHealth};
 
 /// What an attempt said about the endpoint's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

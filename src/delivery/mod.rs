@@ -7,7 +7,6 @@ mod client;
 mod policy;
 mod probe;
 mod ssrf;
-mod throttle;
 mod worker;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -20,7 +19,6 @@ pub use self::{
     policy::{Failure, RetryPolicy, parse_retry_after},
     probe::{ProbeReport, ProbeStep, probe},
     ssrf::GuardedResolver,
-    throttle::Throttle,
     worker::{Outcome, Worker, WorkerSettings},
 };
 use crate::{
@@ -126,7 +124,7 @@ impl Target {
             id: EndpointId::default_endpoint(),
             url,
             description: String::new(),
-            filter: crate::endpoints::EventFilter::default(),
+            filter: crate::domain::EventFilter::default(),
             secret: None,
             previous_secret: None,
             previous_secret_until_ms: None,
@@ -138,7 +136,7 @@ impl Target {
             enabled: true,
             disabled_reason: None,
             managed_by_config: true,
-            health: crate::endpoints::EndpointHealth::default(),
+            health: crate::domain::EndpointHealth::default(),
             created_at_ms: 0,
             updated_at_ms: 0,
         };

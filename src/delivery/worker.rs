@@ -28,13 +28,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{
-    Admission, Answer, Breaker, Failure, HttpSender, SendError, Signal, Target, Throttle,
-    Transition, parse_retry_after, signed_headers, track_health,
+    Admission, Answer, Breaker, Failure, HttpSender, SendError, Signal, Target, Transition,
+    parse_retry_after, signed_headers, track_health,
 };
 use crate::{
     clock::{Clock, millis},
     config::Config,
-    domain::{CircuitState, DeliveryId, EndpointHealth, EndpointId, rfc3339},
+    domain::{CircuitState, DeliveryId, EndpointHealth, EndpointId, Throttle, rfc3339},
     store::{
         AttemptRecord, ClaimedDelivery, HealthUpdate, LeaseToken, NextState, Store, StoreError,
     },

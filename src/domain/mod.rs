@@ -10,6 +10,7 @@ mod ids;
 mod secret;
 mod signature;
 mod stats;
+mod throttle;
 mod time;
 mod url;
 mod usage;
@@ -25,6 +26,7 @@ pub use ids::{DeliveryId, EndpointId, EventId, IdError};
 pub use secret::{Redacted, SecretError, SigningSecret};
 pub use signature::SignatureAlgorithm;
 pub use stats::{BUCKETS_MS, WindowStats, WindowTotals, bucket, percentile};
+pub use throttle::Throttle;
 pub use time::rfc3339;
 pub use url::{EndpointUrl, UrlError};
 pub use usage::{

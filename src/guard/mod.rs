@@ -1,33 +1,83 @@
-//! Inbound protection for ingest: IP allowlist (with forwarded headers believed only from
-//! trusted proxies), signature verification, per-client rate limiting; and the request-level
-//! limits every route gets (timeout, concurrency cap with load shedding).
+//! Inbound protection for ingest, as pure decisions: IP allowlist (with forwarded headers
+//! believed only from trusted proxies), signature verification, per-client rate limiting.
+//! Each check answers `Ok` or a typed [`Rejection`]; the axum middleware that runs them in
+//! order and turns a rejection into a response lives in `api::guard`.
 
 mod client;
 mod ratelimit;
 mod signature;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use axum::{
-    body::{Body, to_bytes},
-    extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode},
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
+use axum::http::HeaderMap;
 use ipnet::IpNet;
-use tokio::sync::Semaphore;
 
 pub use self::{
     client::client_ip,
     ratelimit::{RateLimiter, RateState},
-    signature::{SignatureError, Verifier},
+    signature::{SignatureError, Verified, Verifier},
 };
 use crate::{
-    api::ApiError,
     clock::Clock,
     config::{Config, ForwardedHeader},
 };
+
+/// Why a request was refused before any handler saw it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    /// The client's address is outside `WEBHOOK_ALLOWED_IPS`.
+    #[error("{0} is not allowed to send events (WEBHOOK_ALLOWED_IPS)")]
+    AddressNotAllowed(IpAddr),
+    /// The body is over `HOOKRELAY_MAX_BODY_BYTES` or could not be read.
+    #[error("the body exceeds the size limit (HOOKRELAY_MAX_BODY_BYTES) or could not be read")]
+    BodyTooLarge,
+    /// The signature is missing, wrong, stale or replayed.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The client is over its allowance.
+    #[error(
+        "more than {} requests per {} s (WEBHOOK_RATE_LIMIT, WEBHOOK_BURST_ALLOWANCE); retry in {} s",
+        .state.limit, .window.as_secs(), .state.retry_after_seconds
+    )]
+    RateLimited {
+        /// Where the client stands.
+        state: RateState,
+        /// The limiter's window.
+        window: Duration,
+    },
+    /// More requests in progress than `HOOKRELAY_MAX_CONCURRENT_REQUESTS`.
+    #[error("too many requests in progress; retry shortly")]
+    Overloaded,
+    /// The request took longer than `HOOKRELAY_REQUEST_TIMEOUT_SECONDS`.
+    #[error(
+        "the request took longer than {} s (HOOKRELAY_REQUEST_TIMEOUT_SECONDS)",
+        .0.as_secs_f64()
+    )]
+    TimedOut(Duration),
+}
+
+impl Rejection {
+    /// A stable code for the API body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::AddressNotAllowed(_) => "forbidden",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Signature(error) => error.code(),
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded => "overloaded",
+            Self::TimedOut(_) => "request_timeout",
+        }
+    }
+}
+
+/// A request the guard let through: undo with [`Guard::release`] if it is not accepted.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The signature that matched, when ingest is signed.
+    pub verified: Option<Verified>,
+    /// The client's allowance after this request.
+    pub rate: RateState,
+}
 
 /// Everything ingest requests pass through before a handler sees them.
 pub struct Guard {
@@ -38,15 +88,6 @@ pub struct Guard {
     limiter: RateLimiter,
     max_body_bytes: usize,
     clock: Arc<dyn Clock>,
-}
-
-fn rate_headers(headers: &mut HeaderMap, state: &RateState) {
-    let mut put = |name: &'static str, value: u64| {
-        headers.insert(name, HeaderValue::from(value));
-    };
-    put("ratelimit-limit", u64::from(state.limit));
-    put("ratelimit-remaining", u64::from(state.remaining));
-    put("ratelimit-reset", state.reset_seconds);
 }
 
 impl std::fmt::Debug for Guard {
@@ -91,150 +132,76 @@ impl Guard {
         self.clock.now_ms()
     }
 
-    /// The checks, in order: allowlist (403), body size (413), signature (401), rate (429).
-    /// On success, the request goes on with its body and the response carries `RateLimit-*`.
-    pub async fn check(&self, peer: SocketAddr, request: Request, next: Next) -> Response {
-        let ip = client_ip(
-            peer.ip(),
-            request.headers(),
-            &self.trusted_proxies,
-            self.forwarded_header,
-        );
+    /// Most bytes an ingest body may have.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+
+    /// The client behind `peer` (believing forwarding headers only from trusted proxies),
+    /// refused when outside the allowlist.
+    pub fn admit_address(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, Rejection> {
+        let ip = client_ip(peer, headers, &self.trusted_proxies, self.forwarded_header);
         if !self.allowed_ips.is_empty() && !self.allowed_ips.iter().any(|net| net.contains(&ip)) {
             tracing::warn!(client = %ip, "ingest refused: address not in WEBHOOK_ALLOWED_IPS");
-            return ApiError::forbidden(format!(
-                "{ip} is not allowed to send events (WEBHOOK_ALLOWED_IPS)"
-            ))
-            .into_response();
+            return Err(Rejection::AddressNotAllowed(ip));
         }
+        Ok(ip)
+    }
 
-        let (parts, body) = request.into_parts();
-        let body = match to_bytes(body, self.max_body_bytes).await {
-            Ok(body) => body,
-            Err(_) => {
-                return ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the body exceeds the size limit (HOOKRELAY_MAX_BODY_BYTES) or could not be read",
-                )
-                .into_response();
-            }
-        };
-
+    /// Checks the signature, then the client's allowance: the signer's key when signed, its
+    /// address otherwise. A failed signature counts against the address, so guessing is
+    /// rate-limited too.
+    pub fn admit(
+        &self,
+        ip: IpAddr,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Admitted, Rejection> {
         let now = self.clock.now_ms();
         // An IPv6 client usually holds a whole /64: limit it as one, or rotating addresses
         // inside it would evade the limit and flood the limiter's table.
         let address = match ip {
-            std::net::IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
                 .map_or_else(|_| ip.to_string(), |net| net.trunc().to_string()),
-            std::net::IpAddr::V4(_) => ip.to_string(),
+            IpAddr::V4(_) => ip.to_string(),
         };
-        let verified = match self.verifier.verify(&parts.headers, &body, now) {
+        let verified = match self.verifier.verify(headers, body, now) {
             Ok(verified) => verified,
             Err(error) => {
                 tracing::warn!(client = %ip, reason = error.code(), "ingest refused: bad signature");
-                // Failures count against the address, so guessing is rate-limited too.
-                if let Err(state) = self.limiter.check(&address, now) {
-                    return self.too_many(&state);
-                }
-                return ApiError::new(StatusCode::UNAUTHORIZED, error.code(), error.to_string())
-                    .into_response();
+                self.limiter
+                    .check(&address, now)
+                    .map_err(|state| self.rate_limited(state))?;
+                return Err(error.into());
             }
         };
         let client = verified
             .as_ref()
             .map_or(address, |v| format!("key:{}", v.key));
         match self.limiter.check(&client, now) {
-            Ok(state) => {
-                let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
-                if !response.status().is_success()
-                    && let Some(verified) = &verified
-                {
-                    // Not accepted: the sender may retry with the same webhook-id.
-                    self.verifier.release(verified);
-                }
-                rate_headers(response.headers_mut(), &state);
-                response
-            }
+            Ok(rate) => Ok(Admitted { verified, rate }),
             Err(state) => {
                 if let Some(verified) = &verified {
                     self.verifier.release(verified);
                 }
                 tracing::warn!(client, "ingest refused: rate limit");
-                self.too_many(&state)
+                Err(self.rate_limited(state))
             }
         }
     }
 
-    fn too_many(&self, state: &RateState) -> Response {
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "more than {} requests per {} s (WEBHOOK_RATE_LIMIT, WEBHOOK_BURST_ALLOWANCE); retry in {} s",
-                state.limit,
-                self.limiter.window().as_secs(),
-                state.retry_after_seconds
-            ),
-        )
-        .into_response();
-        rate_headers(response.headers_mut(), state);
-        response.headers_mut().insert(
-            "retry-after",
-            HeaderValue::from(state.retry_after_seconds.max(1)),
-        );
-        response
+    /// Gives back what [`Guard::admit`] reserved for a request that was not accepted, so the
+    /// sender may retry it with the same `webhook-id`.
+    pub fn release(&self, admitted: &Admitted) {
+        if let Some(verified) = &admitted.verified {
+            self.verifier.release(verified);
+        }
     }
-}
 
-/// The axum middleware for ingest routes.
-pub async fn ingest_guard(
-    State(guard): State<Arc<Guard>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let response = guard.check(peer, request, next).await;
-    if response.status().is_client_error() || response.status().is_server_error() {
-        crate::metrics::rejected(response.status().as_u16());
-    }
-    response
-}
-
-/// Request-level limits for every route.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Requests handled at once.
-    pub in_flight: Arc<Semaphore>,
-    /// Time to read and answer a request.
-    pub timeout: Duration,
-}
-
-/// Sheds load beyond the concurrency cap (503 with `Retry-After`, nothing queued) and bounds
-/// how long a request may take, body reading included (408).
-pub async fn request_limits(
-    State(limits): State<Limits>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in progress; retry shortly",
-        )
-        .into_response();
-    };
-    match tokio::time::timeout(limits.timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request took longer than {} s (HOOKRELAY_REQUEST_TIMEOUT_SECONDS)",
-                limits.timeout.as_secs_f64()
-            ),
-        )
-        .into_response(),
+    fn rate_limited(&self, state: RateState) -> Rejection {
+        Rejection::RateLimited {
+            state,
+            window: self.limiter.window(),
+        }
     }
 }

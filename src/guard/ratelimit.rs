@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use serde::Serialize;
 
-use crate::{delivery::Throttle, endpoints::RateLimit};
+use crate::domain::{RateLimit, Throttle};
 
 /// Where a client stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -3,8 +3,7 @@
 
 use crate::{
     config::AlertThresholds,
-    domain::{Alert, AlertLevel, Condition, EndpointId, WindowStats},
-    endpoints::{CircuitState, EndpointHealth},
+    domain::{Alert, AlertLevel, CircuitState, Condition, EndpointHealth, EndpointId, WindowStats},
 };
 
 /// What the rules look at.

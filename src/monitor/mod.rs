@@ -27,7 +27,7 @@ use crate::{
     clock::Clock,
     config::Config,
     delivery::HttpSender,
-    endpoints::{CircuitState, EndpointView},
+    domain::{CircuitState, EndpointView},
     store::{QueueCounts, Store, StoreError},
 };
 
@@ -131,7 +131,7 @@ async fn gather(
     (
         Windows,
         QueueCounts,
-        Vec<crate::endpoints::Endpoint>,
+        Vec<crate::domain::Endpoint>,
         Option<i64>,
     ),
     StoreError,

@@ -22,10 +22,10 @@ pub use self::{
 };
 use crate::{
     config::{DatabaseLocation, SqliteSync},
-    domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
-    endpoints::{Endpoint, EndpointHealth},
-    monitor::{Alert, Condition, WindowTotals},
-    sessions::{Analytics, CleanupReport, SessionStats, UsageFacts},
+    domain::{
+        Alert, Analytics, CleanupReport, Condition, DeliveryId, Endpoint, EndpointHealth,
+        EndpointId, EndpointUrl, EventId, EventType, SessionStats, UsageFacts, WindowTotals,
+    },
 };
 
 /// Opens (creating and migrating as needed) the store at `location`: a SQLite file written

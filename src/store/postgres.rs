@@ -39,10 +39,11 @@ use super::{
 };
 use crate::{
     config::PostgresSettings,
-    domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
-    endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
-    monitor::{Alert, AlertLevel, Condition, WindowTotals, bucket},
-    sessions::{Analytics, CleanupReport, ModelUsage, SessionStats},
+    domain::{
+        Alert, AlertLevel, Analytics, CircuitState, CleanupReport, Condition, DeliveryId, Endpoint,
+        EndpointHealth, EndpointId, EndpointUrl, EventFilter, EventId, EventType, ModelUsage,
+        RateLimit, SessionStats, WindowTotals, bucket,
+    },
 };
 
 /// Versioned schema migrations, applied in order, each once.
@@ -988,7 +989,7 @@ struct AttemptColumns {
     error_detail: Vec<Option<String>>,
     snippet: Vec<Option<String>>,
     outcome: Vec<&'static str>,
-    /// The duration's histogram bucket ([`crate::monitor::bucket`]).
+    /// The duration's histogram bucket ([`crate::domain::bucket`]).
     bucket: Vec<i64>,
     /// Acceptance to the end of this attempt, ms.
     latency: Vec<i64>,

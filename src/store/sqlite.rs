@@ -29,10 +29,11 @@ use super::{
 };
 use crate::{
     config::SqliteSync,
-    domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
-    endpoints::{CircuitState, Endpoint, EndpointHealth, EventFilter, RateLimit},
-    monitor::{Alert, AlertLevel, Condition, WindowTotals},
-    sessions::{Analytics, CleanupReport, ModelUsage, SessionStats},
+    domain::{
+        Alert, AlertLevel, Analytics, CircuitState, CleanupReport, Condition, DeliveryId, Endpoint,
+        EndpointHealth, EndpointId, EndpointUrl, EventFilter, EventId, EventType, ModelUsage,
+        RateLimit, SessionStats, WindowTotals,
+    },
 };
 
 /// Versioned schema migrations, applied in order, each once.

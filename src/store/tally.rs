@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{AttemptRecord, NextState};
-use crate::{monitor::bucket, sessions::UsageFacts};
+use crate::domain::{UsageFacts, bucket};
 
 /// One minute's worth of counts, added to `rollups` in the same transaction as what it counts.
 #[derive(Debug, Default)]

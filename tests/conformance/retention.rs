@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use hookrelay::{
-    domain::{DeliveryId, EventId},
-    monitor::{AlertLevel, Condition},
-    sessions::CleanupReport,
+    domain::{AlertLevel, CleanupReport, Condition, DeliveryId, EventId},
     store::{DeliveryStatus, NextState, Store},
 };
 

@@ -2,7 +2,7 @@
 //! same transactions as the events, so no concurrent writer loses a count.
 
 use hookrelay::{
-    sessions::{ModelUsage, WebhookCounts},
+    domain::{ModelUsage, WebhookCounts},
     store::{NextState, Store},
 };
 

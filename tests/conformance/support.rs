@@ -6,9 +6,10 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use hookrelay::{
-    domain::{DeliveryId, EndpointId, EndpointUrl, EventId, EventType},
-    endpoints::{Endpoint, EndpointHealth, EventFilter},
-    sessions::UsageFacts,
+    domain::{
+        DeliveryId, Endpoint, EndpointHealth, EndpointId, EndpointUrl, EventFilter, EventId,
+        EventType, UsageFacts,
+    },
     store::{AttemptRecord, ClaimedDelivery, DeliveryDetail, Ingested, NewEvent, NextState, Store},
 };
 

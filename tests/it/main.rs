@@ -1,6 +1,7 @@
 //! Integration tests: the real server, a real database (a SQLite file by default, a PostgreSQL
 //! schema with `HOOKRELAY_IT_BACKEND=postgres`), a real receiver on loopback.
 
+mod architecture;
 mod binary;
 mod delivery;
 mod dlq;

@@ -1,12 +1,13 @@
-//! Outbound rate limiting per endpoint: GCRA (the generic cell rate algorithm), so requests
-//! are spaced evenly instead of released in lumps at window boundaries.
+//! Rate limiting arithmetic: GCRA (the generic cell rate algorithm), so requests are spaced
+//! evenly instead of released in lumps at window boundaries. The worker throttles each
+//! endpoint with it; the ingest guard limits each client with it.
 //!
 //! The worker needs two things a keyed limiter crate does not offer together: how many
 //! requests may go *now* (to claim exactly that many, never claiming work it cannot send), and
 //! when the next one may go (to sleep until then), both on the injected clock so tests control
 //! time. That is a few lines of arithmetic.
 
-use crate::endpoints::RateLimit;
+use super::RateLimit;
 
 /// The state of one endpoint's limit.
 #[derive(Debug, Clone, PartialEq)]

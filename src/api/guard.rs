@@ -1,0 +1,110 @@
+//! The guards as axum middleware: the ingest guard's checks in order (allowlist 403, body size
+//! 413, signature 401, rate 429), the request-level limits every route gets (load shedding 503,
+//! timeout 408), and the mapping of a [`Rejection`] to a response.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, to_bytes},
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use tokio::sync::Semaphore;
+
+use super::ApiError;
+use crate::guard::{Guard, RateState, Rejection};
+
+/// The ingest guard's checks around the ingest routes; the response carries `RateLimit-*`.
+pub async fn ingest_guard(
+    State(guard): State<Arc<Guard>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = match admit(&guard, peer, request, next).await {
+        Ok(response) => response,
+        Err(rejection) => rejection_response(rejection),
+    };
+    if response.status().is_client_error() || response.status().is_server_error() {
+        crate::metrics::rejected(response.status().as_u16());
+    }
+    response
+}
+
+async fn admit(
+    guard: &Guard,
+    peer: SocketAddr,
+    request: Request,
+    next: Next,
+) -> Result<Response, Rejection> {
+    let ip = guard.admit_address(peer.ip(), request.headers())?;
+    let (parts, body) = request.into_parts();
+    let body = to_bytes(body, guard.max_body_bytes())
+        .await
+        .map_err(|_| Rejection::BodyTooLarge)?;
+    let admitted = guard.admit(ip, &parts.headers, &body)?;
+    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    if !response.status().is_success() {
+        guard.release(&admitted);
+    }
+    rate_headers(response.headers_mut(), &admitted.rate);
+    Ok(response)
+}
+
+/// Request-level limits for every route.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests handled at once.
+    pub in_flight: Arc<Semaphore>,
+    /// Time to read and answer a request.
+    pub timeout: Duration,
+}
+
+/// Sheds load beyond the concurrency cap (503 with `Retry-After`, nothing queued) and bounds
+/// how long a request may take, body reading included (408).
+pub async fn request_limits(
+    State(limits): State<Limits>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+        return rejection_response(Rejection::Overloaded);
+    };
+    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => rejection_response(Rejection::TimedOut(limits.timeout)),
+    }
+}
+
+/// The status, body and headers a rejection is answered with.
+fn rejection_response(rejection: Rejection) -> Response {
+    let status = match &rejection {
+        Rejection::AddressNotAllowed(_) => StatusCode::FORBIDDEN,
+        Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
+        Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Rejection::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
+    };
+    let mut response =
+        ApiError::new(status, rejection.code(), rejection.to_string()).into_response();
+    if let Rejection::RateLimited { state, .. } = &rejection {
+        rate_headers(response.headers_mut(), state);
+        response.headers_mut().insert(
+            "retry-after",
+            HeaderValue::from(state.retry_after_seconds.max(1)),
+        );
+    }
+    response
+}
+
+fn rate_headers(headers: &mut HeaderMap, state: &RateState) {
+    let mut put = |name: &'static str, value: u64| {
+        headers.insert(name, HeaderValue::from(value));
+    };
+    put("ratelimit-limit", u64::from(state.limit));
+    put("ratelimit-remaining", u64::from(state.remaining));
+    put("ratelimit-reset", state.reset_seconds);
+}
