@@ -47,6 +47,23 @@ pub enum SendError {
     /// The destination address is not allowed.
     #[error(transparent)]
     Blocked(BlockedAddress),
+    /// The endpoint URL is plain http while `REQUIRE_HTTPS=true`: refused before connecting.
+    #[error("the endpoint URL is http:// while REQUIRE_HTTPS=true")]
+    Insecure,
+}
+
+impl SendError {
+    /// A short kind for the attempt log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Connect(_) => "connect",
+            Self::Tls(_) => "tls",
+            Self::Network(_) => "network",
+            Self::Blocked(_) => "blocked",
+            Self::Insecure => "insecure",
+        }
+    }
 }
 
 /// A shared HTTP client for deliveries.

@@ -2,6 +2,7 @@
 //! happened; the outbound HTTP client with its address policy; the retry policy; per-endpoint
 //! throttling and circuit breaking.
 
+mod attempt;
 mod circuit;
 mod client;
 mod policy;
@@ -14,6 +15,7 @@ use std::{collections::BTreeMap, time::Duration};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 pub use self::{
+    attempt::{Decision, MAX_THROTTLED, Prepared, Sent, Spent, decide, prepare, send},
     circuit::{Admission, Answer, Breaker, CircuitPolicy, Signal, Transition, track_health},
     client::{HttpSender, Response, SNIPPET_BYTES, SendError},
     policy::{Failure, RetryPolicy, parse_retry_after},

@@ -168,5 +168,9 @@ fn no_source_file_holds_more_than_one_concern() {
         })
         .collect();
     long.sort();
-    assert!(long.is_empty(), "over {MAX_LINES} lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "over {MAX_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
