@@ -17,8 +17,8 @@ pub async fn serve(
     listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let grace = relay.config().shutdown_grace;
-    let role = relay.config().role;
+    let grace = relay.config().server.shutdown_grace;
+    let role = relay.config().server.role;
     crate::metrics::install();
     let worker = role
         .delivers()

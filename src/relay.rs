@@ -35,9 +35,7 @@ use crate::{
     clock::{Clock, SystemClock},
     config::{Config, DatabaseLocation},
     delivery::{HttpSender, Worker, WorkerSettings},
-    domain::{
-        AddressPolicy, DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, UsageEvent,
-    },
+    domain::{DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, UsageEvent},
     endpoints::{
         Endpoint, EndpointChanges, EndpointError, EndpointSpec, InvalidEndpoint, generate_secret,
         validate_secret,
@@ -106,21 +104,22 @@ impl Relay {
         clock: Arc<dyn Clock>,
         sync_default: bool,
     ) -> Result<Self, RelayError> {
-        let store = crate::store::open(&config.database, config.sqlite_sync).await?;
+        let store =
+            crate::store::open(&config.database.location, config.database.sqlite_sync).await?;
         // ep_default mirrors ZAPIER_WEBHOOK_URL; events queued for it while it is unset wait.
         // A management command only creates it on a fresh database, never changes it.
-        let first_use = config.webhook_url.is_some()
+        let first_use = config.delivery.webhook_url.is_some()
             && store
                 .endpoint(EndpointId::default_endpoint())
                 .await?
                 .is_none();
         // On a shared database, an instance without the URL (an API-only one, say) must not
         // disable ep_default for the whole cluster: only one that has it sets it.
-        let shared = matches!(config.database, DatabaseLocation::Postgres(_));
-        if first_use || (sync_default && (config.webhook_url.is_some() || !shared)) {
+        let shared = matches!(config.database.location, DatabaseLocation::Postgres(_));
+        if first_use || (sync_default && (config.delivery.webhook_url.is_some() || !shared)) {
             if shared
                 && let (Some(url), Some(stored)) = (
-                    &config.webhook_url,
+                    &config.delivery.webhook_url,
                     store.endpoint(EndpointId::default_endpoint()).await?,
                 )
                 && stored.url.as_str() != url.as_str()
@@ -130,29 +129,26 @@ impl Relay {
                 );
             }
             store
-                .sync_default_endpoint(config.webhook_url.clone(), clock.now_ms())
+                .sync_default_endpoint(config.delivery.webhook_url.clone(), clock.now_ms())
                 .await?;
         }
         let wake = Arc::new(Notify::new());
-        let policy = AddressPolicy {
-            allow_private: config.allow_private_targets,
-            allowed: config.allowed_target_cidrs.clone(),
-        };
-        let sender = HttpSender::new(config.endpoint_concurrency, policy)
+        let policy = config.delivery.targets.clone();
+        let sender = HttpSender::new(config.delivery.endpoint_concurrency, policy)
             .map_err(|e| RelayError::Client(e.to_string()))?;
         let ingestor = Ingestor::new(
             Arc::clone(&store),
             Arc::clone(&clock),
             Arc::clone(&wake),
-            config.query_mode,
+            config.ingest.query_mode,
         );
         // Names this process in claims, heartbeats and leader leases.
         let instance = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
         let settings = WorkerSettings {
-            concurrency: config.delivery_concurrency,
-            endpoint_concurrency: config.endpoint_concurrency,
-            poll_interval: config.poll_interval,
-            shutdown_grace: config.shutdown_grace,
+            concurrency: config.delivery.concurrency,
+            endpoint_concurrency: config.delivery.endpoint_concurrency,
+            poll_interval: config.delivery.poll_interval,
+            shutdown_grace: config.server.shutdown_grace,
             instance: instance.clone(),
         };
         let config = Arc::new(config);
@@ -343,7 +339,7 @@ impl Relay {
             None => generate_secret(),
         };
         let now = self.inner.clock.now_ms();
-        let overlap = overlap.unwrap_or(self.inner.config.secret_rotation_overlap);
+        let overlap = overlap.unwrap_or(self.inner.config.signing.rotation_overlap);
         endpoint.previous_secret = endpoint.secret.replace(secret.clone());
         endpoint.previous_secret_until_ms = Some(now + crate::clock::millis(overlap));
         endpoint.updated_at_ms = now;
@@ -446,10 +442,7 @@ impl Relay {
 
     /// The monitor loop of a serving process (alerts, gauges, heartbeat).
     pub fn monitor(&self) -> Result<crate::monitor::Monitor, RelayError> {
-        let policy = AddressPolicy {
-            allow_private: self.inner.config.allow_private_targets,
-            allowed: self.inner.config.allowed_target_cidrs.clone(),
-        };
+        let policy = self.inner.config.delivery.targets.clone();
         let sender = HttpSender::new(1, policy).map_err(|e| RelayError::Client(e.to_string()))?;
         Ok(crate::monitor::Monitor::new(
             Arc::clone(&self.inner.store),
@@ -467,7 +460,7 @@ impl Relay {
             "the database does not answer".to_owned()
         })?;
         // An API-only instance has no worker of its own; other instances deliver.
-        if self.inner.config.role.delivers() && !self.inner.worker.is_alive() {
+        if self.inner.config.server.role.delivers() && !self.inner.worker.is_alive() {
             return Err("the delivery worker is not running".into());
         }
         Ok(())

@@ -38,11 +38,11 @@ pub type AppState = Relay;
 /// The whole API.
 pub fn router(relay: Relay) -> Router {
     let config = relay.config().clone();
-    let max_body = config.max_body_bytes;
+    let max_body = config.server.max_body_bytes;
     let guard = Arc::new(Guard::new(&config, relay.clock()));
     let limits = Limits {
-        in_flight: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-        timeout: config.request_timeout,
+        in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+        timeout: config.server.request_timeout,
     };
     let management = Router::new()
         .merge(dlq::router())
@@ -52,7 +52,7 @@ pub fn router(relay: Relay) -> Router {
         .merge(sessions::router())
         .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin));
     let ingest = ingest::router().route_layer(middleware::from_fn_with_state(guard, ingest_guard));
-    let metrics = if config.metrics_require_token {
+    let metrics = if config.server.metrics_require_token {
         monitoring::metrics_router()
             .route_layer(middleware::from_fn_with_state(relay.clone(), require_admin))
     } else {
@@ -84,7 +84,7 @@ async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    match &relay.config().admin_token {
+    match &relay.config().server.admin_token {
         Some(token) => {
             let presented = request
                 .headers()
@@ -104,7 +104,7 @@ async fn require_admin(
         // Loopback only when no proxy is in front: behind a proxy on the same host every
         // request comes from loopback.
         None if peer.ip().to_canonical().is_loopback()
-            && relay.config().trusted_proxies.is_empty()
+            && relay.config().ingest.trusted_proxies.is_empty()
             && !request.headers().contains_key("x-forwarded-for")
             && !request.headers().contains_key("forwarded") => {}
         None => {
@@ -126,9 +126,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let config = relay.config().clone();
     let limits = server::ServerLimits {
-        max_connections: config.max_connections,
-        max_header_bytes: config.max_header_bytes,
-        header_timeout: config.header_timeout,
+        max_connections: config.server.max_connections,
+        max_header_bytes: config.server.max_header_bytes,
+        header_timeout: config.server.header_timeout,
         shutdown_grace: grace,
     };
     server::run(router(relay), listener, shutdown, limits).await

@@ -39,6 +39,7 @@ async fn health(State(relay): State<Relay>) -> Json<monitor::StatusReport> {
     // An API-only instance judges the workers by their heartbeats in the database.
     let alive = relay
         .config()
+        .server
         .role
         .delivers()
         .then(|| relay.worker().is_alive());

@@ -122,7 +122,8 @@ impl Database {
 
     fn configure(&self, config: &mut Config) {
         if let Database::Postgres(settings) = self {
-            config.database = hookrelay::config::DatabaseLocation::Postgres(settings.clone());
+            config.database.location =
+                hookrelay::config::DatabaseLocation::Postgres(settings.clone());
         }
     }
 
@@ -871,9 +872,9 @@ async fn prefill(
 ) -> anyhow::Result<()> {
     let mut config = Config::with_data_dir(dir);
     database.configure(&mut config);
-    config.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(receiver_url)?);
-    config.webhook_enabled = false;
-    config.sqlite_sync = hookrelay::config::SqliteSync::Normal;
+    config.delivery.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(receiver_url)?);
+    config.delivery.enabled = false;
+    config.database.sqlite_sync = hookrelay::config::SqliteSync::Normal;
     let relay = Relay::open(config).await?;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = JoinSet::new();
@@ -907,8 +908,8 @@ async fn library_run(args: &Args, database: &Database) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::with_data_dir(dir.path());
     database.configure(&mut config);
-    config.webhook_enabled = false;
-    config.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(
+    config.delivery.enabled = false;
+    config.delivery.webhook_url = Some(hookrelay::domain::EndpointUrl::parse(
         "https://hooks.zapier.com/hooks/catch/1/a/",
     )?);
     let relay = Relay::open(config).await?;

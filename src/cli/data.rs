@@ -330,7 +330,7 @@ pub async fn backup(relay: Relay, path: PathBuf) -> anyhow::Result<ExitCode> {
 
 /// Restores a backup over the configured database, refusing while a server uses it.
 pub async fn restore(config: Config, backup: PathBuf, force: bool) -> anyhow::Result<ExitCode> {
-    let DatabaseLocation::Sqlite(target) = &config.database else {
+    let DatabaseLocation::Sqlite(target) = &config.database.location else {
         anyhow::bail!(
             "`hookrelay restore` restores an SQLite backup; restore a PostgreSQL database with pg_restore"
         );

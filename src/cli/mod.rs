@@ -22,8 +22,7 @@ use crate::{
     config::{Config, Problem, Severity},
     delivery::{HttpSender, Target, probe},
     domain::{
-        AddressPolicy, EndpointId, EndpointUrl, IdempotencyKey, SignatureAlgorithm, SigningSecret,
-        UsageEvent,
+        EndpointId, EndpointUrl, IdempotencyKey, SignatureAlgorithm, SigningSecret, UsageEvent,
     },
     relay::Relay,
     sink::{self, SinkOptions},
@@ -268,7 +267,7 @@ fn load_config(log_warnings: bool) -> Result<Config, ExitCode> {
 /// Opens the database for the read-only reports, refusing to create one: a probe pointed at
 /// the wrong place must not report a fresh, empty database as healthy.
 async fn open_existing(config: Config) -> anyhow::Result<Relay> {
-    match &config.database {
+    match &config.database.location {
         crate::config::DatabaseLocation::Sqlite(path) => {
             if !path.exists() {
                 anyhow::bail!(
@@ -404,17 +403,17 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
     match command {
         Command::Serve { listen, role } => {
             if let Some(listen) = listen {
-                config.listen = listen;
+                config.server.listen = listen;
             }
             if let Some(role) = role {
-                config.role = role;
+                config.server.role = role;
             }
-            let address = config.listen;
-            let role = config.role;
+            let address = config.server.listen;
+            let role = config.server.role;
             if role.serves_api()
                 && !address.ip().to_canonical().is_loopback()
-                && config.admin_token.is_none()
-                && !config.allow_no_admin_token
+                && config.server.admin_token.is_none()
+                && !config.server.allow_no_admin_token
             {
                 eprintln!(
                     "error: refusing to listen on the non-loopback address {address} without HOOKRELAY_ADMIN_TOKEN.\n\
@@ -501,7 +500,7 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                         .context("opening the database")?;
                     Target::from_endpoint(&relay.endpoint(&id).await?, &config)
                 }
-                (None, None) => match &config.webhook_url {
+                (None, None) => match &config.delivery.webhook_url {
                     Some(url) => Target::for_url(url.clone(), &config),
                     None => {
                         eprintln!(
@@ -511,11 +510,8 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                     }
                 },
             };
-            let require_https = config.require_https;
-            let policy = AddressPolicy {
-                allow_private: config.allow_private_targets,
-                allowed: config.allowed_target_cidrs.clone(),
-            };
+            let require_https = config.delivery.require_https;
+            let policy = config.delivery.targets.clone();
             let sender = HttpSender::new(1, policy.clone())?;
             let report = probe(
                 &target,
@@ -625,7 +621,7 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             dry_run,
             json: as_json,
         } => {
-            let days = days.unwrap_or(config.retention_days);
+            let days = days.unwrap_or(config.database.retention_days);
             data::cleanup(
                 Relay::open_for_management(config)
                     .await
@@ -681,7 +677,7 @@ async fn ratelimit_status(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let base = server.unwrap_or_else(|| {
-        let mut address = config.listen;
+        let mut address = config.server.listen;
         if address.ip().is_unspecified() {
             address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
@@ -692,7 +688,7 @@ async fn ratelimit_status(
     if let Some(client) = &client {
         request = request.query(&[("client", client)]);
     }
-    if let Some(token) = &config.admin_token {
+    if let Some(token) = &config.server.admin_token {
         request = request.bearer_auth(token.expose());
     }
     let response = request.send().await.with_context(|| {

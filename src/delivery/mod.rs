@@ -67,7 +67,7 @@ impl Target {
     /// endpoints with their own secret (and the previous one during a rotation overlap).
     pub fn from_endpoint(endpoint: &Endpoint, config: &Config) -> Self {
         let (secret, previous_secret) = if endpoint.managed_by_config {
-            (config.signing_secret.clone(), None)
+            (config.signing.secret.clone(), None)
         } else {
             let parse =
                 |s: &Option<String>| s.as_deref().and_then(|s| SigningSecret::parse(s).ok());
@@ -82,41 +82,41 @@ impl Target {
         let rate_limit = endpoint.rate_limit.or_else(|| {
             if is_zapier {
                 Some(RateLimit::zapier())
-            } else if config.endpoint_rate_limit > 0.0 {
-                RateLimit::new(config.endpoint_rate_limit, None).ok()
+            } else if config.delivery.endpoint_rate_limit > 0.0 {
+                RateLimit::new(config.delivery.endpoint_rate_limit, None).ok()
             } else {
                 None
             }
         });
-        let timeout = endpoint.timeout.unwrap_or(config.timeout);
+        let timeout = endpoint.timeout.unwrap_or(config.delivery.timeout);
         Self {
             id: endpoint.id.clone(),
             url: endpoint.url.clone(),
             secret,
             previous_secret,
-            signature_header: config.signature_header.clone(),
-            signature_algorithm: config.signature_algorithm,
+            signature_header: config.signing.header.clone(),
+            signature_algorithm: config.signing.algorithm,
             headers: endpoint.headers.clone(),
             timeout,
             policy: RetryPolicy {
-                max_retries: endpoint.max_retries.unwrap_or(config.max_retries),
-                base_delay: config.retry_delay,
-                max_delay: config.retry_max_delay,
+                max_retries: endpoint.max_retries.unwrap_or(config.delivery.max_retries),
+                base_delay: config.delivery.retry_delay,
+                max_delay: config.delivery.retry_max_delay,
             },
             rate_limit,
             circuit: CircuitPolicy {
                 min_failures: endpoint
                     .circuit_threshold
-                    .unwrap_or(config.circuit_failure_threshold),
-                failure_rate: config.circuit_failure_rate,
-                window_ms: millis(config.circuit_window),
-                cooldown_ms: millis(config.circuit_cooldown),
-                max_cooldown_ms: millis(config.circuit_max_cooldown),
-                probes: config.circuit_probes,
+                    .unwrap_or(config.delivery.circuit.failure_threshold),
+                failure_rate: config.delivery.circuit.failure_rate,
+                window_ms: millis(config.delivery.circuit.window),
+                cooldown_ms: millis(config.delivery.circuit.cooldown),
+                max_cooldown_ms: millis(config.delivery.circuit.max_cooldown),
+                probes: config.delivery.circuit.probes,
                 // A probe's answer is recorded well within its lease.
                 probe_timeout_ms: millis(timeout) * 2 + 5_000,
             },
-            require_https: config.require_https,
+            require_https: config.delivery.require_https,
         }
     }
 

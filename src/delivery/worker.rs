@@ -183,7 +183,7 @@ impl Worker {
             .values()
             .map(|r| r.target.timeout)
             .max()
-            .unwrap_or(self.config.timeout);
+            .unwrap_or(self.config.delivery.timeout);
         millis(longest) * 2 + 5_000
     }
 
@@ -194,7 +194,7 @@ impl Worker {
         total_in_flight: usize,
         now: i64,
     ) -> Vec<Want> {
-        if !self.config.webhook_enabled {
+        if !self.config.delivery.enabled {
             return Vec::new();
         }
         let mut free = self.settings.concurrency.saturating_sub(total_in_flight);
@@ -344,7 +344,7 @@ impl Worker {
                     &delivery,
                     &decision,
                     probing,
-                    self.config.endpoint_disable_after,
+                    self.config.delivery.endpoint_disable_after,
                     now,
                 )
             });
@@ -410,7 +410,7 @@ impl Worker {
         let total_in_flight: usize = in_flight.values().sum();
         // At the global cap nothing can be claimed: a completion (or ingest) wakes the loop.
         if candidates.is_empty()
-            || !self.config.webhook_enabled
+            || !self.config.delivery.enabled
             || total_in_flight >= self.settings.concurrency
         {
             return poll;

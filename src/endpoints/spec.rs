@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    domain::{AddressPolicy, EndpointId, EndpointUrl},
+    domain::{EndpointId, EndpointUrl},
 };
 
 /// A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it.
@@ -94,14 +94,12 @@ pub struct EndpointChanges {
 /// `localhost`) the address policy; host names are checked again when resolved at delivery.
 pub fn check_url(raw: &str, config: &Config) -> Result<EndpointUrl, InvalidEndpoint> {
     let url = EndpointUrl::parse(raw).map_err(|e| invalid("url", e.to_string()))?;
-    if config.require_https && !url.is_https() {
+    if config.delivery.require_https && !url.is_https() {
         return Err(invalid("url", "must use https:// while REQUIRE_HTTPS=true"));
     }
-    let policy = AddressPolicy {
-        allow_private: config.allow_private_targets,
-        allowed: config.allowed_target_cidrs.clone(),
-    };
-    policy
+    config
+        .delivery
+        .targets
         .check_url(url.url())
         .map_err(|e| invalid("url", e.to_string()))?;
     Ok(url)
@@ -153,7 +151,7 @@ impl EndpointSpec {
             }
             None => generate_secret(),
         };
-        validate_headers(&self.headers, &config.signature_header)?;
+        validate_headers(&self.headers, &config.signing.header)?;
         if self.description.chars().count() > 1000 {
             return Err(invalid("description", "must be at most 1000 characters"));
         }
@@ -205,7 +203,7 @@ impl EndpointChanges {
             endpoint.filter = EventFilter::parse(patterns)?;
         }
         if let Some(headers) = self.headers {
-            validate_headers(&headers, &config.signature_header)?;
+            validate_headers(&headers, &config.signing.header)?;
             endpoint.headers = headers;
         }
         if let Some(seconds) = self.timeout_seconds {

@@ -103,21 +103,21 @@ impl Guard {
     /// The guard the configuration describes.
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Self {
         Self {
-            allowed_ips: config.allowed_ips.clone(),
-            trusted_proxies: config.trusted_proxies.clone(),
-            forwarded_header: config.forwarded_header,
+            allowed_ips: config.ingest.allowed_ips.clone(),
+            trusted_proxies: config.ingest.trusted_proxies.clone(),
+            forwarded_header: config.ingest.forwarded_header,
             verifier: Verifier::new(
-                config.ingest_secrets.clone(),
-                config.signature_header.clone(),
-                config.signature_algorithm,
-                crate::clock::millis(config.signature_tolerance),
+                config.ingest.secrets.clone(),
+                config.signing.header.clone(),
+                config.signing.algorithm,
+                crate::clock::millis(config.ingest.signature_tolerance),
             ),
             limiter: RateLimiter::new(
-                config.rate_limit,
-                config.rate_window,
-                config.burst_allowance,
+                config.ingest.rate_limit,
+                config.ingest.rate_window,
+                config.ingest.burst_allowance,
             ),
-            max_body_bytes: config.max_body_bytes,
+            max_body_bytes: config.server.max_body_bytes,
             clock,
         }
     }

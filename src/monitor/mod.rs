@@ -121,7 +121,7 @@ pub fn disk_free_percent(path: &Path) -> Option<f64> {
 
 /// A worker that has not reported for this long is taken for dead.
 pub fn heartbeat_stale_after(config: &Config) -> Duration {
-    config.alert_interval.min(Duration::from_secs(5)) * 3 + Duration::from_secs(10)
+    config.monitor.alert_interval.min(Duration::from_secs(5)) * 3 + Duration::from_secs(10)
 }
 
 async fn gather(
@@ -173,15 +173,15 @@ pub async fn report(
     worker_alive: Option<bool>,
 ) -> StatusReport {
     // With PostgreSQL the database's disk is the server's to watch; ours holds the logs.
-    let data_path = match &config.database {
+    let data_path = match &config.database.location {
         crate::config::DatabaseLocation::Sqlite(path) => path.clone(),
-        crate::config::DatabaseLocation::Postgres(_) => config.data_dir.clone(),
+        crate::config::DatabaseLocation::Postgres(_) => config.database.data_dir.clone(),
     };
     let disk_free = disk_free_percent(&data_path);
     let observations = Observations {
         disk_free_percent: disk_free,
-        disk_warning_percent: config.disk_warning_percent,
-        disk_critical_percent: config.disk_critical_percent,
+        disk_warning_percent: config.monitor.disk_warning_percent,
+        disk_critical_percent: config.monitor.disk_critical_percent,
         ..Observations::default()
     };
     let gathered = gather(store, now).await;
@@ -202,7 +202,7 @@ pub async fn report(
                     .collect(),
                 now_ms: now,
             };
-            let conditions = evaluate(&snapshot, &config.alerts);
+            let conditions = evaluate(&snapshot, &config.monitor.thresholds);
             let overdue_ms = earliest_due.map(|due| now - due).filter(|ms| *ms > 0);
             let health = verdict(&Observations {
                 conditions: conditions.clone(),
@@ -292,14 +292,14 @@ async fn run_retention(
     config: &Config,
     clock: &dyn Clock,
 ) -> Result<crate::domain::CleanupReport, StoreError> {
-    let cutoff = clock.now_ms() - i64::from(config.retention_days) * 86_400_000;
+    let cutoff = clock.now_ms() - i64::from(config.database.retention_days) * 86_400_000;
     let report = store.cleanup(cutoff, false).await?;
     info!(
         events = report.events,
         attempts = report.attempts,
         sessions = report.sessions,
         alerts = report.alerts,
-        days = config.retention_days,
+        days = config.database.retention_days,
         "retention pass finished"
     );
     Ok(report)
@@ -384,7 +384,7 @@ impl Monitor {
                 .collect(),
             now_ms: now,
         };
-        let desired = evaluate(&snapshot, &self.config.alerts);
+        let desired = evaluate(&snapshot, &self.config.monitor.thresholds);
         let active = self.store.active_alerts().await?;
         let (fire, resolve) = transitions(&active, &desired);
         if fire.is_empty() && resolve.is_empty() {
@@ -428,7 +428,7 @@ impl Monitor {
     /// failed send is retried at the next evaluation, so a transition is not lost to a passing
     /// outage of the alert webhook (the last day's keep being tried).
     async fn notify_unsent(&self) {
-        let Some(url) = &self.config.alert_webhook_url else {
+        let Some(url) = &self.config.monitor.alert_webhook_url else {
             return;
         };
         let now = self.clock.now_ms();
@@ -474,7 +474,11 @@ impl Monitor {
         worker_alive: impl Fn() -> bool + Send + 'static,
         shutdown: CancellationToken,
     ) {
-        let tick = self.config.alert_interval.min(Duration::from_secs(5));
+        let tick = self
+            .config
+            .monitor
+            .alert_interval
+            .min(Duration::from_secs(5));
         let mut next_evaluation = self.clock.now_ms();
         let mut next_retention = self.clock.now_ms() + 60_000;
         let mut retention: Option<tokio::task::JoinHandle<()>> = None;
@@ -536,7 +540,7 @@ impl Monitor {
                     warn!(error = %e, "alert evaluation failed");
                 }
                 next_evaluation =
-                    self.clock.now_ms() + crate::clock::millis(self.config.alert_interval);
+                    self.clock.now_ms() + crate::clock::millis(self.config.monitor.alert_interval);
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,

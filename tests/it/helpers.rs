@@ -373,7 +373,7 @@ pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {
 /// A second handle on the database of `dir`, as another process would open it.
 pub async fn open_store(dir: &std::path::Path) -> Arc<dyn hookrelay::store::Store> {
     let config = config(dir, &[]);
-    hookrelay::store::open(&config.database, config.sqlite_sync)
+    hookrelay::store::open(&config.database.location, config.database.sqlite_sync)
         .await
         .expect("open the store")
 }

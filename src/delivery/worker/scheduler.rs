@@ -71,7 +71,7 @@ impl Worker {
             concurrency = self.settings.concurrency,
             "delivery worker started"
         );
-        if !self.config.webhook_enabled {
+        if !self.config.delivery.enabled {
             info!("ENABLE_WEBHOOK=false: events are stored and sent once it is true again");
         }
         // A task holds a slot (of its endpoint and of the total) while its request is out;
