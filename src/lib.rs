@@ -17,20 +17,24 @@
 //!
 //! Delivery is at least once; every attempt of an event carries the same `webhook-id`.
 //!
-//! # Modules
+//! # Layers
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | [`config`] | the validated [`Config`] and `config check` |
-//! | [`domain`] | ids, events, URLs, secrets |
-//! | [`store`] | the [`store::Store`] trait, SQLite, migrations; all SQL |
-//! | [`ingest`] | validation, payload shape, fan-out |
-//! | [`delivery`] | the worker, HTTP client, retry policy, endpoint probe |
-//! | [`signing`] | signatures out and in |
-//! | [`api`] | the HTTP routes and their errors |
-//! | [`relay`] | [`Relay`], the facade to embed |
-//! | [`cli`] | the `hookrelay` commands |
-//! | [`sink`] | the local test receiver |
+//! A module uses only modules of the layers below it (checked by `tests/it/architecture.rs`;
+//! `docs/ARCHITECTURE.md` follows an event through the files):
+//!
+//! | layer | module | owns |
+//! | --- | --- | --- |
+//! | 10 | [`cli`] | the `hookrelay` commands; each calls library functions |
+//! | 9 | [`app`] | `serve`: the listener, the worker, the monitor and shutdown |
+//! | 8 | [`api`] | the HTTP routes, [`api::ApiError`], the guard middleware |
+//! | 7 | [`relay`] | [`Relay`], the facade to embed |
+//! | 6 | [`monitor`] | windowed figures, alert rules, the health verdict, alert notifications |
+//! | 5 | [`delivery`] | the worker (claim → prepare → send → decide → record), HTTP client, retry policy, circuit breaker, endpoint probe |
+//! | 4 | [`ingest`], [`endpoints`], [`guard`], [`sink`] | fan-out and payloads; endpoint specs; inbound checks as typed rejections; the local test receiver |
+//! | 3 | [`store`] | the [`store::Store`] trait, SQLite and PostgreSQL; all SQL |
+//! | 2 | [`config`] | the validated [`Config`], by section, and `config check` |
+//! | 1 | [`clock`], [`metrics`], [`signing`], [`telemetry`] | time; Prometheus; HMAC signatures; logs and Sentry |
+//! | 0 | [`domain`] | ids, events, the endpoint model, alert and stats values, address policy, GCRA, time formatting |
 
 pub mod api;
 pub mod app;
