@@ -9,6 +9,7 @@
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Sha256, Sha512};
+use subtle::ConstantTimeEq;
 
 use crate::domain::{SignatureAlgorithm, SigningSecret};
 
@@ -66,10 +67,61 @@ pub enum VerifyError {
     /// A signature was present but did not match.
     #[error("signature does not match")]
     Mismatch,
+    /// More signatures than [`MAX_SIGNATURES`]: refused before any HMAC is computed.
+    #[error("more than {MAX_SIGNATURES} signatures in one header")]
+    TooMany,
+}
+
+/// Most signatures one `webhook-signature` header may carry: a rotation needs two, and a
+/// header stuffed with thousands must not cost anything to refuse.
+pub const MAX_SIGNATURES: usize = 8;
+
+/// The `v1` signatures of a `webhook-signature` header, decoded. Entries of other versions
+/// and undecodable ones are skipped; more than [`MAX_SIGNATURES`] entries in all is an error.
+pub fn standard_candidates(header: &str) -> Result<Vec<Vec<u8>>, VerifyError> {
+    let mut entries = 0;
+    let mut candidates = Vec::new();
+    for entry in header.split_whitespace() {
+        entries += 1;
+        if entries > MAX_SIGNATURES {
+            return Err(VerifyError::TooMany);
+        }
+        if let Some(signature) = entry
+            .strip_prefix("v1,")
+            .and_then(|encoded| BASE64.decode(encoded).ok())
+        {
+            candidates.push(signature);
+        }
+    }
+    if candidates.is_empty() {
+        return Err(VerifyError::Missing);
+    }
+    Ok(candidates)
+}
+
+/// Whether the Standard Webhooks HMAC of `msg_id.timestamp.body` under `secret` is one of
+/// `candidates`: one HMAC, then a constant-time comparison with each candidate.
+pub fn matches_standard(
+    secret: &SigningSecret,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+    candidates: &[Vec<u8>],
+) -> bool {
+    let timestamp = timestamp.to_string();
+    let expected = hmac_sha256(
+        secret.key(),
+        &[msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+    );
+    // Every candidate is compared, matched or not, so the time taken does not say which.
+    candidates.iter().fold(false, |found, candidate| {
+        found | bool::from(expected.as_slice().ct_eq(candidate.as_slice()))
+    })
 }
 
 /// Verifies a `webhook-signature` header value, which may carry several space-separated
-/// signatures (secret rotation); any one matching is enough. Constant-time per comparison.
+/// signatures (secret rotation); any one matching is enough. One HMAC whatever the header
+/// holds; the comparisons are constant-time.
 pub fn verify_standard(
     secret: &SigningSecret,
     msg_id: &str,
@@ -77,30 +129,12 @@ pub fn verify_standard(
     body: &[u8],
     header: &str,
 ) -> Result<(), VerifyError> {
-    let timestamp = timestamp.to_string();
-    let mut saw_any = false;
-    for candidate in header.split_whitespace() {
-        let Some(encoded) = candidate.strip_prefix("v1,") else {
-            continue;
-        };
-        saw_any = true;
-        let Ok(signature) = BASE64.decode(encoded) else {
-            continue;
-        };
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.key())
-            .expect("HMAC takes any key length");
-        for part in [msg_id.as_bytes(), b".", timestamp.as_bytes(), b".", body] {
-            mac.update(part);
-        }
-        if mac.verify_slice(&signature).is_ok() {
-            return Ok(());
-        }
-    }
-    Err(if saw_any {
-        VerifyError::Mismatch
+    let candidates = standard_candidates(header)?;
+    if matches_standard(secret, msg_id, timestamp, body, &candidates) {
+        Ok(())
     } else {
-        VerifyError::Missing
-    })
+        Err(VerifyError::Mismatch)
+    }
 }
 
 /// Verifies the guide's header: hex HMAC of the body, with or without the `sha256=` prefix.
@@ -216,6 +250,22 @@ mod tests {
         assert_eq!(
             verify_legacy(&key, SignatureAlgorithm::Sha512, body, &sha512),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn candidates_are_capped_and_decoded_once() {
+        assert_eq!(
+            standard_candidates(&"v1, ".repeat(MAX_SIGNATURES + 1)),
+            Err(VerifyError::TooMany)
+        );
+        assert_eq!(
+            standard_candidates("v2,abc v1,!!!"),
+            Err(VerifyError::Missing)
+        );
+        assert_eq!(
+            standard_candidates("v1,AAAA v2,x v1,AQ=="),
+            Ok(vec![vec![0, 0, 0], vec![1]])
         );
     }
 }

@@ -58,6 +58,7 @@ fn verdict(result: Result<(), VerifyError>) -> &'static str {
         Ok(()) => "valid",
         Err(VerifyError::Missing) => "MISSING",
         Err(VerifyError::Mismatch) => "INVALID",
+        Err(VerifyError::TooMany) => "TOO MANY SIGNATURES",
     }
 }
 

@@ -33,18 +33,29 @@ pub async fn ingest_guard(
     response
 }
 
+/// Bodies above this are verified on the blocking pool: their HMACs take long enough to hold
+/// up every other request on the same async worker thread.
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
 async fn admit(
-    guard: &Guard,
+    guard: &Arc<Guard>,
     peer: SocketAddr,
     request: Request,
     next: Next,
 ) -> Result<Response, Rejection> {
-    let ip = guard.admit_address(peer.ip(), request.headers())?;
+    let client = guard.admit_address(peer.ip(), request.headers())?;
     let (parts, body) = request.into_parts();
     let body = to_bytes(body, guard.max_body_bytes())
         .await
         .map_err(|_| Rejection::BodyTooLarge)?;
-    let admitted = guard.admit(ip, &parts.headers, &body)?;
+    let admitted = if body.len() > OFFLOAD_BYTES {
+        let (guard, headers, body) = (Arc::clone(guard), parts.headers.clone(), body.clone());
+        tokio::task::spawn_blocking(move || guard.admit(client, &headers, &body))
+            .await
+            .map_err(|_| Rejection::Overloaded)??
+    } else {
+        guard.admit(client, &parts.headers, &body)?
+    };
     let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
     if !response.status().is_success() {
         guard.release(&admitted);
@@ -81,7 +92,7 @@ pub async fn request_limits(
 /// The status, body and headers a rejection is answered with.
 fn rejection_response(rejection: Rejection) -> Response {
     let status = match &rejection {
-        Rejection::AddressNotAllowed(_) => StatusCode::FORBIDDEN,
+        Rejection::AddressNotAllowed(_) | Rejection::Unidentified { .. } => StatusCode::FORBIDDEN,
         Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
         Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -76,6 +76,24 @@ pub fn router(relay: Relay) -> Router {
         .with_state(relay)
 }
 
+/// Headers a proxy sets: their presence means the request did not come from this host.
+const PROXY_HEADERS: [&str; 7] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "via",
+];
+
+/// Whether management routes may answer at all without an admin token: only on a loopback
+/// listener with no trusted proxies, where a loopback peer is someone on this host.
+pub fn management_without_token(config: &crate::Config) -> bool {
+    config.server.listen.ip().to_canonical().is_loopback()
+        && config.ingest.trusted_proxies.is_empty()
+}
+
 /// Management routes need `Authorization: Bearer <HOOKRELAY_ADMIN_TOKEN>`; without a token
 /// configured they answer loopback clients only.
 async fn require_admin(
@@ -101,12 +119,17 @@ async fn require_admin(
                 return Err(ApiError::unauthorized("the admin token is not valid"));
             }
         }
-        // Loopback only when no proxy is in front: behind a proxy on the same host every
-        // request comes from loopback.
+        None if !management_without_token(relay.config()) => {
+            return Err(ApiError::forbidden(
+                "management routes need HOOKRELAY_ADMIN_TOKEN when HOOKRELAY_TRUSTED_PROXIES is set or the listener is not on loopback",
+            ));
+        }
+        // Loopback only, and only when no proxy is in front: behind a proxy on the same host
+        // every request comes from loopback.
         None if peer.ip().to_canonical().is_loopback()
-            && relay.config().ingest.trusted_proxies.is_empty()
-            && !request.headers().contains_key("x-forwarded-for")
-            && !request.headers().contains_key("forwarded") => {}
+            && !PROXY_HEADERS
+                .iter()
+                .any(|name| request.headers().contains_key(*name)) => {}
         None => {
             return Err(ApiError::forbidden(
                 "management routes answer only loopback clients while HOOKRELAY_ADMIN_TOKEN is unset",
@@ -127,6 +150,7 @@ pub async fn serve(
     let config = relay.config().clone();
     let limits = server::ServerLimits {
         max_connections: config.server.max_connections,
+        max_connections_per_address: config.server.max_connections_per_address,
         max_header_bytes: config.server.max_header_bytes,
         header_timeout: config.server.header_timeout,
         shutdown_grace: grace,

@@ -1,9 +1,14 @@
 //! The HTTP server loop: hyper with the limits a public listener needs, which `axum::serve`
-//! does not expose. A cap on open connections (beyond it, a 503 and close), a limit on the
-//! request head's size (431 beyond), a deadline to send the head (slowloris clients are cut
-//! off), keep-alive, and graceful shutdown.
+//! does not expose. A cap on open connections, in all and per client address (beyond either,
+//! a 503 and close), a limit on the request head's size (431 beyond), a deadline to send the
+//! head (slowloris clients are cut off), keep-alive, and graceful shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{Router, extract::ConnectInfo, http::Request};
 use hyper::body::Incoming;
@@ -26,6 +31,8 @@ use tracing::{debug, warn};
 pub struct ServerLimits {
     /// Open connections at once.
     pub max_connections: usize,
+    /// Open connections at once from one address.
+    pub max_connections_per_address: usize,
     /// Largest request head, in bytes.
     pub max_header_bytes: usize,
     /// Time allowed to send the request head.
@@ -34,14 +41,53 @@ pub struct ServerLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Answers a connection over the cap without reading it, and closes it.
-async fn refuse(mut stream: TcpStream) {
-    const BODY: &str =
-        r#"{"code":"overloaded","detail":"too many open connections; retry shortly"}"#;
+/// Open connections per client address.
+#[derive(Debug, Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its address until dropped.
+struct AddressSlot {
+    counts: Arc<PerAddress>,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, address: IpAddr, cap: usize) -> Option<AddressSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(address).or_default();
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: Arc::clone(self),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
+}
+
+const TOO_MANY: &str =
+    r#"{"code":"overloaded","detail":"too many open connections; retry shortly"}"#;
+const TOO_MANY_FROM_ADDRESS: &str = r#"{"code":"overloaded","detail":"too many open connections from your address (HOOKRELAY_MAX_CONNECTIONS_PER_ADDRESS); close some or retry shortly"}"#;
+
+/// Answers a connection over a cap without reading it, and closes it.
+async fn refuse(mut stream: TcpStream, body: &'static str) {
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-        BODY.len()
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     );
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
@@ -58,6 +104,7 @@ pub async fn run(
     limits: ServerLimits,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -81,7 +128,14 @@ pub async fn run(
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             warn!(%peer, max = limits.max_connections, "connection refused: too many open connections");
-            tokio::spawn(refuse(stream));
+            tokio::spawn(refuse(stream, TOO_MANY));
+            continue;
+        };
+        let Some(address_slot) =
+            per_address.take(peer.ip().to_canonical(), limits.max_connections_per_address)
+        else {
+            warn!(%peer, max = limits.max_connections_per_address, "connection refused: too many open connections from one address");
+            tokio::spawn(refuse(stream, TOO_MANY_FROM_ADDRESS));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -94,7 +148,7 @@ pub async fn run(
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             if let Err(e) = connection.await {
                 debug!(%peer, error = %e, "connection ended with an error");
             }

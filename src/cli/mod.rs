@@ -411,14 +411,19 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             let address = config.server.listen;
             let role = config.server.role;
             if role.serves_api()
-                && !address.ip().to_canonical().is_loopback()
                 && config.server.admin_token.is_none()
                 && !config.server.allow_no_admin_token
+                && !crate::api::management_without_token(&config)
             {
+                let why = if address.ip().to_canonical().is_loopback() {
+                    "with HOOKRELAY_TRUSTED_PROXIES set".to_owned()
+                } else {
+                    format!("on the non-loopback address {address}")
+                };
                 eprintln!(
-                    "error: refusing to listen on the non-loopback address {address} without HOOKRELAY_ADMIN_TOKEN.\n\
+                    "error: refusing to serve {why} without HOOKRELAY_ADMIN_TOKEN.\n\
                      Set HOOKRELAY_ADMIN_TOKEN (e.g. $(openssl rand -hex 32)), or HOOKRELAY_ALLOW_NO_ADMIN_TOKEN=true \
-                     if management should answer loopback clients only."
+                     to serve with the management routes closed."
                 );
                 return Ok(ExitCode::from(2));
             }

@@ -146,6 +146,16 @@ impl Config {
             );
         }
         let listen = self.server.listen;
+        if self.server.admin_token.is_none()
+            && !self.ingest.trusted_proxies.is_empty()
+            && listen.ip().is_loopback()
+        {
+            r.warn(
+                "HOOKRELAY_ADMIN_TOKEN",
+                "is not set while HOOKRELAY_TRUSTED_PROXIES is: every request may come through a proxy, so management routes are closed",
+                "set HOOKRELAY_ADMIN_TOKEN to manage hookrelay",
+            );
+        }
         if self.ingest.secrets.is_empty() && !listen.ip().is_loopback() {
             r.warn(
                 "HOOKRELAY_INGEST_SECRET",

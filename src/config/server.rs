@@ -14,10 +14,12 @@ pub struct ServerSettings {
     /// `HOOKRELAY_ROLE` (default `all`): what `serve` runs: `all`, `api` or `worker`.
     pub role: Role,
     /// `HOOKRELAY_ADMIN_TOKEN`: bearer token for `/api/v1/…` management routes. Unset: those
-    /// routes answer only to loopback clients.
+    /// routes answer only to loopback clients, and only on a loopback listener with no
+    /// `HOOKRELAY_TRUSTED_PROXIES`; otherwise they are closed.
     pub admin_token: Option<Redacted<String>>,
     /// `HOOKRELAY_ALLOW_NO_ADMIN_TOKEN` (default false): let `serve` start on a non-loopback
-    /// address without `HOOKRELAY_ADMIN_TOKEN` (management routes then answer loopback only).
+    /// address, or behind trusted proxies, without `HOOKRELAY_ADMIN_TOKEN` (management routes
+    /// are then closed).
     pub allow_no_admin_token: bool,
     /// `HOOKRELAY_METRICS_REQUIRE_TOKEN` (default false): `/metrics` needs the admin token.
     pub metrics_require_token: bool,
@@ -33,6 +35,9 @@ pub struct ServerSettings {
     /// `HOOKRELAY_MAX_CONNECTIONS` (default 1024): open client connections at once; beyond, new
     /// connections get 503 and are closed.
     pub max_connections: usize,
+    /// `HOOKRELAY_MAX_CONNECTIONS_PER_ADDRESS` (default 256): open connections at once from
+    /// one client address, so one client cannot hold every connection slot.
+    pub max_connections_per_address: usize,
     /// `HOOKRELAY_MAX_CONCURRENT_REQUESTS` (default 512): requests handled at once; beyond,
     /// 503 with `Retry-After` instead of queueing.
     pub max_concurrent_requests: usize,
@@ -61,7 +66,7 @@ impl ServerSettings {
         if admin_token.is_none() && !listen.ip().is_loopback() {
             r.warn(
                 "HOOKRELAY_ADMIN_TOKEN",
-                format!("is not set while listening on the non-loopback address {listen}: management routes answer only loopback clients"),
+                format!("is not set while listening on the non-loopback address {listen}: management routes are closed"),
                 "set HOOKRELAY_ADMIN_TOKEN to manage hookrelay remotely",
             );
         }
@@ -74,6 +79,8 @@ impl ServerSettings {
         let header_timeout = r.seconds("HOOKRELAY_HEADER_TIMEOUT_SECONDS", 10.0, 0.1, 600.0);
         let request_timeout = r.seconds("HOOKRELAY_REQUEST_TIMEOUT_SECONDS", 30.0, 0.1, 3600.0);
         let max_connections = r.number("HOOKRELAY_MAX_CONNECTIONS", 1024, 1, 1_000_000) as usize;
+        let max_connections_per_address =
+            r.number("HOOKRELAY_MAX_CONNECTIONS_PER_ADDRESS", 256, 1, 1_000_000) as usize;
         let max_concurrent_requests =
             r.number("HOOKRELAY_MAX_CONCURRENT_REQUESTS", 512, 1, 1_000_000) as usize;
         let metrics_require_token = r.bool("HOOKRELAY_METRICS_REQUIRE_TOKEN", false);
@@ -95,6 +102,7 @@ impl ServerSettings {
             header_timeout,
             request_timeout,
             max_connections,
+            max_connections_per_address,
             max_concurrent_requests,
             shutdown_grace,
         }

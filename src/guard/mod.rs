@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use ipnet::IpNet;
 
 pub use self::{
-    client::client_ip,
+    client::{Client, client_ip},
     ratelimit::{RateLimiter, RateState},
     signature::{SignatureError, Verified, Verifier},
 };
@@ -28,6 +28,14 @@ pub enum Rejection {
     /// The client's address is outside `WEBHOOK_ALLOWED_IPS`.
     #[error("{0} is not allowed to send events (WEBHOOK_ALLOWED_IPS)")]
     AddressNotAllowed(IpAddr),
+    /// An allowlist is set and the trusted proxy's entry for the client is not an address.
+    #[error(
+        "the client's address could not be read from the header proxy {via} wrote, so WEBHOOK_ALLOWED_IPS cannot admit it"
+    )]
+    Unidentified {
+        /// The trusted proxy that forwarded the request.
+        via: IpAddr,
+    },
     /// The body is over `HOOKRELAY_MAX_BODY_BYTES` or could not be read.
     #[error("the body exceeds the size limit (HOOKRELAY_MAX_BODY_BYTES) or could not be read")]
     BodyTooLarge,
@@ -60,7 +68,7 @@ impl Rejection {
     /// A stable code for the API body.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::AddressNotAllowed(_) => "forbidden",
+            Self::AddressNotAllowed(_) | Self::Unidentified { .. } => "forbidden",
             Self::BodyTooLarge => "body_too_large",
             Self::Signature(error) => error.code(),
             Self::RateLimited { .. } => "rate_limited",
@@ -138,53 +146,66 @@ impl Guard {
     }
 
     /// The client behind `peer` (believing forwarding headers only from trusted proxies),
-    /// refused when outside the allowlist.
-    pub fn admit_address(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, Rejection> {
-        let ip = client_ip(peer, headers, &self.trusted_proxies, self.forwarded_header);
-        if !self.allowed_ips.is_empty() && !self.allowed_ips.iter().any(|net| net.contains(&ip)) {
-            tracing::warn!(client = %ip, "ingest refused: address not in WEBHOOK_ALLOWED_IPS");
-            return Err(Rejection::AddressNotAllowed(ip));
+    /// refused when an allowlist is set and it is not on it, or cannot be identified.
+    pub fn admit_address(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Client, Rejection> {
+        let client = client_ip(peer, headers, &self.trusted_proxies, self.forwarded_header);
+        if self.allowed_ips.is_empty() {
+            return Ok(client);
         }
-        Ok(ip)
+        match client {
+            Client::Address(ip) if self.allowed_ips.iter().any(|net| net.contains(&ip)) => {
+                Ok(client)
+            }
+            Client::Address(ip) => {
+                tracing::warn!(client = %ip, "ingest refused: address not in WEBHOOK_ALLOWED_IPS");
+                Err(Rejection::AddressNotAllowed(ip))
+            }
+            Client::Unidentified { via } => {
+                tracing::warn!(proxy = %via, "ingest refused: the proxy's entry for the client is not an address");
+                Err(Rejection::Unidentified { via })
+            }
+        }
     }
 
-    /// Checks the signature, then the client's allowance: the signer's key when signed, its
-    /// address otherwise. A failed signature counts against the address, so guessing is
-    /// rate-limited too.
+    /// Charges the client's address, then checks the signature, then charges the signer's
+    /// key. The address comes first so that a client over its allowance costs no HMAC, and
+    /// failed signatures count against it, so guessing is rate-limited too.
     pub fn admit(
         &self,
-        ip: IpAddr,
+        client: Client,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Admitted, Rejection> {
         let now = self.clock.now_ms();
-        // An IPv6 client usually holds a whole /64: limit it as one, or rotating addresses
-        // inside it would evade the limit and flood the limiter's table.
-        let address = match ip {
-            IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
-                .map_or_else(|_| ip.to_string(), |net| net.trunc().to_string()),
-            IpAddr::V4(_) => ip.to_string(),
+        let address = rate_bucket(client);
+        let by_address = self.limiter.check(&address, now).map_err(|state| {
+            tracing::warn!(client = address, "ingest refused: rate limit");
+            self.rate_limited(state)
+        })?;
+        let verified = self.verifier.verify(headers, body, now).map_err(|error| {
+            tracing::warn!(
+                client = address,
+                reason = error.code(),
+                "ingest refused: bad signature"
+            );
+            Rejection::from(error)
+        })?;
+        let Some(verified) = verified else {
+            return Ok(Admitted {
+                verified: None,
+                rate: by_address,
+            });
         };
-        let verified = match self.verifier.verify(headers, body, now) {
-            Ok(verified) => verified,
-            Err(error) => {
-                tracing::warn!(client = %ip, reason = error.code(), "ingest refused: bad signature");
-                self.limiter
-                    .check(&address, now)
-                    .map_err(|state| self.rate_limited(state))?;
-                return Err(error.into());
-            }
-        };
-        let client = verified
-            .as_ref()
-            .map_or(address, |v| format!("key:{}", v.key));
-        match self.limiter.check(&client, now) {
-            Ok(rate) => Ok(Admitted { verified, rate }),
+        // A fleet of gateways behind many addresses shares its key's allowance.
+        let key = format!("key:{}", verified.key);
+        match self.limiter.check(&key, now) {
+            Ok(rate) => Ok(Admitted {
+                verified: Some(verified),
+                rate,
+            }),
             Err(state) => {
-                if let Some(verified) = &verified {
-                    self.verifier.release(verified);
-                }
-                tracing::warn!(client, "ingest refused: rate limit");
+                self.verifier.release(&verified);
+                tracing::warn!(client = key, "ingest refused: rate limit");
                 Err(self.rate_limited(state))
             }
         }
@@ -203,5 +224,17 @@ impl Guard {
             state,
             window: self.limiter.window(),
         }
+    }
+}
+
+/// The rate limiter's key for a client's address. An IPv6 client usually holds a whole /64:
+/// it is limited as one, or rotating addresses inside it would evade the limit and flood the
+/// limiter's table. Clients a proxy could not identify share one allowance per proxy.
+fn rate_bucket(client: Client) -> String {
+    match client {
+        Client::Address(IpAddr::V6(v6)) => ipnet::Ipv6Net::new(v6, 64)
+            .map_or_else(|_| v6.to_string(), |net| net.trunc().to_string()),
+        Client::Address(ip) => ip.to_string(),
+        Client::Unidentified { via } => format!("unidentified via {via}"),
     }
 }

@@ -27,6 +27,11 @@ pub enum SignatureError {
     /// Standard Webhooks headers present but incomplete or malformed.
     #[error("malformed Standard Webhooks headers: {0}")]
     Malformed(&'static str),
+    /// The guide's signature header is present but holds no hex HMAC.
+    #[error(
+        "malformed {0} header: expected sha256=<hex HMAC of the body> (or the algorithm set by WEBHOOK_SIGNATURE_ALGORITHM)"
+    )]
+    MalformedLegacy(String),
     /// The timestamp is too old or too far in the future.
     #[error("webhook-timestamp is {0} s away from now, beyond the {1} s tolerance")]
     Expired(i64, i64),
@@ -41,7 +46,7 @@ impl SignatureError {
         match self {
             Self::Missing(_) => "missing_signature",
             Self::Invalid => "invalid_signature",
-            Self::Malformed(_) => "malformed_signature",
+            Self::Malformed(_) | Self::MalformedLegacy(_) => "malformed_signature",
             Self::Expired(..) => "signature_expired",
             Self::Replayed => "replayed_request",
         }
@@ -169,11 +174,20 @@ impl Verifier {
             if skew_s.saturating_abs().saturating_mul(1000) > self.tolerance_ms {
                 return Err(SignatureError::Expired(skew_s, self.tolerance_ms / 1000));
             }
+            let candidates = signing::standard_candidates(signature).map_err(|e| match e {
+                VerifyError::TooMany => {
+                    SignatureError::Malformed("webhook-signature holds more than 8 signatures")
+                }
+                VerifyError::Missing | VerifyError::Mismatch => {
+                    SignatureError::Malformed("webhook-signature holds no v1,<base64> signature")
+                }
+            })?;
+            // One HMAC per secret, whatever the header holds.
             let matched = self
                 .secrets
                 .iter()
                 .position(|secret| {
-                    signing::verify_standard(secret, id, timestamp, body, signature).is_ok()
+                    signing::matches_standard(secret, id, timestamp, body, &candidates)
                 })
                 .ok_or(SignatureError::Invalid)?;
             // Only a verified id is remembered, so forged requests cannot poison the cache.
@@ -203,13 +217,14 @@ impl Verifier {
                     }));
                 }
                 Err(VerifyError::Mismatch) => saw_wellformed = true,
-                Err(VerifyError::Missing) => {}
+                // Not hex: no secret can match; no HMAC is computed for it.
+                Err(VerifyError::Missing | VerifyError::TooMany) => break,
             }
         }
         if saw_wellformed {
             Err(SignatureError::Invalid)
         } else {
-            Err(SignatureError::Malformed("the signature header is not hex"))
+            Err(SignatureError::MalformedLegacy(self.header.clone()))
         }
     }
 }
@@ -344,10 +359,20 @@ mod tests {
             Err(SignatureError::Invalid)
         );
         legacy.insert("x-webhook-signature", HeaderValue::from_static("not-hex"));
-        assert!(matches!(
-            key(verifier.verify(&legacy, body, NOW)),
-            Err(SignatureError::Malformed(_))
-        ));
+        let malformed = key(verifier.verify(&legacy, body, NOW));
+        assert_eq!(
+            malformed,
+            Err(SignatureError::MalformedLegacy(
+                "X-Webhook-Signature".into()
+            ))
+        );
+        assert!(
+            malformed
+                .err()
+                .is_some_and(|e| e.to_string().contains("X-Webhook-Signature")
+                    && !e.to_string().contains("Standard Webhooks")),
+            "the error names the scheme that failed"
+        );
     }
 
     #[test]
@@ -362,6 +387,38 @@ mod tests {
         );
         let genuine = standard("ingest-secret-one", "shared-id", ts, body);
         assert_eq!(key(verifier.verify(&genuine, body, NOW)), Ok(Some(1)));
+    }
+
+    #[test]
+    fn a_header_stuffed_with_candidates_is_refused_before_any_hmac() {
+        let verifier = verifier();
+        let body = vec![b'x'; 1 << 20];
+        let ts = NOW / 1000;
+        let mut headers = standard("ingest-secret-one", "stuffed", ts, &body);
+        let stuffed = "v1, ".repeat(3_900);
+        headers.insert(
+            "webhook-signature",
+            HeaderValue::from_str(&stuffed).unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(
+            key(verifier.verify(&headers, &body, NOW)),
+            Err(SignatureError::Malformed(
+                "webhook-signature holds more than 8 signatures"
+            ))
+        );
+        // Up to the cap, the genuine signature is found among decoys.
+        let genuine = standard("ingest-secret-two", "decoys", ts, &body);
+        let signature = genuine
+            .get("webhook-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let decoys = format!("{}{signature}", "v1,AAAA ".repeat(7));
+        let mut headers = genuine.clone();
+        headers.insert(
+            "webhook-signature",
+            HeaderValue::from_str(&decoys).unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(key(verifier.verify(&headers, &body, NOW)), Ok(Some(2)));
     }
 
     #[test]

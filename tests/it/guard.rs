@@ -468,7 +468,9 @@ async fn a_refused_request_can_be_retried_with_its_webhook_id_and_guessing_is_ra
     let (status, _, _) = post(&app, body.clone(), &second).await;
     assert_eq!(status, 202, "the retry after Retry-After is not a replay");
 
-    // Bad signatures count against the address: guessing turns into 429s.
+    // Bad signatures count against the address: guessing turns into 429s. (Every request
+    // is charged to its address before any signature is checked, so wait for a fresh one.)
+    clock.advance(Duration::from_secs(60));
     let mut statuses = Vec::new();
     for n in 0..3 {
         let forged = standard_headers(
@@ -501,4 +503,236 @@ async fn without_an_admin_token_a_proxied_request_is_not_trusted_as_loopback() {
         .await
         .expect("request");
     assert_eq!(proxied.status(), 403);
+}
+
+#[tokio::test]
+async fn a_signature_header_stuffed_with_candidates_costs_no_hmac_and_is_named() {
+    let receiver = TestReceiver::start().await;
+    let app = signed_app(&receiver, &[("HOOKRELAY_MAX_BODY_BYTES", "2097152")]).await;
+    let body = vec![b' '; 1 << 20];
+    let mut headers = standard_headers(INGEST_SECRET, "msg_stuffed", now_s(), &body);
+    for (name, value) in &mut headers {
+        if *name == "webhook-signature" {
+            *value = "v1, ".repeat(3_900);
+        }
+    }
+    let (status, error, _) = post(&app, body.clone(), &headers).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("malformed_signature"))
+    );
+    assert!(
+        error["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("more than 8 signatures")),
+        "{error}"
+    );
+    // A malformed guide-scheme header names that header, not Standard Webhooks.
+    let (status, error, _) = post(
+        &app,
+        body.clone(),
+        &[("x-webhook-signature", "not-hex".to_owned())],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let detail = error["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("X-Webhook-Signature") && !detail.contains("Standard Webhooks"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn the_rate_limit_is_charged_before_any_signature_is_checked() {
+    let receiver = TestReceiver::start().await;
+    let app = signed_app(
+        &receiver,
+        &[
+            ("WEBHOOK_RATE_LIMIT", "1"),
+            ("WEBHOOK_RATE_WINDOW", "3600"),
+            ("WEBHOOK_BURST_ALLOWANCE", "0"),
+        ],
+    )
+    .await;
+    let body = body();
+    let forged = standard_headers(
+        "guessed-secret-000000000000000000000",
+        "msg_guess",
+        now_s(),
+        &body,
+    );
+    assert_eq!(post(&app, body.clone(), &forged).await.0, 401);
+    // The address's allowance is spent: a valid signature is not even computed.
+    let genuine = standard_headers(INGEST_SECRET, "msg_genuine", now_s(), &body);
+    let (status, error, headers) = post(&app, body.clone(), &genuine).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(app.relay.counts().await.expect("counts").pending, 0);
+}
+
+#[tokio::test]
+async fn an_unreadable_proxy_entry_never_lets_the_clients_own_entry_through() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("WEBHOOK_ALLOWED_IPS", "198.51.100.0/24"),
+            ("HOOKRELAY_TRUSTED_PROXIES", "127.0.0.1/32"),
+            (
+                "HOOKRELAY_ADMIN_TOKEN",
+                "admin-token-0123456789abcdef0123456789",
+            ),
+        ],
+    )
+    .await;
+    // The client wrote the allowed address; the proxy's own entry for it does not parse.
+    for chain in [
+        "198.51.100.1, 203.0.113.9:4711x",
+        "198.51.100.1, unknown",
+        "198.51.100.1, _obfuscated",
+    ] {
+        let (status, error, _) = post(&app, body(), &[("x-forwarded-for", chain.to_owned())]).await;
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (403, Some("forbidden")),
+            "X-Forwarded-For: {chain}"
+        );
+    }
+    // Ports and brackets are read, not skipped.
+    for (chain, expected) in [
+        ("203.0.113.9, 198.51.100.1:4711", 202),
+        ("198.51.100.1, 203.0.113.9:4711", 403),
+        ("198.51.100.1, [2001:db8::1]:4711", 403),
+    ] {
+        let status = post(&app, body(), &[("x-forwarded-for", chain.to_owned())])
+            .await
+            .0;
+        assert_eq!(status, expected, "X-Forwarded-For: {chain}");
+    }
+    assert_eq!(app.relay.counts().await.expect("counts").pending, 1);
+}
+
+#[tokio::test]
+async fn an_ipv4_translated_address_is_refused_as_a_destination() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let port = app.addr.port();
+    for url in [
+        format!("http://[::ffff:0:127.0.0.1]:{port}/"),
+        format!("http://[::ffff:0:7f00:1]:{port}/"),
+        format!("http://[64:ff9b:1::7f00:1]:{port}/"),
+    ] {
+        let response = app
+            .http
+            .post(app.url("/api/v1/endpoints"))
+            .json(&serde_json::json!({ "url": url }))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let error: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 422, "{url}: {error}");
+        assert!(
+            error["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("IPv4-translated") || d.contains("NAT64")),
+            "{url}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_an_admin_token_management_is_closed_behind_proxies_and_to_proxy_headers() {
+    let receiver = TestReceiver::start().await;
+    // A same-host proxy that sets only X-Real-IP.
+    let open = TestApp::spawn(&receiver.url(), &[]).await;
+    for header in ["x-real-ip", "via", "true-client-ip"] {
+        let status = open
+            .http
+            .get(open.url("/api/v1/dlq"))
+            .header(header, "203.0.113.7")
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(status, 403, "{header}");
+    }
+    // With trusted proxies, even a bare loopback request is refused.
+    let proxied = TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("HOOKRELAY_TRUSTED_PROXIES", "127.0.0.1/32"),
+            ("HOOKRELAY_ALLOW_NO_ADMIN_TOKEN", "true"),
+        ],
+    )
+    .await;
+    let response = proxied
+        .http
+        .get(proxied.url("/api/v1/dlq"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 403);
+    let error: Value = response.json().await.unwrap_or(Value::Null);
+    assert!(
+        error["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("HOOKRELAY_TRUSTED_PROXIES")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("HOOKRELAY_MAX_CONNECTIONS", "10"),
+            ("HOOKRELAY_MAX_CONNECTIONS_PER_ADDRESS", "2"),
+        ],
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(
+            read_response(&mut stream, Duration::from_secs(5))
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        held.push(stream);
+    }
+    let mut third = TcpStream::connect(app.addr).await.expect("connect");
+    let answer = read_response(&mut third, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("HOOKRELAY_MAX_CONNECTIONS_PER_ADDRESS"),
+        "{answer}"
+    );
+    // A closed connection gives its slot back.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = TcpStream::connect(app.addr).await.expect("connect");
+        again
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        if read_response(&mut again, Duration::from_secs(5))
+            .await
+            .starts_with("HTTP/1.1 200")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots were never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
