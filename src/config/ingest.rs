@@ -19,6 +19,11 @@ pub struct IngestSettings {
     /// `HOOKRELAY_SIGNATURE_TOLERANCE_SECONDS` (default 300): how far a Standard Webhooks
     /// `webhook-timestamp` may be from now, and how long `webhook-id`s are remembered against replay.
     pub signature_tolerance: Duration,
+    /// `HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE` (default true): accept the guide's scheme
+    /// (`X-Webhook-Signature`, an HMAC of the body alone) beside Standard Webhooks. It has no
+    /// timestamp or id, so a captured request can be replayed at any time; set false once every
+    /// client signs with Standard Webhooks.
+    pub accept_body_signature: bool,
     /// `WEBHOOK_RATE_LIMIT` (default 100): ingest requests per client per window.
     pub rate_limit: u32,
     /// `WEBHOOK_RATE_WINDOW` (default 3600 s): the window of `rate_limit`.
@@ -55,6 +60,14 @@ impl IngestSettings {
             1.0,
             86_400.0,
         );
+        let accept_body_signature = r.bool("HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE", true);
+        if accept_body_signature && !secrets.is_empty() {
+            r.warn(
+                "HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE",
+                "is true: ingest accepts the guide's body-only signature, and a captured request signed that way can be replayed at any time",
+                "sign ingest requests with Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature), then set it to false",
+            );
+        }
         let trusted_proxies = r.cidrs("HOOKRELAY_TRUSTED_PROXIES");
         let forwarded_header = r.parsed(
             "HOOKRELAY_FORWARDED_HEADER",
@@ -64,6 +77,7 @@ impl IngestSettings {
         Self {
             secrets,
             signature_tolerance,
+            accept_body_signature,
             rate_limit,
             rate_window,
             burst_allowance,

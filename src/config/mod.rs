@@ -384,4 +384,32 @@ mod tests {
         );
         assert!(load(&[("DATABASE_URL", "sqlite::memory:")]).is_err());
     }
+
+    #[test]
+    fn accepting_the_body_only_scheme_for_signed_ingest_is_warned_about() {
+        let (_, warnings) = load(&[(
+            "HOOKRELAY_INGEST_SECRET",
+            "an-ingest-secret-0123456789abcdef0123",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            warnings
+                .iter()
+                .any(|p| p.variable == "HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE")
+        );
+        let (config, warnings) = load(&[
+            (
+                "HOOKRELAY_INGEST_SECRET",
+                "an-ingest-secret-0123456789abcdef0123",
+            ),
+            ("HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE", "false"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.ingest.accept_body_signature);
+        assert!(
+            !warnings
+                .iter()
+                .any(|p| p.variable == "HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE")
+        );
+    }
 }

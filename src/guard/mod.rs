@@ -119,6 +119,7 @@ impl Guard {
                 config.signing.header.clone(),
                 config.signing.algorithm,
                 crate::clock::millis(config.ingest.signature_tolerance),
+                config.ingest.accept_body_signature,
             ),
             limiter: RateLimiter::new(
                 config.ingest.rate_limit,

@@ -27,6 +27,12 @@ pub enum SignatureError {
     /// Standard Webhooks headers present but incomplete or malformed.
     #[error("malformed Standard Webhooks headers: {0}")]
     Malformed(&'static str),
+    /// Only the guide's body-only scheme was sent while `HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE`
+    /// is false.
+    #[error(
+        "{0} (a signature of the body alone, which a captured request can replay) is not accepted: sign with Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature)"
+    )]
+    BodySchemeRefused(String),
     /// The guide's signature header is present but holds no hex HMAC.
     #[error(
         "malformed {0} header: expected sha256=<hex HMAC of the body> (or the algorithm set by WEBHOOK_SIGNATURE_ALGORITHM)"
@@ -47,6 +53,7 @@ impl SignatureError {
             Self::Missing(_) => "missing_signature",
             Self::Invalid => "invalid_signature",
             Self::Malformed(_) | Self::MalformedLegacy(_) => "malformed_signature",
+            Self::BodySchemeRefused(_) => "unsupported_signature_scheme",
             Self::Expired(..) => "signature_expired",
             Self::Replayed => "replayed_request",
         }
@@ -104,6 +111,7 @@ pub struct Verifier {
     header: String,
     algorithm: SignatureAlgorithm,
     tolerance_ms: i64,
+    accept_body_scheme: bool,
     replays: Mutex<ReplayCache>,
 }
 
@@ -118,12 +126,14 @@ impl Verifier {
         header: String,
         algorithm: SignatureAlgorithm,
         tolerance_ms: i64,
+        accept_body_scheme: bool,
     ) -> Self {
         Self {
             secrets,
             header,
             algorithm,
             tolerance_ms,
+            accept_body_scheme,
             replays: Mutex::new(ReplayCache::default()),
         }
     }
@@ -207,6 +217,9 @@ impl Verifier {
         let Some(signature) = header(headers, &self.header) else {
             return Err(SignatureError::Missing(self.header.clone()));
         };
+        if !self.accept_body_scheme {
+            return Err(SignatureError::BodySchemeRefused(self.header.clone()));
+        }
         let mut saw_wellformed = false;
         for (n, secret) in self.secrets.iter().enumerate() {
             match signing::verify_legacy(secret, self.algorithm, body, signature) {
@@ -253,6 +266,7 @@ mod tests {
             "X-Webhook-Signature".into(),
             SignatureAlgorithm::Sha256,
             300_000,
+            true,
         )
     }
 
@@ -422,6 +436,40 @@ mod tests {
     }
 
     #[test]
+    fn the_body_only_scheme_can_be_refused() {
+        let secrets =
+            vec![SigningSecret::parse("ingest-secret-one").unwrap_or_else(|e| panic!("{e}"))];
+        let strict = Verifier::new(
+            secrets.clone(),
+            "X-Webhook-Signature".into(),
+            SignatureAlgorithm::Sha256,
+            300_000,
+            false,
+        );
+        let body = br#"{"a":1}"#;
+        let legacy = signing::legacy_signature(&secrets[0], SignatureAlgorithm::Sha256, body);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-webhook-signature",
+            HeaderValue::from_str(&legacy).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let refused = key(strict.verify(&headers, body, NOW));
+        assert_eq!(
+            refused,
+            Err(SignatureError::BodySchemeRefused(
+                "X-Webhook-Signature".into()
+            ))
+        );
+        assert_eq!(
+            refused.err().map(|e| e.code()),
+            Some("unsupported_signature_scheme")
+        );
+        // Standard Webhooks still passes.
+        let standard = standard("ingest-secret-one", "m1", NOW / 1000, body);
+        assert_eq!(key(strict.verify(&standard, body, NOW)), Ok(Some(1)));
+    }
+
+    #[test]
     fn ids_are_forgotten_after_the_window() {
         let mut cache = ReplayCache::default();
         assert!(cache.insert("a", 0, 600_000));
@@ -436,6 +484,7 @@ mod tests {
             "X-Webhook-Signature".into(),
             SignatureAlgorithm::Sha256,
             300_000,
+            true,
         );
         assert_eq!(key(open.verify(&HeaderMap::new(), b"{}", NOW)), Ok(None));
     }
