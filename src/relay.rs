@@ -206,9 +206,11 @@ impl Relay {
     /// Records one usage event; returns its id once it is durably stored.
     pub async fn track_usage(&self, event: UsageEvent) -> Result<EventId, IngestError> {
         let stored = self.inner.ingestor.usage(vec![event], None).await?;
-        stored.into_iter().next().map(|s| s.id).ok_or_else(|| {
-            IngestError::Store(StoreError::Database("no result for a stored event".into()))
-        })
+        stored
+            .into_iter()
+            .next()
+            .map(|s| s.id)
+            .ok_or_else(|| IngestError::Store(StoreError::database("no result for a stored event")))
     }
 
     /// Records usage events all or nothing, deduplicated by `key` when given.

@@ -389,7 +389,7 @@ impl Worker {
         while let Some(joined) = attempts.join_next().await {
             match joined {
                 Ok(outcome) => outcomes.push(outcome?),
-                Err(e) => return Err(StoreError::Database(format!("attempt task failed: {e}"))),
+                Err(e) => return Err(StoreError::caused("attempt task failed", e)),
             }
         }
         Ok(outcomes)

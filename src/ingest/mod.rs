@@ -143,9 +143,10 @@ impl Ingestor {
                 created_at_ms: now,
             }])
             .await?;
-        stored.into_iter().next().ok_or_else(|| {
-            IngestError::Store(StoreError::Database("no result for a stored event".into()))
-        })
+        stored
+            .into_iter()
+            .next()
+            .ok_or_else(|| IngestError::Store(StoreError::database("no result for a stored event")))
     }
 
     async fn store_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, IngestError> {

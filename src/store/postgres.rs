@@ -28,21 +28,22 @@ use sqlx::{
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
-    DeliverySummary, HealthUpdate, Ingested, LEAD_SQL, LeaseToken, MaintenanceReport, NewEvent,
-    NextState, QueueCounts, Selection, Store, StoreError, TableStats,
+    AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliverySummary,
+    HealthUpdate, Ingested, LEAD_SQL, LeaseToken, MaintenanceReport, NewEvent, NextState,
+    QueueCounts, Selection, Store, StoreError, TableStats,
+    rows::{self, AlertRow, AttemptRow, EndpointRow, SessionRow, SummaryRow},
     shared::{
-        self, ALERT_COLUMNS, ENDPOINT_COLUMNS, ModelSums, RETENTION_BATCH, SESSION_COLUMNS,
-        SUMMARY_COLUMNS, SessionRow, UNSET_REASON, json_text,
+        self, ALERT_COLUMNS, ATTEMPT_COLUMNS, DEFAULT_DESCRIPTION, DefaultEndpointSync,
+        ENDPOINT_COLUMNS, ModelSums, RETENTION_BATCH, SESSION_COLUMNS, SUMMARY_COLUMNS,
+        UNSET_REASON, json_text,
     },
     tally::{Aggregates, Rollup},
 };
 use crate::{
     config::PostgresSettings,
     domain::{
-        Alert, AlertLevel, Analytics, CircuitState, CleanupReport, Condition, DeliveryId, Endpoint,
-        EndpointHealth, EndpointId, EndpointUrl, EventFilter, EventId, EventType, ModelUsage,
-        RateLimit, SessionStats, WindowTotals, bucket,
+        Alert, Analytics, CleanupReport, Condition, DeliveryId, Endpoint, EndpointId, EndpointUrl,
+        EventFilter, EventId, EventType, ModelUsage, SessionStats, WindowTotals, bucket,
     },
 };
 
@@ -77,7 +78,7 @@ impl From<sqlx::Error> for StoreError {
         if disk_full {
             StoreError::Full(error.to_string())
         } else {
-            StoreError::Database(error.to_string())
+            StoreError::caused("PostgreSQL", error)
         }
     }
 }
@@ -172,10 +173,11 @@ fn quoted(identifier: &str) -> String {
 
 fn connect_options(settings: &PostgresSettings) -> Result<PgConnectOptions, StoreError> {
     // The parse error would not echo the URL, but say nothing of it anyway: it holds the password.
-    let options: PgConnectOptions =
-        settings.url.expose().parse().map_err(|_| {
-            StoreError::Database("DATABASE_URL is not a valid PostgreSQL URL".into())
-        })?;
+    let options: PgConnectOptions = settings
+        .url
+        .expose()
+        .parse()
+        .map_err(|_| StoreError::database("DATABASE_URL is not a valid PostgreSQL URL"))?;
     let timeout_ms = settings.statement_timeout.as_millis();
     Ok(options.application_name("hookrelay").options([
         ("search_path", settings.schema.clone()),
@@ -231,7 +233,7 @@ async fn probe(options: &PgConnectOptions) -> Result<(), StoreError> {
     use sqlx::Connection;
     let conn = sqlx::PgConnection::connect_with(options)
         .await
-        .map_err(|e| StoreError::Database(format!("cannot connect to PostgreSQL: {e}")))?;
+        .map_err(|e| StoreError::caused("cannot connect to PostgreSQL", e))?;
     conn.close().await?;
     Ok(())
 }
@@ -470,7 +472,7 @@ async fn group_commit<I, O>(
                     let answer = commit(&[&job.input]).await.and_then(|mut answers| {
                         answers
                             .pop()
-                            .ok_or_else(|| StoreError::Database("no answer for a job".into()))
+                            .ok_or_else(|| StoreError::database("no answer for a job"))
                     });
                     let _ = job.reply.send(answer);
                 }
@@ -505,8 +507,8 @@ async fn destinations(
     .await?;
     let mut list = Vec::with_capacity(rows.len());
     for row in rows {
-        let filter: EventFilter = serde_json::from_str(row.try_get::<&str, _>(1)?)
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        let filter =
+            rows::event_filter(row.try_get(1)?).map_err(|e| sqlx::Error::Decode(e.into()))?;
         list.push((EndpointId::from_trusted(row.try_get(0)?), filter));
     }
     let list = Arc::new(list);
@@ -805,65 +807,49 @@ fn small(row: &PgRow, column: &str) -> Result<u32, sqlx::Error> {
     Ok(u32::try_from(row.try_get::<i64, _>(column)?.max(0)).unwrap_or(u32::MAX))
 }
 
-fn optional_small(row: &PgRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
-    Ok(row
-        .try_get::<Option<i64>, _>(column)?
-        .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX)))
-}
-
-fn decode_error(detail: impl std::fmt::Display) -> sqlx::Error {
-    sqlx::Error::Decode(detail.to_string().into())
-}
-
-fn summary_from_row(row: &PgRow) -> Result<DeliverySummary, sqlx::Error> {
-    let status = DeliveryStatus::from_db(row.try_get("status")?);
-    Ok(DeliverySummary {
-        id: DeliveryId::from_trusted(row.try_get("id")?),
-        event_id: EventId::from_trusted(row.try_get("event_id")?),
-        endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
+fn summary_row(row: &PgRow) -> Result<SummaryRow, sqlx::Error> {
+    Ok(SummaryRow {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
         event_type: row.try_get("event_type")?,
         session_id: row.try_get("session_id")?,
-        status,
-        attempts: small(row, "attempts")?,
-        total_attempts: small(row, "total_attempts")?,
-        throttled: small(row, "throttled")?,
-        last_status: row
-            .try_get::<Option<i64>, _>("last_status")?
-            .and_then(|s| u16::try_from(s).ok()),
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        total_attempts: row.try_get("total_attempts")?,
+        last_status: row.try_get("last_status")?,
         last_error: row.try_get("last_error")?,
-        created_at_ms: row.try_get("created_at")?,
-        next_attempt_at_ms: (status == DeliveryStatus::Pending)
-            .then(|| row.try_get("next_attempt_at"))
-            .transpose()?,
-        finished_at_ms: row.try_get("finished_at")?,
+        created_at: row.try_get("created_at")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        finished_at: row.try_get("finished_at")?,
+        throttled: row.try_get("throttled")?,
     })
 }
 
 fn alert_from_row(row: &PgRow) -> Result<Alert, sqlx::Error> {
-    Ok(Alert {
+    Ok(Alert::from(AlertRow {
         id: row.try_get("id")?,
         rule: row.try_get("rule")?,
-        level: AlertLevel::parse(row.try_get("level")?),
+        level: row.try_get("level")?,
         message: row.try_get("message")?,
         value: row.try_get("value")?,
         threshold: row.try_get("threshold")?,
-        fired_at_ms: row.try_get("fired_at")?,
-        resolved_at_ms: row.try_get("resolved_at")?,
-    })
+        fired_at: row.try_get("fired_at")?,
+        resolved_at: row.try_get("resolved_at")?,
+    }))
 }
 
 fn session_from_row(row: &PgRow) -> Result<SessionStats, sqlx::Error> {
-    Ok(SessionRow {
+    Ok(SessionStats::from(SessionRow {
         session_id: row.try_get(0)?,
-        first_seen_ms: row.try_get(1)?,
-        last_seen_ms: row.try_get(2)?,
-        queries: count(row, 3)?,
-        successes: count(row, 4)?,
-        failures: count(row, 5)?,
-        response_time_sum_ms: count(row, 6)?,
-        tokens: count(row, 7)?,
-    }
-    .into())
+        first_seen: row.try_get(1)?,
+        last_seen: row.try_get(2)?,
+        queries: row.try_get(3)?,
+        successes: row.try_get(4)?,
+        failures: row.try_get(5)?,
+        response_time_sum_ms: row.try_get(6)?,
+        tokens: row.try_get(7)?,
+    }))
 }
 
 /// Adds a session's models and webhook counts.
@@ -902,51 +888,38 @@ async fn complete_session(
     Ok(session)
 }
 
-fn endpoint_from_row(row: &PgRow) -> Result<Endpoint, sqlx::Error> {
-    let url = EndpointUrl::parse(row.try_get("url")?).map_err(decode_error)?;
-    let filter: EventFilter =
-        serde_json::from_str(row.try_get("event_types")?).map_err(decode_error)?;
-    let headers = serde_json::from_str(row.try_get("headers")?).map_err(decode_error)?;
-    let rate_limit = match (
-        row.try_get::<Option<f64>, _>("rate_limit")?,
-        optional_small(row, "rate_burst")?,
-    ) {
-        (Some(per_second), burst) => RateLimit::new(per_second, burst).ok(),
-        _ => None,
-    };
-    let circuit: CircuitState = row
-        .try_get::<&str, _>("circuit_state")?
-        .parse()
-        .map_err(decode_error)?;
-    Ok(Endpoint {
-        id: EndpointId::from_trusted(row.try_get("id")?),
-        url,
+fn endpoint_row(row: &PgRow) -> Result<EndpointRow, sqlx::Error> {
+    Ok(EndpointRow {
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
         description: row.try_get("description")?,
-        filter,
+        event_types: row.try_get("event_types")?,
         secret: row.try_get("secret")?,
         previous_secret: row.try_get("previous_secret")?,
-        previous_secret_until_ms: row.try_get("previous_secret_until")?,
-        headers,
-        timeout: row
-            .try_get::<Option<i64>, _>("timeout_ms")?
-            .map(|ms| Duration::from_millis(ms.unsigned_abs())),
-        max_retries: optional_small(row, "max_retries")?,
-        rate_limit,
-        circuit_threshold: optional_small(row, "circuit_threshold")?,
+        previous_secret_until: row.try_get("previous_secret_until")?,
+        headers: row.try_get("headers")?,
+        timeout_ms: row.try_get("timeout_ms")?,
+        max_retries: row.try_get("max_retries")?,
+        rate_limit: row.try_get("rate_limit")?,
+        rate_burst: row.try_get("rate_burst")?,
+        circuit_threshold: row.try_get("circuit_threshold")?,
         enabled: row.try_get("enabled")?,
         disabled_reason: row.try_get("disabled_reason")?,
         managed_by_config: row.try_get("managed_by_config")?,
-        health: EndpointHealth {
-            circuit,
-            circuit_changed_at_ms: row.try_get("circuit_changed_at")?,
-            consecutive_failures: small(row, "consecutive_failures")?,
-            failing_since_ms: row.try_get("failing_since")?,
-            last_attempt_at_ms: row.try_get("last_attempt_at")?,
-            last_success_at_ms: row.try_get("last_success_at")?,
-        },
-        created_at_ms: row.try_get("created_at")?,
-        updated_at_ms: row.try_get("updated_at")?,
+        circuit_state: row.try_get("circuit_state")?,
+        circuit_changed_at: row.try_get("circuit_changed_at")?,
+        consecutive_failures: row.try_get("consecutive_failures")?,
+        failing_since: row.try_get("failing_since")?,
+        last_attempt_at: row.try_get("last_attempt_at")?,
+        last_success_at: row.try_get("last_success_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
     })
+}
+
+/// An `endpoints` row as an endpoint.
+fn endpoint_from_row(row: &PgRow) -> Result<Endpoint, StoreError> {
+    Ok(Endpoint::try_from(endpoint_row(row)?)?)
 }
 
 /// Binds `$1` the id and `$2`–`$13` the settings shared by the endpoint INSERT and UPDATE.
@@ -1430,10 +1403,7 @@ impl Store for PgStore {
         ))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(endpoint_from_row)
-            .collect::<Result<_, _>>()?)
+        rows.iter().map(endpoint_from_row).collect()
     }
 
     async fn endpoint(&self, id: EndpointId) -> Result<Option<Endpoint>, StoreError> {
@@ -1443,7 +1413,7 @@ impl Store for PgStore {
         .bind(id.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(endpoint_from_row).transpose()?)
+        row.as_ref().map(endpoint_from_row).transpose()
     }
 
     async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
@@ -1533,11 +1503,11 @@ impl Store for PgStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let id = EndpointId::default_endpoint();
-        match url {
-            Some(url) => {
+        match DefaultEndpointSync::to_mirror(url) {
+            DefaultEndpointSync::Mirror(url) => {
                 sqlx::query(
                     "INSERT INTO endpoints AS p (id, url, description, managed_by_config, created_at, updated_at)
-                     VALUES ($1, $2, 'ZAPIER_WEBHOOK_URL', TRUE, $3, $3)
+                     VALUES ($1, $2, $5, TRUE, $3, $3)
                      ON CONFLICT (id) DO UPDATE SET url = excluded.url, managed_by_config = TRUE,
                          updated_at = CASE WHEN p.url = excluded.url THEN p.updated_at ELSE excluded.updated_at END,
                          enabled = CASE WHEN p.disabled_reason = $4 THEN TRUE ELSE p.enabled END,
@@ -1547,10 +1517,11 @@ impl Store for PgStore {
                 .bind(url.as_str())
                 .bind(now_ms)
                 .bind(UNSET_REASON)
+                .bind(DEFAULT_DESCRIPTION)
                 .execute(&self.pool)
                 .await?;
             }
-            None => {
+            DefaultEndpointSync::Disable => {
                 sqlx::query(
                     "UPDATE endpoints SET enabled = FALSE, disabled_reason = $2, updated_at = $3
                      WHERE id = $1 AND enabled",
@@ -1575,7 +1546,7 @@ impl Store for PgStore {
         .await?;
         Ok(rows
             .iter()
-            .map(summary_from_row)
+            .map(|row| summary_row(row).map(DeliverySummary::from))
             .collect::<Result<_, _>>()?)
     }
 
@@ -1590,34 +1561,28 @@ impl Store for PgStore {
         else {
             return Ok(None);
         };
-        let summary = summary_from_row(&row)?;
-        let payload: Vec<u8> = row.try_get("payload")?;
-        let attempts = sqlx::query(
-            "SELECT attempt_no, started_at, duration_ms, status_code, error_kind, error_detail,
-                 response_snippet, outcome
-             FROM attempts WHERE delivery_id = $1 ORDER BY id",
-        )
+        let summary = summary_row(&row)?.into();
+        let payload: &[u8] = row.try_get("payload")?;
+        let payload = rows::payload_json(payload);
+        let attempts = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = $1 ORDER BY id"
+        ))
         .bind(id.as_str())
         .fetch_all(&self.pool)
         .await?;
         let mut attempts_log = Vec::with_capacity(attempts.len());
         for row in attempts {
-            attempts_log.push(AttemptView {
-                attempt_no: small(&row, "attempt_no")?,
-                started_at_ms: row.try_get("started_at")?,
+            attempts_log.push(AttemptView::from(AttemptRow {
+                attempt_no: row.try_get("attempt_no")?,
+                started_at: row.try_get("started_at")?,
                 duration_ms: row.try_get("duration_ms")?,
-                status_code: row
-                    .try_get::<Option<i64>, _>("status_code")?
-                    .and_then(|s| u16::try_from(s).ok()),
+                status_code: row.try_get("status_code")?,
                 error_kind: row.try_get("error_kind")?,
                 error_detail: row.try_get("error_detail")?,
                 response_snippet: row.try_get("response_snippet")?,
                 outcome: row.try_get("outcome")?,
-            });
+            }));
         }
-        let payload = serde_json::from_slice(&payload).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned())
-        });
         Ok(Some(DeliveryDetail {
             summary,
             payload,

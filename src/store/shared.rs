@@ -1,14 +1,37 @@
-//! What both stores share that is not SQL dialect: column lists, the meaning of an attempt's
-//! outcome for its delivery, and the assembly of reports from the sums each store reads.
+//! What both stores share that is not SQL dialect: column lists, the rule `ep_default` follows,
+//! the meaning of an attempt's outcome for its delivery, and the assembly of reports from the
+//! sums each store reads. Rows and their conversion to domain values are in `rows`.
 
 use super::{DeliveryStatus, NextState};
 use crate::domain::{
-    Analytics, ModelUsage, QueriesSummary, SessionStats, SessionsSummary, WebhookCounts,
-    WebhooksSummary,
+    Analytics, EndpointUrl, ModelUsage, QueriesSummary, SessionsSummary, WebhooksSummary,
 };
 
 /// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
 pub(super) const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
+
+/// `ep_default`'s description: the variable it mirrors.
+pub(super) const DEFAULT_DESCRIPTION: &str = "ZAPIER_WEBHOOK_URL";
+
+/// What `sync_default_endpoint` does to `ep_default` so that it mirrors `ZAPIER_WEBHOOK_URL`.
+/// Each store writes it in one statement of its own dialect.
+pub(super) enum DefaultEndpointSync {
+    /// The variable is set: create `ep_default` (described as [`DEFAULT_DESCRIPTION`]) or point
+    /// it at this URL, marked as managed by the configuration. Its `updated_at` moves only when
+    /// the URL changed. If it was disabled only because the variable was unset
+    /// ([`UNSET_REASON`]), it is enabled again; disabled for any other reason (an operator, a
+    /// receiver failing for too long), it stays disabled.
+    Mirror(EndpointUrl),
+    /// The variable is unset: an enabled `ep_default` is disabled with [`UNSET_REASON`]. It is
+    /// not deleted: its pending deliveries wait for the variable to come back.
+    Disable,
+}
+
+impl DefaultEndpointSync {
+    pub(super) fn to_mirror(url: Option<EndpointUrl>) -> Self {
+        url.map_or(Self::Disable, Self::Mirror)
+    }
+}
 
 /// Rows removed per retention transaction.
 pub(super) const RETENTION_BATCH: u64 = 1000;
@@ -19,6 +42,9 @@ pub(super) const SUMMARY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, e.eve
 
 pub(super) const ALERT_COLUMNS: &str =
     "id, rule, level, message, value, threshold, fired_at, resolved_at";
+
+pub(super) const ATTEMPT_COLUMNS: &str = "attempt_no, started_at, duration_ms, status_code, error_kind, error_detail, \
+     response_snippet, outcome";
 
 pub(super) const SESSION_COLUMNS: &str =
     "session_id, first_seen, last_seen, queries, successes, failures, response_time_sum_ms, tokens";
@@ -69,37 +95,6 @@ impl NextState {
             finished_at,
             spent,
             throttled,
-        }
-    }
-}
-
-/// A session row's counts, as both stores read them (`SESSION_COLUMNS` order).
-pub(super) struct SessionRow {
-    pub(super) session_id: String,
-    pub(super) first_seen_ms: i64,
-    pub(super) last_seen_ms: i64,
-    pub(super) queries: u64,
-    pub(super) successes: u64,
-    pub(super) failures: u64,
-    pub(super) response_time_sum_ms: u64,
-    pub(super) tokens: u64,
-}
-
-impl From<SessionRow> for SessionStats {
-    fn from(row: SessionRow) -> Self {
-        SessionStats {
-            session_id: row.session_id,
-            first_seen_ms: row.first_seen_ms,
-            last_seen_ms: row.last_seen_ms,
-            queries: row.queries,
-            successes: row.successes,
-            failures: row.failures,
-            total_response_time_ms: row.response_time_sum_ms,
-            avg_response_time_ms: (row.queries > 0)
-                .then(|| row.response_time_sum_ms as f64 / row.queries as f64),
-            estimated_tokens: row.tokens,
-            models: Vec::new(),
-            webhooks: WebhookCounts::default(),
         }
     }
 }

@@ -18,21 +18,22 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params, types::Val
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryStatus,
-    DeliverySummary, HealthUpdate, Ingested, LEAD_SQL, LeaseToken, MaintenanceReport, NewEvent,
-    NextState, QueueCounts, Selection, Store, StoreError, TableStats,
+    AttemptRecord, AttemptView, ClaimedDelivery, DbStats, DeliveryDetail, DeliverySummary,
+    HealthUpdate, Ingested, LEAD_SQL, LeaseToken, MaintenanceReport, NewEvent, NextState,
+    QueueCounts, Selection, Store, StoreError, TableStats,
+    rows::{self, AlertRow, AttemptRow, EndpointRow, SessionRow, SummaryRow},
     shared::{
-        self, ALERT_COLUMNS, ENDPOINT_COLUMNS, ModelSums, RETENTION_BATCH, SESSION_COLUMNS,
-        SUMMARY_COLUMNS, SessionRow, UNSET_REASON, json_text,
+        self, ALERT_COLUMNS, ATTEMPT_COLUMNS, DEFAULT_DESCRIPTION, DefaultEndpointSync,
+        ENDPOINT_COLUMNS, ModelSums, RETENTION_BATCH, SESSION_COLUMNS, SUMMARY_COLUMNS,
+        UNSET_REASON, json_text,
     },
     tally::{Aggregates, Rollup},
 };
 use crate::{
     config::SqliteSync,
     domain::{
-        Alert, AlertLevel, Analytics, CircuitState, CleanupReport, Condition, DeliveryId, Endpoint,
-        EndpointHealth, EndpointId, EndpointUrl, EventFilter, EventId, EventType, ModelUsage,
-        RateLimit, SessionStats, WindowTotals,
+        Alert, Analytics, CleanupReport, Condition, DeliveryId, Endpoint, EndpointId, EndpointUrl,
+        EventFilter, EventId, EventType, ModelUsage, SessionStats, WindowTotals,
     },
 };
 
@@ -85,7 +86,7 @@ impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
         match error.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(error.to_string()),
-            _ => StoreError::Database(error.to_string()),
+            _ => StoreError::caused("SQLite", error),
         }
     }
 }
@@ -223,9 +224,8 @@ fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>, wal: PathBuf) {
                 None => {
                     finishes.push(job(Ok(&conn)));
                     if conn.is_autocommit() {
-                        lost = Some(StoreError::Database(
-                            "the database rolled the transaction back; nothing in it was stored"
-                                .into(),
+                        lost = Some(StoreError::database(
+                            "the database rolled the transaction back; nothing in it was stored",
                         ));
                     }
                 }
@@ -337,7 +337,7 @@ impl SqliteStore {
                 && !parent.as_os_str().is_empty()
             {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::Database(format!("cannot create {}: {e}", parent.display()))
+                    StoreError::caused(format!("cannot create {}", parent.display()), e)
                 })?;
             }
             let mut conn = open_connection(&writer_path, sync)?;
@@ -358,15 +358,13 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("hookrelay-sqlite-writer".into())
             .spawn(move || writer_loop(conn, receiver, wal))
-            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::caused("cannot start the writer thread", e))?;
         let alive = jobs.downgrade();
         let checkpoint_path = path.clone();
         std::thread::Builder::new()
             .name("hookrelay-sqlite-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpoint_path, &alive, sync))
-            .map_err(|e| {
-                StoreError::Database(format!("cannot start the checkpoint thread: {e}"))
-            })?;
+            .map_err(|e| StoreError::caused("cannot start the checkpoint thread", e))?;
         Ok(Self {
             jobs,
             readers: Arc::new(ReaderPool {
@@ -505,24 +503,21 @@ impl SqliteStore {
     }
 }
 
-fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<DeliverySummary> {
-    let status = DeliveryStatus::from_db(&row.get::<_, String>(5)?);
-    Ok(DeliverySummary {
-        id: DeliveryId::from_trusted(row.get(0)?),
-        event_id: EventId::from_trusted(row.get(1)?),
-        endpoint_id: EndpointId::from_trusted(row.get(2)?),
+fn summary_row(row: &Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok(SummaryRow {
+        id: row.get(0)?,
+        event_id: row.get(1)?,
+        endpoint_id: row.get(2)?,
         event_type: row.get(3)?,
         session_id: row.get(4)?,
-        status,
+        status: row.get(5)?,
         attempts: row.get(6)?,
         total_attempts: row.get(7)?,
         last_status: row.get(8)?,
         last_error: row.get(9)?,
-        created_at_ms: row.get(10)?,
-        next_attempt_at_ms: (status == DeliveryStatus::Pending)
-            .then(|| row.get(11))
-            .transpose()?,
-        finished_at_ms: row.get(12)?,
+        created_at: row.get(10)?,
+        next_attempt_at: row.get(11)?,
+        finished_at: row.get(12)?,
         throttled: row.get(13)?,
     })
 }
@@ -553,32 +548,38 @@ fn add_rollup(conn: &Connection, minute: i64, r: &Rollup) -> Result<(), StoreErr
     Ok(())
 }
 
-fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<Alert> {
-    Ok(Alert {
+fn alert_row(row: &Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
         id: row.get(0)?,
         rule: row.get(1)?,
-        level: AlertLevel::parse(&row.get::<_, String>(2)?),
+        level: row.get(2)?,
         message: row.get(3)?,
         value: row.get(4)?,
         threshold: row.get(5)?,
-        fired_at_ms: row.get(6)?,
-        resolved_at_ms: row.get(7)?,
+        fired_at: row.get(6)?,
+        resolved_at: row.get(7)?,
+    })
+}
+
+fn alert_from_row(row: &Row<'_>) -> rusqlite::Result<Alert> {
+    alert_row(row).map(Alert::from)
+}
+
+fn session_row(row: &Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        session_id: row.get(0)?,
+        first_seen: row.get(1)?,
+        last_seen: row.get(2)?,
+        queries: row.get(3)?,
+        successes: row.get(4)?,
+        failures: row.get(5)?,
+        response_time_sum_ms: row.get(6)?,
+        tokens: row.get(7)?,
     })
 }
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<SessionStats> {
-    let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
-    Ok(SessionRow {
-        session_id: row.get(0)?,
-        first_seen_ms: row.get(1)?,
-        last_seen_ms: row.get(2)?,
-        queries: n(3)?,
-        successes: n(4)?,
-        failures: n(5)?,
-        response_time_sum_ms: n(6)?,
-        tokens: n(7)?,
-    }
-    .into())
+    session_row(row).map(SessionStats::from)
 }
 
 /// Adds a session's models and webhook counts (indexed look-ups by session).
@@ -686,7 +687,7 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), StoreError> {
     let check = Connection::open_with_flags(backup, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let verdict: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if verdict != "ok" {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::database(format!(
             "the backup fails its integrity check: {verdict}"
         )));
     }
@@ -694,85 +695,56 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), StoreError> {
         .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
             r.get(0)
         })
-        .map_err(|_| StoreError::Database("the file is not a hookrelay database".into()))?;
+        .map_err(|e| StoreError::caused("the file is not a hookrelay database", e))?;
     drop(check);
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Database(format!("cannot create {}: {e}", parent.display()))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::caused(format!("cannot create {}", parent.display()), e))?;
     }
     let mut staging = target.as_os_str().to_owned();
     staging.push(".restoring");
     let staging = std::path::PathBuf::from(staging);
-    std::fs::copy(backup, &staging)
-        .map_err(|e| StoreError::Database(format!("cannot copy the backup: {e}")))?;
+    std::fs::copy(backup, &staging).map_err(|e| StoreError::caused("cannot copy the backup", e))?;
     // On disk before it replaces anything.
     std::fs::File::open(&staging)
         .and_then(|file| file.sync_all())
-        .map_err(|e| StoreError::Database(format!("cannot flush the copy: {e}")))?;
+        .map_err(|e| StoreError::caused("cannot flush the copy", e))?;
     for suffix in ["-wal", "-shm"] {
         let mut side = target.as_os_str().to_owned();
         side.push(suffix);
         let _ = std::fs::remove_file(side);
     }
     std::fs::rename(&staging, target)
-        .map_err(|e| StoreError::Database(format!("cannot replace the database: {e}")))?;
+        .map_err(|e| StoreError::caused("cannot replace the database", e))?;
     Ok(())
 }
 
-fn corrupt(column: usize, detail: impl std::fmt::Display) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        detail.to_string().into(),
-    )
-}
-
-fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
-    let url: String = row.get(1)?;
-    let url = EndpointUrl::parse(&url).map_err(|e| corrupt(1, e))?;
-    let filter: EventFilter =
-        serde_json::from_str(&row.get::<_, String>(3)?).map_err(|e| corrupt(3, e))?;
-    let headers = serde_json::from_str(&row.get::<_, String>(7)?).map_err(|e| corrupt(7, e))?;
-    let rate_limit = match (
-        row.get::<_, Option<f64>>(10)?,
-        row.get::<_, Option<u32>>(11)?,
-    ) {
-        (Some(per_second), burst) => RateLimit::new(per_second, burst).ok(),
-        _ => None,
-    };
-    let circuit: CircuitState = row
-        .get::<_, String>(16)?
-        .parse()
-        .map_err(|e: String| corrupt(16, e))?;
-    Ok(Endpoint {
-        id: EndpointId::from_trusted(row.get(0)?),
-        url,
+fn endpoint_row(row: &Row<'_>) -> rusqlite::Result<EndpointRow> {
+    Ok(EndpointRow {
+        id: row.get(0)?,
+        url: row.get(1)?,
         description: row.get(2)?,
-        filter,
+        event_types: row.get(3)?,
         secret: row.get(4)?,
         previous_secret: row.get(5)?,
-        previous_secret_until_ms: row.get(6)?,
-        headers,
-        timeout: row
-            .get::<_, Option<i64>>(8)?
-            .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+        previous_secret_until: row.get(6)?,
+        headers: row.get(7)?,
+        timeout_ms: row.get(8)?,
         max_retries: row.get(9)?,
-        rate_limit,
+        rate_limit: row.get(10)?,
+        rate_burst: row.get(11)?,
         circuit_threshold: row.get(12)?,
         enabled: row.get(13)?,
         disabled_reason: row.get(14)?,
         managed_by_config: row.get(15)?,
-        health: EndpointHealth {
-            circuit,
-            circuit_changed_at_ms: row.get(17)?,
-            consecutive_failures: row.get(18)?,
-            failing_since_ms: row.get(19)?,
-            last_attempt_at_ms: row.get(20)?,
-            last_success_at_ms: row.get(21)?,
-        },
-        created_at_ms: row.get(22)?,
-        updated_at_ms: row.get(23)?,
+        circuit_state: row.get(16)?,
+        circuit_changed_at: row.get(17)?,
+        consecutive_failures: row.get(18)?,
+        failing_since: row.get(19)?,
+        last_attempt_at: row.get(20)?,
+        last_success_at: row.get(21)?,
+        created_at: row.get(22)?,
+        updated_at: row.get(23)?,
     })
 }
 
@@ -842,12 +814,17 @@ fn enabled_filters(conn: &Connection) -> Result<Vec<(EndpointId, EventFilter)>, 
     )?;
     let rows = select
         .query_map([], |row| {
-            let filter: EventFilter =
-                serde_json::from_str(&row.get::<_, String>(1)?).map_err(|e| corrupt(1, e))?;
-            Ok((EndpointId::from_trusted(row.get(0)?), filter))
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    let mut list = Vec::with_capacity(rows.len());
+    for (id, event_types) in rows {
+        list.push((
+            EndpointId::from_trusted(id),
+            rows::event_filter(&event_types)?,
+        ));
+    }
+    Ok(list)
 }
 
 #[async_trait]
@@ -1076,8 +1053,8 @@ impl Store for SqliteStore {
             let mut list = conn.prepare_cached(&format!(
                 "SELECT {ENDPOINT_COLUMNS} FROM endpoints ORDER BY id = 'ep_default' DESC, created_at, id"
             ))?;
-            let rows = list.query_map([], endpoint_from_row)?.collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            let rows = list.query_map([], endpoint_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows.into_iter().map(Endpoint::try_from).collect::<Result<_, _>>()?)
         })
         .await
     }
@@ -1088,10 +1065,10 @@ impl Store for SqliteStore {
                 .query_row(
                     &format!("SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = ?1"),
                     [id.as_str()],
-                    endpoint_from_row,
+                    endpoint_row,
                 )
                 .optional()?;
-            Ok(found)
+            Ok(found.map(Endpoint::try_from).transpose()?)
         })
         .await
     }
@@ -1174,19 +1151,19 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
             let id = EndpointId::default_endpoint();
-            match url {
-                Some(url) => {
+            match DefaultEndpointSync::to_mirror(url) {
+                DefaultEndpointSync::Mirror(url) => {
                     conn.execute(
                         "INSERT INTO endpoints (id, url, description, managed_by_config, created_at, updated_at)
-                         VALUES (?1, ?2, 'ZAPIER_WEBHOOK_URL', 1, ?3, ?3)
+                         VALUES (?1, ?2, ?5, 1, ?3, ?3)
                          ON CONFLICT (id) DO UPDATE SET url = excluded.url, managed_by_config = 1,
                              updated_at = CASE WHEN url = excluded.url THEN updated_at ELSE excluded.updated_at END,
                              enabled = CASE WHEN disabled_reason = ?4 THEN 1 ELSE enabled END,
                              disabled_reason = CASE WHEN disabled_reason = ?4 THEN NULL ELSE disabled_reason END",
-                        params![id.as_str(), url.as_str(), now_ms, UNSET_REASON],
+                        params![id.as_str(), url.as_str(), now_ms, UNSET_REASON, DEFAULT_DESCRIPTION],
                     )?;
                 }
-                None => {
+                DefaultEndpointSync::Disable => {
                     conn.execute(
                         "UPDATE endpoints SET enabled = 0, disabled_reason = ?2, updated_at = ?3
                          WHERE id = ?1 AND enabled = 1",
@@ -1206,7 +1183,9 @@ impl Store for SqliteStore {
                  WHERE d.status = 'dead' ORDER BY d.finished_at DESC, d.id DESC LIMIT ?1"
             ))?;
             let rows = list
-                .query_map([limit as i64], summary_from_row)?
+                .query_map([limit as i64], |row| {
+                    summary_row(row).map(DeliverySummary::from)
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -1222,36 +1201,32 @@ impl Store for SqliteStore {
                          WHERE d.id = ?1"
                     ),
                     [id.as_str()],
-                    |row| Ok((summary_from_row(row)?, row.get::<_, Vec<u8>>(14)?)),
+                    |row| Ok((summary_row(row)?, row.get::<_, Vec<u8>>(14)?)),
                 )
                 .optional()?;
             let Some((summary, payload)) = found else {
                 return Ok(None);
             };
-            let mut attempts = conn.prepare_cached(
-                "SELECT attempt_no, started_at, duration_ms, status_code, error_kind, error_detail,
-                     response_snippet, outcome
-                 FROM attempts WHERE delivery_id = ?1 ORDER BY id",
-            )?;
+            let mut attempts = conn.prepare_cached(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = ?1 ORDER BY id"
+            ))?;
             let attempts_log = attempts
                 .query_map([id.as_str()], |row| {
-                    Ok(AttemptView {
+                    Ok(AttemptView::from(AttemptRow {
                         attempt_no: row.get(0)?,
-                        started_at_ms: row.get(1)?,
+                        started_at: row.get(1)?,
                         duration_ms: row.get(2)?,
                         status_code: row.get(3)?,
                         error_kind: row.get(4)?,
                         error_detail: row.get(5)?,
                         response_snippet: row.get(6)?,
                         outcome: row.get(7)?,
-                    })
+                    }))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let payload = serde_json::from_slice(&payload)
-                .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()));
             Ok(Some(DeliveryDetail {
-                summary,
-                payload,
+                summary: summary.into(),
+                payload: rows::payload_json(&payload),
                 attempts_log,
             }))
         })
@@ -1827,7 +1802,7 @@ impl Store for SqliteStore {
     async fn backup(&self, target: std::path::PathBuf) -> Result<(), StoreError> {
         self.read(move |conn| {
             if target.exists() {
-                return Err(StoreError::Database(format!(
+                return Err(StoreError::database(format!(
                     "{} already exists; choose a new file",
                     target.display()
                 )));
