@@ -1,0 +1,152 @@
+//! Ingest on SQLite: events and their deliveries, stored in the writer's group commit, with
+//! the fan-out list cached on the writer thread.
+
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteStore, aggregates::aggregate};
+use crate::{
+    domain::{DeliveryId, EndpointId, EventFilter, EventId},
+    store::{Ingested, NewEvent, StoreError, rows, tally::Rollup},
+};
+
+impl SqliteStore {
+    /// Backs [`Store::ingest`].
+    pub(super) async fn store_events(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Ingested>, StoreError> {
+        self.write(move |conn| {
+            let mut find = conn.prepare_cached("SELECT id FROM events WHERE idempotency_key = ?1")?;
+            let mut insert_event = conn.prepare_cached(
+                "INSERT INTO events (id, event_type, session_id, idempotency_key, payload, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            let mut insert_delivery = conn.prepare_cached(
+                "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+            )?;
+            // Fan-out is decided inside the transaction, so an event goes to exactly the
+            // endpoints enabled when it was stored.
+            let destinations = destinations(conn)?;
+            let minute = events.first().map_or(0, |e| e.created_at_ms.div_euclid(60_000));
+            let mut outcomes = Vec::with_capacity(events.len());
+            let mut usages = Vec::new();
+            for event in events {
+                if let Some(key) = &event.idempotency_key {
+                    let existing: Option<String> =
+                        find.query_row([key.as_str()], |row| row.get(0)).optional()?;
+                    if let Some(existing) = existing {
+                        outcomes.push(Ingested {
+                            id: EventId::from_trusted(existing),
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+                insert_event.execute(params![
+                    event.id.as_str(),
+                    event.event_type.as_str(),
+                    event.session_id,
+                    event.idempotency_key,
+                    &event.payload[..],
+                    event.created_at_ms,
+                ])?;
+                let matching = destinations
+                    .iter()
+                    .filter(|(_, filter)| filter.matches(event.event_type.as_str()))
+                    .map(|(endpoint, _)| endpoint);
+                for endpoint in matching {
+                    insert_delivery.execute(params![
+                        DeliveryId::generate().as_str(),
+                        event.id.as_str(),
+                        endpoint.as_str(),
+                        event.created_at_ms,
+                    ])?;
+                }
+                if let Some(usage) = event.usage {
+                    usages.push((usage, event.created_at_ms));
+                }
+                outcomes.push(Ingested {
+                    id: event.id,
+                    duplicate: false,
+                });
+            }
+            let duplicates = outcomes.iter().filter(|o| o.duplicate).count() as i64;
+            let rollup = Rollup {
+                ingested: outcomes.len() as i64 - duplicates,
+                duplicates,
+                ..Rollup::default()
+            };
+            // Counted once per group commit, just before it commits.
+            aggregate(|a| {
+                a.add_rollup(minute, &rollup);
+                for (usage, at_ms) in &usages {
+                    a.add_usage(usage, *at_ms);
+                }
+            });
+            Ok(outcomes)
+        })
+        .await
+    }
+}
+
+/// The enabled endpoints and their filters.
+type Destinations = Arc<Vec<(EndpointId, EventFilter)>>;
+
+thread_local! {
+    /// The fan-out list, cached on the writer thread (where every ingest runs) with the
+    /// endpoint generation it was read at: reading and parsing it for every event cost more
+    /// than storing the event. Any process's change to fan-out bumps the generation (a trigger),
+    /// so one cheap read per ingest tells whether the list is still right.
+    static DESTINATIONS: std::cell::RefCell<Option<(i64, Destinations)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Drops the writer thread's cached fan-out list: the next ingest reads it afresh.
+pub(super) fn forget_destinations() {
+    DESTINATIONS.with(|cached| cached.borrow_mut().take());
+}
+
+/// The enabled endpoints and their filters, from the cache while no endpoint has changed.
+fn destinations(conn: &Connection) -> Result<Destinations, StoreError> {
+    let generation: i64 = conn
+        .prepare_cached("SELECT n FROM endpoint_generation")?
+        .query_row([], |row| row.get(0))?;
+    let fresh = DESTINATIONS.with(|cached| {
+        cached
+            .borrow()
+            .as_ref()
+            .filter(|(at, _)| *at == generation)
+            .map(|(_, list)| Arc::clone(list))
+    });
+    if let Some(list) = fresh {
+        return Ok(list);
+    }
+    let list = Arc::new(enabled_filters(conn)?);
+    DESTINATIONS.with(|cached| *cached.borrow_mut() = Some((generation, Arc::clone(&list))));
+    Ok(list)
+}
+
+fn enabled_filters(conn: &Connection) -> Result<Vec<(EndpointId, EventFilter)>, StoreError> {
+    // An endpoint disabled automatically (failing for too long) keeps queuing, so nothing is
+    // lost when it is enabled again; one disabled by an operator or unconfigured does not.
+    let mut select = conn.prepare_cached(
+        "SELECT id, event_types FROM endpoints
+         WHERE enabled = 1 OR disabled_reason LIKE 'failing continuously%'",
+    )?;
+    let rows = select
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut list = Vec::with_capacity(rows.len());
+    for (id, event_types) in rows {
+        list.push((
+            EndpointId::from_trusted(id),
+            rows::event_filter(&event_types)?,
+        ));
+    }
+    Ok(list)
+}

@@ -1,0 +1,400 @@
+//! The embedded SQLite store.
+//!
+//! One writer thread owns the only write connection. Every write is a job sent to it; the
+//! thread takes all jobs waiting in its channel, runs each in its own savepoint inside one
+//! `BEGIN IMMEDIATE` transaction, commits once, and only then answers each caller. Under load
+//! hundreds of ingests share one fsync (group commit); when idle, a lone ingest commits at once.
+//! Reads go to a small pool of separate connections (WAL lets them run beside the writer).
+//!
+//! This file opens the store (migrations, the writer and checkpoint threads) and implements
+//! [`Store`]; the machinery for writes and reads is in `connections`, and each concern's SQL in
+//! a file of its own: `ingest`, `queue` (claims and attempt results), `dlq`, `endpoints`,
+//! `alerts` (with heartbeats and leader leases), `aggregates` (roll-ups, sessions, analytics)
+//! and `maintenance` (retention, statistics, vacuum, backup and restore).
+
+mod aggregates;
+mod alerts;
+mod connections;
+mod dlq;
+mod endpoints;
+mod ingest;
+mod maintenance;
+mod queue;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, params};
+use tokio::sync::mpsc;
+
+use self::connections::{
+    Job, ReaderPool, WRITE_QUEUE, checkpoint_loop, open_connection, writer_loop,
+};
+pub use self::maintenance::restore;
+use super::{
+    AttemptRecord, ClaimedDelivery, DbStats, DeliveryDetail, DeliverySummary, HealthUpdate,
+    Ingested, LeaseToken, MaintenanceReport, NewEvent, QueueCounts, Selection, Store, StoreError,
+};
+use crate::{
+    config::SqliteSync,
+    domain::{
+        Alert, Analytics, CleanupReport, Condition, DeliveryId, Endpoint, EndpointId, EndpointUrl,
+        SessionStats, WindowTotals,
+    },
+};
+
+/// Versioned schema migrations, applied in order, each once.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "delivery_core",
+        include_str!("../../../migrations/sqlite/0001_delivery_core.sql"),
+    ),
+    (
+        2,
+        "endpoints",
+        include_str!("../../../migrations/sqlite/0002_endpoints.sql"),
+    ),
+    (
+        3,
+        "monitoring",
+        include_str!("../../../migrations/sqlite/0003_monitoring.sql"),
+    ),
+    (
+        4,
+        "sessions",
+        include_str!("../../../migrations/sqlite/0004_sessions.sql"),
+    ),
+    (
+        5,
+        "pending_age",
+        include_str!("../../../migrations/sqlite/0005_pending_age.sql"),
+    ),
+    (
+        6,
+        "alert_delivery",
+        include_str!("../../../migrations/sqlite/0006_alert_delivery.sql"),
+    ),
+    (
+        7,
+        "scale_out",
+        include_str!("../../../migrations/sqlite/0007_scale_out.sql"),
+    ),
+];
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(error.to_string()),
+            _ => StoreError::caused("SQLite", error),
+        }
+    }
+}
+
+/// hookrelay's data in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReaderPool>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.readers.path)
+            .finish()
+    }
+}
+
+/// Applies the migrations this database lacks, refusing one written by a newer hookrelay.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )?;
+    // IMMEDIATE: two processes starting at once must not both apply a migration.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![version, name, now],
+        )?;
+        tracing::info!(version, name, "applied database migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path, sync: SqliteSync) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
+        let writer_path = path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            if let Some(parent) = writer_path.parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::caused(format!("cannot create {}", parent.display()), e)
+                })?;
+            }
+            let mut conn = open_connection(&writer_path, sync)?;
+            migrate(&mut conn)?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)??;
+
+        // Checkpoints run beside the writer, not inside its commits: an automatic checkpoint
+        // would fsync the database file in the middle of a group commit and stall every
+        // waiting ingest (seen as 100+ ms p99 spikes at a steady 1,000 events/s).
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let (jobs, receiver) = mpsc::channel(WRITE_QUEUE);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        std::thread::Builder::new()
+            .name("hookrelay-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, receiver, wal))
+            .map_err(|e| StoreError::caused("cannot start the writer thread", e))?;
+        let alive = jobs.downgrade();
+        let checkpoint_path = path.clone();
+        std::thread::Builder::new()
+            .name("hookrelay-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpoint_path, &alive, sync))
+            .map_err(|e| StoreError::caused("cannot start the checkpoint thread", e))?;
+        Ok(Self {
+            jobs,
+            readers: Arc::new(ReaderPool::new(path)),
+        })
+    }
+}
+
+// Rust allows one `impl Store` per type, and it cannot be spread over files; so it only
+// delegates, and each concern's inherent methods (in the file named after it) hold the work.
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
+        self.store_events(events).await
+    }
+
+    async fn claim_due(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        wanted: Vec<(EndpointId, usize)>,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim(now_ms, lease_ms, claimant, wanted, false).await
+    }
+
+    async fn claim_retried(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        endpoint: EndpointId,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim(now_ms, lease_ms, claimant, vec![(endpoint, limit)], true)
+            .await
+    }
+
+    async fn record_attempts(
+        &self,
+        records: Vec<AttemptRecord>,
+        health: Vec<HealthUpdate>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.store_attempts(records, health, now_ms).await
+    }
+
+    async fn release(
+        &self,
+        leases: Vec<(DeliveryId, LeaseToken)>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.release_leases(leases, now_ms).await
+    }
+
+    async fn next_due(
+        &self,
+        endpoints: Vec<EndpointId>,
+    ) -> Result<Vec<(EndpointId, i64)>, StoreError> {
+        self.earliest_due(endpoints).await
+    }
+
+    async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
+        self.all_endpoints().await
+    }
+
+    async fn endpoint(&self, id: EndpointId) -> Result<Option<Endpoint>, StoreError> {
+        self.find_endpoint(id).await
+    }
+
+    async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
+        self.insert_endpoint(endpoint).await
+    }
+
+    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
+        self.update_endpoint_settings(endpoint).await
+    }
+
+    async fn set_endpoint_state(
+        &self,
+        id: EndpointId,
+        enabled: bool,
+        reason: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.update_endpoint_state(id, enabled, reason, now_ms)
+            .await
+    }
+
+    async fn delete_endpoint(&self, id: EndpointId) -> Result<bool, StoreError> {
+        self.remove_endpoint(id).await
+    }
+
+    async fn sync_default_endpoint(
+        &self,
+        url: Option<EndpointUrl>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.mirror_default_endpoint(url, now_ms).await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeliverySummary>, StoreError> {
+        self.list_dead_letters(limit).await
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError> {
+        self.find_delivery(id).await
+    }
+
+    async fn replay(&self, which: Selection, now_ms: i64) -> Result<u64, StoreError> {
+        self.requeue_dead(which, now_ms).await
+    }
+
+    async fn purge(&self, which: Selection) -> Result<u64, StoreError> {
+        self.delete_dead(which).await
+    }
+
+    async fn counts(&self) -> Result<QueueCounts, StoreError> {
+        self.queue_counts().await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.ping_database().await
+    }
+
+    async fn window_totals(&self, since_ms: Option<i64>) -> Result<WindowTotals, StoreError> {
+        self.sum_rollups(since_ms).await
+    }
+
+    async fn active_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        self.unresolved_alerts().await
+    }
+
+    async fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
+        self.latest_alerts(limit).await
+    }
+
+    async fn apply_alerts(
+        &self,
+        fire: Vec<Condition>,
+        resolve: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
+        self.fire_and_resolve(fire, resolve, now_ms).await
+    }
+
+    async fn unsent_alerts(&self, since_ms: i64) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
+        self.alerts_owed(since_ms).await
+    }
+
+    async fn mark_alerts_sent(
+        &self,
+        fired: Vec<i64>,
+        resolved: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.mark_notified(fired, resolved, now_ms).await
+    }
+
+    async fn heartbeat(
+        &self,
+        instance: String,
+        started_at_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.beat(instance, started_at_ms, now_ms).await
+    }
+
+    async fn try_lead(
+        &self,
+        task: String,
+        holder: String,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.take_lease(task, holder, now_ms, ttl_ms).await
+    }
+
+    async fn resign(&self, task: String, holder: String) -> Result<(), StoreError> {
+        self.give_up_lease(task, holder).await
+    }
+
+    async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError> {
+        self.last_beat().await
+    }
+
+    async fn session(&self, session_id: String) -> Result<Option<SessionStats>, StoreError> {
+        self.find_session(session_id).await
+    }
+
+    async fn sessions(
+        &self,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SessionStats>, StoreError> {
+        self.sessions_seen(since_ms, until_ms, limit).await
+    }
+
+    async fn analytics(&self, now_ms: i64, days: u32) -> Result<Analytics, StoreError> {
+        self.usage_summary(now_ms, days).await
+    }
+
+    async fn cleanup(&self, cutoff_ms: i64, dry_run: bool) -> Result<CleanupReport, StoreError> {
+        self.remove_expired(cutoff_ms, dry_run).await
+    }
+
+    async fn db_stats(&self) -> Result<DbStats, StoreError> {
+        self.stats().await
+    }
+
+    async fn maintain(&self, full: bool) -> Result<MaintenanceReport, StoreError> {
+        self.maintain_database(full).await
+    }
+
+    async fn backup(&self, target: std::path::PathBuf) -> Result<(), StoreError> {
+        self.copy_database(target).await
+    }
+}
