@@ -16,7 +16,7 @@ use crate::{
 };
 
 impl SqliteStore {
-    /// Backs [`Store::window_totals`].
+    /// Backs `Store::window_totals`.
     pub(super) async fn sum_rollups(
         &self,
         since_ms: Option<i64>,
@@ -59,7 +59,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::session`].
+    /// Backs `Store::session`.
     pub(super) async fn find_session(
         &self,
         session_id: String,
@@ -78,7 +78,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::sessions`].
+    /// Backs `Store::sessions`.
     pub(super) async fn sessions_seen(
         &self,
         since_ms: i64,
@@ -100,7 +100,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::analytics`].
+    /// Backs `Store::analytics`.
     pub(super) async fn usage_summary(
         &self,
         now_ms: i64,

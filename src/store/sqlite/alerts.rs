@@ -10,7 +10,7 @@ use crate::{
 };
 
 impl SqliteStore {
-    /// Backs [`Store::active_alerts`].
+    /// Backs `Store::active_alerts`.
     pub(super) async fn unresolved_alerts(&self) -> Result<Vec<Alert>, StoreError> {
         self.read(|conn| {
             let mut list = conn.prepare_cached(&format!(
@@ -24,7 +24,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::recent_alerts`].
+    /// Backs `Store::recent_alerts`.
     pub(super) async fn latest_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
         self.read(move |conn| {
             let mut list = conn.prepare_cached(&format!(
@@ -38,7 +38,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::apply_alerts`].
+    /// Backs `Store::apply_alerts`.
     pub(super) async fn fire_and_resolve(
         &self,
         fire: Vec<Condition>,
@@ -84,7 +84,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::unsent_alerts`].
+    /// Backs `Store::unsent_alerts`.
     pub(super) async fn alerts_owed(
         &self,
         since_ms: i64,
@@ -108,7 +108,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::mark_alerts_sent`].
+    /// Backs `Store::mark_alerts_sent`.
     pub(super) async fn mark_notified(
         &self,
         fired: Vec<i64>,
@@ -131,7 +131,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::heartbeat`].
+    /// Backs `Store::heartbeat`.
     pub(super) async fn beat(
         &self,
         instance: String,
@@ -152,7 +152,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::try_lead`].
+    /// Backs `Store::try_lead`.
     pub(super) async fn take_lease(
         &self,
         task: String,
@@ -170,7 +170,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::resign`].
+    /// Backs `Store::resign`.
     pub(super) async fn give_up_lease(
         &self,
         task: String,
@@ -184,7 +184,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::latest_heartbeat`].
+    /// Backs `Store::latest_heartbeat`.
     pub(super) async fn last_beat(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
             let latest: Option<i64> =

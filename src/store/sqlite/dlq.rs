@@ -14,7 +14,7 @@ use crate::{
 };
 
 impl SqliteStore {
-    /// Backs [`Store::dead_letters`].
+    /// Backs `Store::dead_letters`.
     pub(super) async fn list_dead_letters(
         &self,
         limit: usize,
@@ -34,7 +34,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::delivery`].
+    /// Backs `Store::delivery`.
     pub(super) async fn find_delivery(
         &self,
         id: DeliveryId,
@@ -79,7 +79,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::replay`].
+    /// Backs `Store::replay`.
     pub(super) async fn requeue_dead(
         &self,
         which: Selection,
@@ -101,7 +101,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::purge`].
+    /// Backs `Store::purge`.
     pub(super) async fn delete_dead(&self, which: Selection) -> Result<u64, StoreError> {
         self.write(move |conn| {
             let changed = match which {
@@ -118,7 +118,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::counts`].
+    /// Backs `Store::counts`.
     pub(super) async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
         self.read(|conn| {
             let count = |sql: &str| -> Result<u64, StoreError> {

@@ -16,7 +16,7 @@ use crate::{
 };
 
 impl SqliteStore {
-    /// Backs [`Store::endpoints`].
+    /// Backs `Store::endpoints`.
     pub(super) async fn all_endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
         self.read(|conn| {
             let mut list = conn.prepare_cached(&format!(
@@ -28,7 +28,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::endpoint`].
+    /// Backs `Store::endpoint`.
     pub(super) async fn find_endpoint(
         &self,
         id: EndpointId,
@@ -46,7 +46,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::create_endpoint`].
+    /// Backs `Store::create_endpoint`.
     pub(super) async fn insert_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
         self.write(move |conn| {
             let inserted = conn.execute(
@@ -65,7 +65,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::update_endpoint`].
+    /// Backs `Store::update_endpoint`.
     pub(super) async fn update_endpoint_settings(
         &self,
         endpoint: Endpoint,
@@ -86,7 +86,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::set_endpoint_state`].
+    /// Backs `Store::set_endpoint_state`.
     pub(super) async fn update_endpoint_state(
         &self,
         id: EndpointId,
@@ -111,7 +111,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::delete_endpoint`].
+    /// Backs `Store::delete_endpoint`.
     pub(super) async fn remove_endpoint(&self, id: EndpointId) -> Result<bool, StoreError> {
         self.write(move |conn| {
             conn.execute(
@@ -124,7 +124,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::sync_default_endpoint`] (the rule: [`DefaultEndpointSync`]).
+    /// Backs `Store::sync_default_endpoint` (the rule: [`DefaultEndpointSync`]).
     pub(super) async fn mirror_default_endpoint(
         &self,
         url: Option<EndpointUrl>,

@@ -12,7 +12,7 @@ use crate::{
 };
 
 impl SqliteStore {
-    /// Backs [`Store::ingest`].
+    /// Backs `Store::ingest`.
     pub(super) async fn store_events(
         &self,
         events: Vec<NewEvent>,

@@ -12,7 +12,7 @@ use crate::{
 };
 
 impl SqliteStore {
-    /// Backs [`Store::ping`].
+    /// Backs `Store::ping`.
     pub(super) async fn ping_database(&self) -> Result<(), StoreError> {
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -21,7 +21,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::cleanup`].
+    /// Backs `Store::cleanup`.
     pub(super) async fn remove_expired(
         &self,
         cutoff_ms: i64,
@@ -133,7 +133,7 @@ impl SqliteStore {
         Ok(report)
     }
 
-    /// Backs [`Store::db_stats`].
+    /// Backs `Store::db_stats`.
     pub(super) async fn stats(&self) -> Result<DbStats, StoreError> {
         let path = self.readers.path.clone();
         self.read(move |conn| {
@@ -181,7 +181,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::maintain`].
+    /// Backs `Store::maintain`.
     pub(super) async fn maintain_database(
         &self,
         full: bool,
@@ -250,7 +250,7 @@ impl SqliteStore {
         })
     }
 
-    /// Backs [`Store::backup`].
+    /// Backs `Store::backup`.
     pub(super) async fn copy_database(&self, target: std::path::PathBuf) -> Result<(), StoreError> {
         self.read(move |conn| {
             if target.exists() {

@@ -7,10 +7,10 @@
 //! Reads go to a small pool of separate connections (WAL lets them run beside the writer).
 //!
 //! This file opens the store (migrations, the writer and checkpoint threads) and implements
-//! [`Store`]; the machinery for writes and reads is in `connections`, and each concern's SQL in
-//! a file of its own: `ingest`, `queue` (claims and attempt results), `dlq`, `endpoints`,
-//! `alerts` (with heartbeats and leader leases), `aggregates` (roll-ups, sessions, analytics)
-//! and `maintenance` (retention, statistics, vacuum, backup and restore).
+//! `Store` (through `delegate_store!`). The machinery for writes and reads is in `connections`,
+//! and each concern's SQL in a file of its own: `ingest`, `queue` (claims and attempt results),
+//! `dlq`, `endpoints`, `alerts` (with heartbeats and leader leases), `aggregates` (roll-ups,
+//! sessions, analytics) and `maintenance` (retention, statistics, vacuum, backup and restore).
 
 mod aggregates;
 mod alerts;
@@ -26,7 +26,6 @@ use std::{
     sync::Arc,
 };
 
-use async_trait::async_trait;
 use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
@@ -34,17 +33,8 @@ use self::connections::{
     Job, ReaderPool, WRITE_QUEUE, checkpoint_loop, open_connection, writer_loop,
 };
 pub use self::maintenance::restore;
-use super::{
-    AttemptRecord, ClaimedDelivery, DbStats, DeliveryDetail, DeliverySummary, HealthUpdate,
-    Ingested, LeaseToken, MaintenanceReport, NewEvent, QueueCounts, Selection, Store, StoreError,
-};
-use crate::{
-    config::SqliteSync,
-    domain::{
-        Alert, Analytics, CleanupReport, Condition, DeliveryId, Endpoint, EndpointId, EndpointUrl,
-        SessionStats, WindowTotals,
-    },
-};
+use super::StoreError;
+use crate::config::SqliteSync;
 
 /// Versioned schema migrations, applied in order, each once.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -187,214 +177,6 @@ impl SqliteStore {
     }
 }
 
-// Rust allows one `impl Store` per type, and it cannot be spread over files; so it only
-// delegates, and each concern's inherent methods (in the file named after it) hold the work.
-#[async_trait]
-impl Store for SqliteStore {
-    async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
-        self.store_events(events).await
-    }
-
-    async fn claim_due(
-        &self,
-        now_ms: i64,
-        lease_ms: i64,
-        claimant: String,
-        wanted: Vec<(EndpointId, usize)>,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.claim(now_ms, lease_ms, claimant, wanted, false).await
-    }
-
-    async fn claim_retried(
-        &self,
-        now_ms: i64,
-        lease_ms: i64,
-        claimant: String,
-        endpoint: EndpointId,
-        limit: usize,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.claim(now_ms, lease_ms, claimant, vec![(endpoint, limit)], true)
-            .await
-    }
-
-    async fn record_attempts(
-        &self,
-        records: Vec<AttemptRecord>,
-        health: Vec<HealthUpdate>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.store_attempts(records, health, now_ms).await
-    }
-
-    async fn release(
-        &self,
-        leases: Vec<(DeliveryId, LeaseToken)>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.release_leases(leases, now_ms).await
-    }
-
-    async fn next_due(
-        &self,
-        endpoints: Vec<EndpointId>,
-    ) -> Result<Vec<(EndpointId, i64)>, StoreError> {
-        self.earliest_due(endpoints).await
-    }
-
-    async fn endpoints(&self) -> Result<Vec<Endpoint>, StoreError> {
-        self.all_endpoints().await
-    }
-
-    async fn endpoint(&self, id: EndpointId) -> Result<Option<Endpoint>, StoreError> {
-        self.find_endpoint(id).await
-    }
-
-    async fn create_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
-        self.insert_endpoint(endpoint).await
-    }
-
-    async fn update_endpoint(&self, endpoint: Endpoint) -> Result<bool, StoreError> {
-        self.update_endpoint_settings(endpoint).await
-    }
-
-    async fn set_endpoint_state(
-        &self,
-        id: EndpointId,
-        enabled: bool,
-        reason: Option<String>,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        self.update_endpoint_state(id, enabled, reason, now_ms)
-            .await
-    }
-
-    async fn delete_endpoint(&self, id: EndpointId) -> Result<bool, StoreError> {
-        self.remove_endpoint(id).await
-    }
-
-    async fn sync_default_endpoint(
-        &self,
-        url: Option<EndpointUrl>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.mirror_default_endpoint(url, now_ms).await
-    }
-
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeliverySummary>, StoreError> {
-        self.list_dead_letters(limit).await
-    }
-
-    async fn delivery(&self, id: DeliveryId) -> Result<Option<DeliveryDetail>, StoreError> {
-        self.find_delivery(id).await
-    }
-
-    async fn replay(&self, which: Selection, now_ms: i64) -> Result<u64, StoreError> {
-        self.requeue_dead(which, now_ms).await
-    }
-
-    async fn purge(&self, which: Selection) -> Result<u64, StoreError> {
-        self.delete_dead(which).await
-    }
-
-    async fn counts(&self) -> Result<QueueCounts, StoreError> {
-        self.queue_counts().await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.ping_database().await
-    }
-
-    async fn window_totals(&self, since_ms: Option<i64>) -> Result<WindowTotals, StoreError> {
-        self.sum_rollups(since_ms).await
-    }
-
-    async fn active_alerts(&self) -> Result<Vec<Alert>, StoreError> {
-        self.unresolved_alerts().await
-    }
-
-    async fn recent_alerts(&self, limit: usize) -> Result<Vec<Alert>, StoreError> {
-        self.latest_alerts(limit).await
-    }
-
-    async fn apply_alerts(
-        &self,
-        fire: Vec<Condition>,
-        resolve: Vec<i64>,
-        now_ms: i64,
-    ) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
-        self.fire_and_resolve(fire, resolve, now_ms).await
-    }
-
-    async fn unsent_alerts(&self, since_ms: i64) -> Result<(Vec<Alert>, Vec<Alert>), StoreError> {
-        self.alerts_owed(since_ms).await
-    }
-
-    async fn mark_alerts_sent(
-        &self,
-        fired: Vec<i64>,
-        resolved: Vec<i64>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.mark_notified(fired, resolved, now_ms).await
-    }
-
-    async fn heartbeat(
-        &self,
-        instance: String,
-        started_at_ms: i64,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.beat(instance, started_at_ms, now_ms).await
-    }
-
-    async fn try_lead(
-        &self,
-        task: String,
-        holder: String,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<bool, StoreError> {
-        self.take_lease(task, holder, now_ms, ttl_ms).await
-    }
-
-    async fn resign(&self, task: String, holder: String) -> Result<(), StoreError> {
-        self.give_up_lease(task, holder).await
-    }
-
-    async fn latest_heartbeat(&self) -> Result<Option<i64>, StoreError> {
-        self.last_beat().await
-    }
-
-    async fn session(&self, session_id: String) -> Result<Option<SessionStats>, StoreError> {
-        self.find_session(session_id).await
-    }
-
-    async fn sessions(
-        &self,
-        since_ms: i64,
-        until_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<SessionStats>, StoreError> {
-        self.sessions_seen(since_ms, until_ms, limit).await
-    }
-
-    async fn analytics(&self, now_ms: i64, days: u32) -> Result<Analytics, StoreError> {
-        self.usage_summary(now_ms, days).await
-    }
-
-    async fn cleanup(&self, cutoff_ms: i64, dry_run: bool) -> Result<CleanupReport, StoreError> {
-        self.remove_expired(cutoff_ms, dry_run).await
-    }
-
-    async fn db_stats(&self) -> Result<DbStats, StoreError> {
-        self.stats().await
-    }
-
-    async fn maintain(&self, full: bool) -> Result<MaintenanceReport, StoreError> {
-        self.maintain_database(full).await
-    }
-
-    async fn backup(&self, target: std::path::PathBuf) -> Result<(), StoreError> {
-        self.copy_database(target).await
-    }
-}
+// Rust allows one `impl Store` per type, and it cannot be spread over files: it only delegates
+// to the inherent methods each concern's file defines (see `delegate_store!`).
+super::delegate::delegate_store!(SqliteStore);

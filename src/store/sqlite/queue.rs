@@ -91,7 +91,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::record_attempts`].
+    /// Backs `Store::record_attempts`.
     pub(super) async fn store_attempts(
         &self,
         records: Vec<AttemptRecord>,
@@ -176,7 +176,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::release`].
+    /// Backs `Store::release`.
     pub(super) async fn release_leases(
         &self,
         leases: Vec<(DeliveryId, LeaseToken)>,
@@ -195,7 +195,7 @@ impl SqliteStore {
         .await
     }
 
-    /// Backs [`Store::next_due`].
+    /// Backs `Store::next_due`.
     pub(super) async fn earliest_due(
         &self,
         endpoints: Vec<EndpointId>,

@@ -1,0 +1,157 @@
+//! The dead-letter queue on PostgreSQL: listing, one delivery with its attempts, replay, purge
+//! and the queue's counts.
+
+use sqlx::{Row, postgres::PgRow};
+
+use super::{PgStore, count, notify::WORK_CHANNEL};
+use crate::{
+    domain::DeliveryId,
+    store::{
+        AttemptView, DeliveryDetail, DeliverySummary, QueueCounts, Selection, StoreError,
+        rows::{self, AttemptRow, SummaryRow},
+        shared::{ATTEMPT_COLUMNS, SUMMARY_COLUMNS},
+    },
+};
+
+impl PgStore {
+    /// Backs `Store::dead_letters`.
+    pub(super) async fn list_dead_letters(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<DeliverySummary>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.status = 'dead' ORDER BY d.finished_at DESC, d.id DESC LIMIT $1"
+        ))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| summary_row(row).map(DeliverySummary::from))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Backs `Store::delivery`.
+    pub(super) async fn find_delivery(
+        &self,
+        id: DeliveryId,
+    ) -> Result<Option<DeliveryDetail>, StoreError> {
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {SUMMARY_COLUMNS}, e.payload FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let summary = summary_row(&row)?.into();
+        let payload: &[u8] = row.try_get("payload")?;
+        let payload = rows::payload_json(payload);
+        let attempts = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE delivery_id = $1 ORDER BY id"
+        ))
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut attempts_log = Vec::with_capacity(attempts.len());
+        for row in attempts {
+            attempts_log.push(AttemptView::from(AttemptRow {
+                attempt_no: row.try_get("attempt_no")?,
+                started_at: row.try_get("started_at")?,
+                duration_ms: row.try_get("duration_ms")?,
+                status_code: row.try_get("status_code")?,
+                error_kind: row.try_get("error_kind")?,
+                error_detail: row.try_get("error_detail")?,
+                response_snippet: row.try_get("response_snippet")?,
+                outcome: row.try_get("outcome")?,
+            }));
+        }
+        Ok(Some(DeliveryDetail {
+            summary,
+            payload,
+            attempts_log,
+        }))
+    }
+
+    /// Backs `Store::replay`.
+    pub(super) async fn requeue_dead(
+        &self,
+        which: Selection,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let one = match &which {
+            Selection::One(id) => Some(id.as_str().to_owned()),
+            Selection::All => None,
+        };
+        let changed = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,
+                 lease_token = NULL, finished_at = NULL, updated_at = $1
+             WHERE status = 'dead' AND ($2::text IS NULL OR id = $2)",
+        )
+        .bind(now_ms)
+        .bind(one)
+        .execute(&self.pool)
+        .await?;
+        if changed.rows_affected() > 0 {
+            let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(WORK_CHANNEL)
+                .bind(&self.schema)
+                .execute(&self.pool)
+                .await;
+        }
+        Ok(changed.rows_affected())
+    }
+
+    /// Backs `Store::purge`.
+    pub(super) async fn delete_dead(&self, which: Selection) -> Result<u64, StoreError> {
+        let one = match &which {
+            Selection::One(id) => Some(id.as_str().to_owned()),
+            Selection::All => None,
+        };
+        let changed = sqlx::query(
+            "DELETE FROM deliveries WHERE status = 'dead' AND ($1::text IS NULL OR id = $1)",
+        )
+        .bind(one)
+        .execute(&self.pool)
+        .await?;
+        Ok(changed.rows_affected())
+    }
+
+    /// Backs `Store::counts`.
+    pub(super) async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'),
+                    (SELECT COUNT(*) FROM deliveries WHERE status = 'dead'),
+                    (SELECT MIN(created_at) FROM deliveries WHERE status = 'pending')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueCounts {
+            pending: count(&row, 0)?,
+            dead: count(&row, 1)?,
+            oldest_pending_ms: row.try_get(2)?,
+        })
+    }
+}
+
+fn summary_row(row: &PgRow) -> Result<SummaryRow, sqlx::Error> {
+    Ok(SummaryRow {
+        id: row.try_get("id")?,
+        event_id: row.try_get("event_id")?,
+        endpoint_id: row.try_get("endpoint_id")?,
+        event_type: row.try_get("event_type")?,
+        session_id: row.try_get("session_id")?,
+        status: row.try_get("status")?,
+        attempts: row.try_get("attempts")?,
+        total_attempts: row.try_get("total_attempts")?,
+        last_status: row.try_get("last_status")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        finished_at: row.try_get("finished_at")?,
+        throttled: row.try_get("throttled")?,
+    })
+}

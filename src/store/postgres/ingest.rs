@@ -1,0 +1,256 @@
+//! Ingest on PostgreSQL: events and their deliveries, group-committed in multi-row statements,
+//! with the fan-out list cached across groups.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use sqlx::{PgConnection, Row, postgres::PgPool};
+use tokio::sync::{Notify, mpsc};
+
+use super::{
+    PgStore,
+    aggregates::write_aggregates,
+    commit::{self, COMMITTERS, Job, group_commit, retrying},
+};
+use crate::{
+    domain::{DeliveryId, EndpointId, EventFilter, EventId},
+    store::{
+        Ingested, NewEvent, StoreError, rows,
+        tally::{Aggregates, Rollup},
+    },
+};
+
+impl PgStore {
+    /// Backs `Store::ingest`: hands the events to a group committer.
+    pub(super) async fn store_events(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Ingested>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        commit::submit(&self.ingests, events).await
+    }
+}
+
+/// Starts the group committers of ingests; returns where [`PgStore::store_events`] queues.
+pub(super) fn start_committers(
+    pool: &PgPool,
+    work_queued: &Arc<Notify>,
+) -> mpsc::Sender<Job<Vec<NewEvent>, Vec<Ingested>>> {
+    let destinations = Arc::new(DestinationCache::default());
+    let (ingests, queue) = commit::queue();
+    for _ in 0..COMMITTERS {
+        let (pool, cache, work_queued) = (
+            pool.clone(),
+            Arc::clone(&destinations),
+            Arc::clone(work_queued),
+        );
+        tokio::spawn(group_commit(
+            Arc::clone(&queue),
+            Vec::len,
+            async move |jobs: &[&Vec<NewEvent>]| {
+                let events: Vec<&NewEvent> = jobs.iter().flat_map(|events| events.iter()).collect();
+                let mut outcomes =
+                    retrying(|| ingest_tx(&pool, &work_queued, &cache, &events)).await?;
+                let mut answers = Vec::with_capacity(jobs.len());
+                for events in jobs {
+                    let rest = outcomes.split_off(events.len());
+                    answers.push(outcomes);
+                    outcomes = rest;
+                }
+                Ok(answers)
+            },
+        ));
+    }
+    ingests
+}
+
+/// The enabled endpoints and their filters.
+type Destinations = Arc<Vec<(EndpointId, EventFilter)>>;
+
+/// The fan-out list with the endpoint generation it was read at: reading and parsing it for
+/// every ingest would cost more than storing the events. Any instance's change to fan-out
+/// bumps the generation (a trigger), so one single-row read per group tells whether it holds.
+#[derive(Default)]
+struct DestinationCache(Mutex<Option<(i64, Destinations)>>);
+
+impl DestinationCache {
+    fn at(&self, generation: i64) -> Option<Destinations> {
+        let cached = self.0.lock().ok()?;
+        cached
+            .as_ref()
+            .filter(|(at, _)| *at == generation)
+            .map(|(_, list)| Arc::clone(list))
+    }
+
+    fn put(&self, generation: i64, list: Destinations) {
+        if let Ok(mut cached) = self.0.lock() {
+            *cached = Some((generation, list));
+        }
+    }
+}
+
+async fn destinations(
+    conn: &mut PgConnection,
+    cache: &DestinationCache,
+) -> Result<Destinations, sqlx::Error> {
+    let generation: i64 = sqlx::query_scalar("SELECT n FROM endpoint_generation")
+        .fetch_one(&mut *conn)
+        .await?;
+    if let Some(list) = cache.at(generation) {
+        return Ok(list);
+    }
+    // An endpoint disabled automatically (failing for too long) keeps queuing, so nothing is
+    // lost when it is enabled again; one disabled by an operator or unconfigured does not.
+    let rows = sqlx::query(
+        "SELECT id, event_types FROM endpoints
+         WHERE enabled OR disabled_reason LIKE 'failing continuously%'",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut list = Vec::with_capacity(rows.len());
+    for row in rows {
+        let filter =
+            rows::event_filter(row.try_get(1)?).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        list.push((EndpointId::from_trusted(row.try_get(0)?), filter));
+    }
+    let list = Arc::new(list);
+    cache.put(generation, Arc::clone(&list));
+    Ok(list)
+}
+
+async fn ingest_tx(
+    pool: &PgPool,
+    work_queued: &Notify,
+    cache: &DestinationCache,
+    events: &[&NewEvent],
+) -> Result<Vec<Ingested>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Fan-out is decided in the transaction that stores the events, so an event goes to
+    // exactly the endpoints enabled when it was stored.
+    let destinations = destinations(&mut tx, cache).await?;
+    let mut ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut sessions = Vec::with_capacity(events.len());
+    let mut keys = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut created = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(event.id.as_str().to_owned());
+        types.push(event.event_type.as_str().to_owned());
+        sessions.push(event.session_id.clone());
+        keys.push(event.idempotency_key.clone());
+        payloads.push(event.payload.to_vec());
+        created.push(event.created_at_ms);
+    }
+    // In array order, so of two events with one key in the same group the first is stored.
+    let stored: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO events (id, event_type, session_id, idempotency_key, payload, created_at)
+         SELECT id, event_type, session_id, idempotency_key, payload, created_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int8[])
+              WITH ORDINALITY AS e(id, event_type, session_id, idempotency_key, payload, created_at, n)
+         ORDER BY n
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&sessions)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&created)
+    .fetch_all(&mut *tx)
+    .await?;
+    let stored: std::collections::HashSet<String> = stored.into_iter().collect();
+    let skipped_keys: Vec<String> = events
+        .iter()
+        .filter(|e| !stored.contains(e.id.as_str()))
+        .filter_map(|e| e.idempotency_key.clone())
+        .collect();
+    let originals: HashMap<String, String> = if skipped_keys.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as("SELECT idempotency_key, id FROM events WHERE idempotency_key = ANY($1)")
+            .bind(&skipped_keys)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
+
+    let mut delivery_ids = Vec::new();
+    let mut delivery_events = Vec::new();
+    let mut delivery_endpoints = Vec::new();
+    let mut delivery_times = Vec::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut aggregates = Aggregates::default();
+    for event in events {
+        let minute = event.created_at_ms.div_euclid(60_000);
+        if !stored.contains(event.id.as_str()) {
+            let original = event
+                .idempotency_key
+                .as_ref()
+                .and_then(|key| originals.get(key))
+                .ok_or_else(|| {
+                    sqlx::Error::Protocol("an event was neither stored nor a duplicate".into())
+                })?;
+            outcomes.push(Ingested {
+                id: EventId::from_trusted(original.clone()),
+                duplicate: true,
+            });
+            aggregates.add_rollup(
+                minute,
+                &Rollup {
+                    duplicates: 1,
+                    ..Rollup::default()
+                },
+            );
+            continue;
+        }
+        let matching = destinations
+            .iter()
+            .filter(|(_, filter)| filter.matches(event.event_type.as_str()));
+        for (endpoint, _) in matching {
+            delivery_ids.push(DeliveryId::generate().as_str().to_owned());
+            delivery_events.push(event.id.as_str().to_owned());
+            delivery_endpoints.push(endpoint.as_str().to_owned());
+            delivery_times.push(event.created_at_ms);
+        }
+        aggregates.add_rollup(
+            minute,
+            &Rollup {
+                ingested: 1,
+                ..Rollup::default()
+            },
+        );
+        if let Some(usage) = &event.usage {
+            aggregates.add_usage(usage, event.created_at_ms);
+        }
+        outcomes.push(Ingested {
+            id: event.id.clone(),
+            duplicate: false,
+        });
+    }
+    if !delivery_ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
+             SELECT id, event_id, endpoint_id, 'pending', at, at, at
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS d(id, event_id, endpoint_id, at)",
+        )
+        .bind(&delivery_ids)
+        .bind(&delivery_events)
+        .bind(&delivery_endpoints)
+        .bind(&delivery_times)
+        .execute(&mut *tx)
+        .await?;
+    }
+    write_aggregates(&mut tx, aggregates).await?;
+    tx.commit().await?;
+    if !delivery_ids.is_empty() {
+        work_queued.notify_one();
+    }
+    Ok(outcomes)
+}
