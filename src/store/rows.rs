@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{AttemptView, DeliveryStatus, DeliverySummary, StoreError};
 use crate::domain::{
     Alert, AlertLevel, CircuitState, DeliveryId, Endpoint, EndpointHealth, EndpointId, EndpointUrl,
-    EventFilter, EventId, RateLimit, SessionStats, WebhookCounts,
+    EventFilter, EventId, RateLimit, SessionStats, WebhookCounts, WindowTotals,
 };
 
 /// A stored value that does not parse: the row was damaged or written by something else.
@@ -196,6 +196,40 @@ impl From<SessionRow> for SessionStats {
             models: Vec::new(),
             webhooks: WebhookCounts::default(),
         }
+    }
+}
+
+/// The `rollups` columns summed over a window, in table order: `ingested`, `duplicates`,
+/// `attempts`, `successes`, `failures`, `throttled`, `retries`, `delivered`, `dead_lettered`,
+/// `duration_sum_ms`, `latency_sum_ms`, then the duration buckets `d0` to `d11`.
+pub(super) struct RollupSums(pub(super) [i64; 23]);
+
+impl From<RollupSums> for WindowTotals {
+    fn from(RollupSums(sums): RollupSums) -> Self {
+        let n = |i: usize| sums[i].unsigned_abs();
+        WindowTotals {
+            ingested: n(0),
+            duplicates: n(1),
+            attempts: n(2),
+            successes: n(3),
+            failures: n(4),
+            throttled: n(5),
+            retries: n(6),
+            delivered: n(7),
+            dead_lettered: n(8),
+            duration_sum_ms: n(9),
+            latency_sum_ms: n(10),
+            buckets: std::array::from_fn(|k| n(11 + k)),
+        }
+    }
+}
+
+/// Sets a session's count of deliveries in `status` (as stored) to `n`.
+pub(super) fn set_webhook_count(counts: &mut WebhookCounts, status: &str, n: u64) {
+    match DeliveryStatus::from_db(status) {
+        DeliveryStatus::Delivered => counts.delivered = n,
+        DeliveryStatus::Dead => counts.dead = n,
+        DeliveryStatus::Pending => counts.pending = n,
     }
 }
 

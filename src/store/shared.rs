@@ -2,10 +2,29 @@
 //! the meaning of an attempt's outcome for its delivery, and the assembly of reports from the
 //! sums each store reads. Rows and their conversion to domain values are in `rows`.
 
-use super::{DeliveryStatus, NextState};
+use super::{DeliveryStatus, NextState, StoreError};
 use crate::domain::{
     Analytics, EndpointUrl, ModelUsage, QueriesSummary, SessionsSummary, WebhooksSummary,
 };
+
+/// One schema migration: its version, name and SQL.
+pub(super) type Migration = (i64, &'static str, &'static str);
+
+/// The migrations, of `all` (in version order), that a database at version `current` lacks. A
+/// database at a version none of them reaches was written by a newer hookrelay: refused.
+pub(super) fn pending_migrations(
+    all: &'static [Migration],
+    current: i64,
+) -> Result<impl Iterator<Item = &'static Migration>, StoreError> {
+    let known = all.last().map_or(0, |m| m.0);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    Ok(all.iter().filter(move |m| m.0 > current))
+}
 
 /// Why `ep_default` is disabled while `ZAPIER_WEBHOOK_URL` is unset.
 pub(super) const UNSET_REASON: &str = "ZAPIER_WEBHOOK_URL is not set";
@@ -149,5 +168,33 @@ pub(super) fn analytics(
             attempts,
             success_rate: ratio(delivered, delivered + dead),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: &[Migration] = &[(1, "a", ""), (2, "b", ""), (3, "c", "")];
+
+    #[test]
+    fn only_the_migrations_past_the_current_version_are_pending() {
+        let names = |current| -> Vec<&str> {
+            pending_migrations(ALL, current)
+                .expect("known version")
+                .map(|m| m.1)
+                .collect()
+        };
+        assert_eq!(names(0), ["a", "b", "c"]);
+        assert_eq!(names(2), ["c"]);
+        assert!(names(3).is_empty());
+    }
+
+    #[test]
+    fn a_database_newer_than_every_migration_is_refused() {
+        assert!(matches!(
+            pending_migrations(ALL, 4).err(),
+            Some(StoreError::SchemaTooNew { found: 4, known: 3 })
+        ));
     }
 }

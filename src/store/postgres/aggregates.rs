@@ -12,7 +12,7 @@ use crate::{
     domain::{Analytics, ModelUsage, SessionStats, WindowTotals},
     store::{
         StoreError,
-        rows::SessionRow,
+        rows::{self, RollupSums, SessionRow},
         shared::{self, ModelSums, SESSION_COLUMNS},
         tally::Aggregates,
     },
@@ -38,24 +38,11 @@ impl PgStore {
         .bind(since)
         .fetch_one(&self.pool)
         .await?;
-        let mut buckets = [0u64; 12];
-        for (k, slot) in buckets.iter_mut().enumerate() {
-            *slot = count(&row, 11 + k)?;
+        let mut sums = [0; 23];
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum = row.try_get(i)?;
         }
-        Ok(WindowTotals {
-            ingested: count(&row, 0)?,
-            duplicates: count(&row, 1)?,
-            attempts: count(&row, 2)?,
-            successes: count(&row, 3)?,
-            failures: count(&row, 4)?,
-            throttled: count(&row, 5)?,
-            retries: count(&row, 6)?,
-            delivered: count(&row, 7)?,
-            dead_lettered: count(&row, 8)?,
-            duration_sum_ms: count(&row, 9)?,
-            latency_sum_ms: count(&row, 10)?,
-            buckets,
-        })
+        Ok(RollupSums(sums).into())
     }
 
     /// Backs `Store::session`.
@@ -343,12 +330,7 @@ async fn complete_session(
     .fetch_all(pool)
     .await?;
     for row in counts {
-        let n = count(&row, 1)?;
-        match row.try_get::<&str, _>(0)? {
-            "delivered" => session.webhooks.delivered = n,
-            "dead" => session.webhooks.dead = n,
-            _ => session.webhooks.pending = n,
-        }
+        rows::set_webhook_count(&mut session.webhooks, row.try_get(0)?, count(&row, 1)?);
     }
     Ok(session)
 }

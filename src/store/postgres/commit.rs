@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::store::StoreError;
 
 /// Most events (or attempt results) committed in one group.
-pub(super) const MAX_GROUP: usize = 4096;
+const MAX_GROUP: usize = 4096;
 
 /// Group committers per kind of write (ingest, attempt results): transactions in flight at once.
 pub(super) const COMMITTERS: usize = 2;

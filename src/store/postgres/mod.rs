@@ -38,11 +38,14 @@ use sqlx::{
 use tokio::sync::{Notify, mpsc};
 
 use self::{commit::Job, notify::announce_work, queue::Results};
-use super::{Ingested, NewEvent, StoreError};
+use super::{
+    Ingested, NewEvent, StoreError,
+    shared::{Migration, pending_migrations},
+};
 use crate::config::PostgresSettings;
 
 /// Versioned schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
+const MIGRATIONS: &[Migration] = &[(
     1,
     "schema",
     include_str!("../../../migrations/postgres/0001_schema.sql"),
@@ -123,15 +126,9 @@ async fn migrate(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
         sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
             .fetch_one(&mut *tx)
             .await?;
-    let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > known {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            known,
-        });
-    }
+    let pending = pending_migrations(MIGRATIONS, current)?;
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    for (version, name, sql) in pending {
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",

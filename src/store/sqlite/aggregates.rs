@@ -9,7 +9,7 @@ use crate::{
     domain::{Analytics, ModelUsage, SessionStats, WindowTotals},
     store::{
         StoreError,
-        rows::SessionRow,
+        rows::{self, RollupSums, SessionRow},
         shared::{self, ModelSums, SESSION_COLUMNS},
         tally::{Aggregates, Rollup},
     },
@@ -34,27 +34,13 @@ impl SqliteStore {
                  FROM rollups WHERE minute >= ?1",
             )?
             .query_row([since], |row| {
-                let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
-                let mut buckets = [0u64; 12];
-                for (k, slot) in buckets.iter_mut().enumerate() {
-                    *slot = n(11 + k)?;
+                let mut sums = [0; 23];
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    *sum = row.get(i)?;
                 }
-                Ok(WindowTotals {
-                    ingested: n(0)?,
-                    duplicates: n(1)?,
-                    attempts: n(2)?,
-                    successes: n(3)?,
-                    failures: n(4)?,
-                    throttled: n(5)?,
-                    retries: n(6)?,
-                    delivered: n(7)?,
-                    dead_lettered: n(8)?,
-                    duration_sum_ms: n(9)?,
-                    latency_sum_ms: n(10)?,
-                    buckets,
-                })
+                Ok(RollupSums(sums))
             })?;
-            Ok(totals)
+            Ok(totals.into())
         })
         .await
     }
@@ -187,12 +173,7 @@ fn complete_session(
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
     })? {
         let (status, n) = row?;
-        let n = n.unsigned_abs();
-        match status.as_str() {
-            "delivered" => session.webhooks.delivered = n,
-            "dead" => session.webhooks.dead = n,
-            _ => session.webhooks.pending = n,
-        }
+        rows::set_webhook_count(&mut session.webhooks, &status, n.unsigned_abs());
     }
     Ok(session)
 }

@@ -33,11 +33,14 @@ use self::connections::{
     Job, ReaderPool, WRITE_QUEUE, checkpoint_loop, open_connection, writer_loop,
 };
 pub use self::maintenance::restore;
-use super::StoreError;
+use super::{
+    StoreError,
+    shared::{Migration, pending_migrations},
+};
 use crate::config::SqliteSync;
 
 /// Versioned schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const MIGRATIONS: &[Migration] = &[
     (
         1,
         "delivery_core",
@@ -112,15 +115,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         [],
         |row| row.get(0),
     )?;
-    let known = MIGRATIONS.last().map_or(0, |m| m.0);
-    if current > known {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            known,
-        });
-    }
+    let pending = pending_migrations(MIGRATIONS, current)?;
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    for (version, name, sql) in pending {
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
