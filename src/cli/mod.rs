@@ -334,12 +334,29 @@ pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            let message = format!("{e:#}");
+            let message = describe(&e);
             eprintln!("error: {message}");
             crate::telemetry::report_failure(&message);
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `: `-separated, each said once: an error whose message already
+/// ends with its cause's (a store error names the driver's) does not repeat it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.ends_with(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -766,5 +783,21 @@ fn config_check(as_json: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let store = crate::store::StoreError::caused("cannot create /proc/hookrelay", io);
+        let error = anyhow::Error::new(store).context("opening the database");
+        assert_eq!(
+            describe(&error),
+            "opening the database: database error: cannot create /proc/hookrelay: No such file or directory"
+        );
     }
 }
