@@ -41,7 +41,10 @@ use crate::{
         validate_secret,
     },
     ingest::{IngestError, Ingestor},
-    store::{DeliveryDetail, DeliverySummary, Ingested, QueueCounts, Selection, Store, StoreError},
+    store::{
+        DeliveryDetail, DeliverySummary, InboundMessage, Ingested, QueueCounts, Selection, Store,
+        StoreError,
+    },
 };
 
 /// Opening the relay failed.
@@ -205,7 +208,7 @@ impl Relay {
 
     /// Records one usage event; returns its id once it is durably stored.
     pub async fn track_usage(&self, event: UsageEvent) -> Result<EventId, IngestError> {
-        let stored = self.inner.ingestor.usage(vec![event], None).await?;
+        let stored = self.inner.ingestor.usage(vec![event], None, None).await?;
         stored
             .into_iter()
             .next()
@@ -219,12 +222,33 @@ impl Relay {
         events: Vec<UsageEvent>,
         key: Option<IdempotencyKey>,
     ) -> Result<Vec<Ingested>, IngestError> {
-        self.inner.ingestor.usage(events, key).await
+        self.inner.ingestor.usage(events, key, None).await
+    }
+
+    /// [`Relay::track_usage_batch`] for a request carrying a sender's message id (a verified
+    /// `webhook-id`): refused with [`IngestError::Replayed`] if that id was accepted before.
+    pub async fn track_usage_message(
+        &self,
+        events: Vec<UsageEvent>,
+        key: Option<IdempotencyKey>,
+        message: Option<InboundMessage>,
+    ) -> Result<Vec<Ingested>, IngestError> {
+        self.inner.ingestor.usage(events, key, message).await
     }
 
     /// Records an event of any type.
     pub async fn publish(&self, event: GenericEvent) -> Result<Ingested, IngestError> {
-        self.inner.ingestor.generic(event).await
+        self.inner.ingestor.generic(event, None).await
+    }
+
+    /// [`Relay::publish`] for a request carrying a sender's message id: refused with
+    /// [`IngestError::Replayed`] if that id was accepted before.
+    pub async fn publish_message(
+        &self,
+        event: GenericEvent,
+        message: Option<InboundMessage>,
+    ) -> Result<Ingested, IngestError> {
+        self.inner.ingestor.generic(event, message).await
     }
 
     /// Dead letters, newest first.

@@ -112,6 +112,11 @@ impl From<IngestError> for ApiError {
             IngestError::Batch(detail) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch", detail)
             }
+            IngestError::Replayed => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "replayed_request",
+                error.to_string(),
+            ),
             IngestError::Store(store) => store.into(),
         }
     }

@@ -56,10 +56,12 @@ async fn admit(
     } else {
         guard.admit(client, &parts.headers, &body)?
     };
-    let mut response = next.run(Request::from_parts(parts, Body::from(body))).await;
-    if !response.status().is_success() {
-        guard.release(&admitted);
+    let mut request = Request::from_parts(parts, Body::from(body));
+    // The ingest handler records it with the events: a replay is refused there.
+    if let Some(message) = admitted.verified.and_then(|verified| verified.message) {
+        request.extensions_mut().insert(message);
     }
+    let mut response = next.run(request).await;
     rate_headers(response.headers_mut(), &admitted.rate);
     Ok(response)
 }

@@ -1,7 +1,7 @@
 //! Ingest routes: `POST /api/webhook/usage` (the guide's path) and `POST /api/v1/events`.
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode},
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, AppState, json_body, parse};
 use crate::{
     domain::{EventType, GenericEvent, IdempotencyKey, UsageEvent},
-    store::Ingested,
+    store::{InboundMessage, Ingested},
 };
 
 pub fn router() -> Router<AppState> {
@@ -57,16 +57,18 @@ fn accepted<T: Serialize>(body: T, replayed: bool) -> Response {
 /// One usage event as a JSON object, or an array of them stored all or nothing.
 async fn track_usage(
     State(relay): State<AppState>,
+    message: Option<Extension<InboundMessage>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body)?;
     let key = idempotency_header(&headers)?;
+    let message = message.map(|Extension(message)| message);
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     match first {
         Some(b'[') => {
             let events: Vec<UsageEvent> = parse(&body)?;
-            let stored = relay.track_usage_batch(events, key).await?;
+            let stored = relay.track_usage_message(events, key, message).await?;
             let replayed = stored.iter().all(|s| s.duplicate);
             Ok(accepted(
                 Batch {
@@ -78,7 +80,7 @@ async fn track_usage(
         }
         Some(b'{') => {
             let event: UsageEvent = parse(&body)?;
-            let stored = relay.track_usage_batch(vec![event], key).await?;
+            let stored = relay.track_usage_message(vec![event], key, message).await?;
             let stored = stored.into_iter().next().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -113,6 +115,7 @@ struct EventBody {
 /// Any event: `{type, data, idempotency_key?}`.
 async fn publish_event(
     State(relay): State<AppState>,
+    message: Option<Extension<InboundMessage>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -139,11 +142,14 @@ async fn publish_event(
         (header, body) => header.or(body),
     };
     let stored = relay
-        .publish(GenericEvent {
-            event_type,
-            data: event.data,
-            idempotency_key,
-        })
+        .publish_message(
+            GenericEvent {
+                event_type,
+                data: event.data,
+                idempotency_key,
+            },
+            message.map(|Extension(message)| message),
+        )
         .await?;
     let replayed = stored.duplicate;
     Ok(accepted(stored, replayed))

@@ -78,7 +78,7 @@ impl Rejection {
     }
 }
 
-/// A request the guard let through: undo with [`Guard::release`] if it is not accepted.
+/// A request the guard let through.
 #[derive(Debug)]
 pub struct Admitted {
     /// The signature that matched, when ingest is signed.
@@ -205,18 +205,9 @@ impl Guard {
                 rate,
             }),
             Err(state) => {
-                self.verifier.release(&verified);
                 tracing::warn!(client = key, "ingest refused: rate limit");
                 Err(self.rate_limited(state))
             }
-        }
-    }
-
-    /// Gives back what [`Guard::admit`] reserved for a request that was not accepted, so the
-    /// sender may retry it with the same `webhook-id`.
-    pub fn release(&self, admitted: &Admitted) {
-        if let Some(verified) = &admitted.verified {
-            self.verifier.release(verified);
         }
     }
 

@@ -1,16 +1,13 @@
 //! Signed ingest: a request must carry a valid signature made with one of the ingest secrets,
 //! in either the guide's scheme or Standard Webhooks'.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Mutex,
-};
-
 use axum::http::HeaderMap;
+use sha2::{Digest, Sha256};
 
 use crate::{
     domain::{SignatureAlgorithm, SigningSecret},
     signing::{self, VerifyError},
+    store::InboundMessage,
 };
 
 /// Why a request's signature was refused.
@@ -41,9 +38,6 @@ pub enum SignatureError {
     /// The timestamp is too old or too far in the future.
     #[error("webhook-timestamp is {0} s away from now, beyond the {1} s tolerance")]
     Expired(i64, i64),
-    /// This `webhook-id` was accepted before, within the tolerance.
-    #[error("webhook-id was already used: replayed request refused")]
-    Replayed,
 }
 
 impl SignatureError {
@@ -55,53 +49,20 @@ impl SignatureError {
             Self::Malformed(_) | Self::MalformedLegacy(_) => "malformed_signature",
             Self::BodySchemeRefused(_) => "unsupported_signature_scheme",
             Self::Expired(..) => "signature_expired",
-            Self::Replayed => "replayed_request",
         }
     }
 }
 
-/// Remembers accepted `webhook-id`s for the tolerance window.
-#[derive(Debug, Default)]
-struct ReplayCache {
-    seen: HashMap<String, i64>,
-    order: VecDeque<(i64, String)>,
-}
-
-impl ReplayCache {
-    /// Records `id` at `now_ms`; false if it was already seen within `window_ms`.
-    fn insert(&mut self, id: &str, now_ms: i64, window_ms: i64) -> bool {
-        while let Some((at, _)) = self.order.front() {
-            if now_ms - at <= window_ms {
-                break;
-            }
-            if let Some((at, old)) = self.order.pop_front()
-                && self.seen.get(&old) == Some(&at)
-            {
-                self.seen.remove(&old);
-            }
-        }
-        if self.seen.contains_key(id) {
-            return false;
-        }
-        self.seen.insert(id.to_owned(), now_ms);
-        self.order.push_back((now_ms, id.to_owned()));
-        true
-    }
-
-    /// Forgets `id` (its request was not accepted after all).
-    fn remove(&mut self, id: &str) {
-        self.seen.remove(id);
-    }
-}
-
-/// A verified request: which secret signed it, and the `webhook-id` reserved against replay
-/// (release it with [`Verifier::release`] if the request is not accepted after all).
+/// A verified request: which secret signed it and, for Standard Webhooks, the message id the
+/// store must accept only once (in the transaction that stores the events, so a replay is
+/// refused after a restart and by every instance on the database).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
     /// 1-based index of the ingest secret that matched.
     pub key: usize,
-    /// The Standard Webhooks id, when that scheme was used.
-    pub reserved_id: Option<String>,
+    /// The Standard Webhooks `webhook-id`, scoped to the secret that signed it, until it can
+    /// no longer be replayed; `None` for the guide's scheme.
+    pub message: Option<InboundMessage>,
 }
 
 /// Verifies ingest signatures.
@@ -112,7 +73,11 @@ pub struct Verifier {
     algorithm: SignatureAlgorithm,
     tolerance_ms: i64,
     accept_body_scheme: bool,
-    replays: Mutex<ReplayCache>,
+}
+
+/// A short, stable name for a secret that reveals nothing of it.
+fn fingerprint(secret: &SigningSecret) -> String {
+    hex::encode(&Sha256::digest(secret.key())[..8])
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -134,18 +99,6 @@ impl Verifier {
             algorithm,
             tolerance_ms,
             accept_body_scheme,
-            replays: Mutex::new(ReplayCache::default()),
-        }
-    }
-
-    /// Forgets a reserved `webhook-id` whose request was refused later (rate limit, storage),
-    /// so the sender's retry with the same id is not taken for a replay.
-    pub fn release(&self, verified: &Verified) {
-        if let Some(id) = &verified.reserved_id {
-            self.replays
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(id);
         }
     }
 
@@ -200,18 +153,14 @@ impl Verifier {
                     signing::matches_standard(secret, id, timestamp, body, &candidates)
                 })
                 .ok_or(SignatureError::Invalid)?;
-            // Only a verified id is remembered, so forged requests cannot poison the cache.
-            let fresh = self
-                .replays
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, now_ms, self.tolerance_ms * 2);
-            if !fresh {
-                return Err(SignatureError::Replayed);
-            }
+            // Scoped by the signing secret, so two clients choosing the same id do not collide;
+            // kept until a timestamp accepted now is out of tolerance whichever way it leaned.
             return Ok(Some(Verified {
                 key: matched + 1,
-                reserved_id: Some(id.to_owned()),
+                message: Some(InboundMessage {
+                    id: format!("{}:{id}", fingerprint(&self.secrets[matched])),
+                    expires_at_ms: now_ms + self.tolerance_ms * 2,
+                }),
             }));
         }
         let Some(signature) = header(headers, &self.header) else {
@@ -226,7 +175,7 @@ impl Verifier {
                 Ok(()) => {
                     return Ok(Some(Verified {
                         key: n + 1,
-                        reserved_id: None,
+                        message: None,
                     }));
                 }
                 Err(VerifyError::Mismatch) => saw_wellformed = true,
@@ -352,11 +301,6 @@ mod tests {
             Err(SignatureError::Expired(..))
         ));
         let first = standard("ingest-secret-one", "once", ts, body);
-        assert_eq!(key(verifier.verify(&first, body, NOW)), Ok(Some(1)));
-        assert_eq!(
-            key(verifier.verify(&first, body, NOW + 1_000)),
-            Err(SignatureError::Replayed)
-        );
         let mut no_id = first.clone();
         no_id.remove("webhook-id");
         assert!(matches!(
@@ -470,11 +414,41 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_forgotten_after_the_window() {
-        let mut cache = ReplayCache::default();
-        assert!(cache.insert("a", 0, 600_000));
-        assert!(!cache.insert("a", 599_000, 600_000));
-        assert!(cache.insert("a", 600_001, 600_000));
+    fn a_verified_id_is_scoped_to_its_secret_and_kept_past_the_tolerance() {
+        let verifier = verifier();
+        let body = br#"{"a":1}"#;
+        let ts = NOW / 1000;
+        let message = |secret: &str| {
+            verifier
+                .verify(&standard(secret, "msg_same", ts, body), body, NOW)
+                .ok()
+                .flatten()
+                .and_then(|v| v.message)
+                .unwrap_or_else(|| panic!("no message id"))
+        };
+        let one = message("ingest-secret-one");
+        let two = message("ingest-secret-two");
+        assert!(one.id.ends_with(":msg_same") && two.id.ends_with(":msg_same"));
+        assert_ne!(one.id, two.id, "two clients' ids never collide");
+        assert!(
+            !one.id.contains("ingest-secret"),
+            "the scope reveals no secret"
+        );
+        assert_eq!(one.expires_at_ms, NOW + 600_000);
+        // The guide's scheme has no id to record.
+        let secret = SigningSecret::parse("ingest-secret-one").unwrap_or_else(|e| panic!("{e}"));
+        let mut legacy = HeaderMap::new();
+        legacy.insert(
+            "x-webhook-signature",
+            HeaderValue::from_str(&signing::legacy_signature(
+                &secret,
+                SignatureAlgorithm::Sha256,
+                body,
+            ))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let verified = verifier.verify(&legacy, body, NOW).ok().flatten();
+        assert_eq!(verified.map(|v| v.message), Some(None));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::{
     clock::Clock,
     config::QueryMode,
     domain::{EventId, EventType, GenericEvent, IdempotencyKey, InvalidEvent, UsageEvent},
-    store::{Ingested, NewEvent, Store, StoreError},
+    store::{InboundMessage, Ingested, NewEvent, Store, StoreError},
 };
 
 /// Most events in one batch request.
@@ -31,9 +31,21 @@ pub enum IngestError {
     /// The batch was empty or too large; nothing was stored.
     #[error("{0}")]
     Batch(String),
+    /// The request's `webhook-id` was accepted before: a replay; nothing was stored.
+    #[error("webhook-id was already used: replayed request refused")]
+    Replayed,
     /// Storage failed; nothing was stored.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for IngestError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Replayed => Self::Replayed,
+            other => Self::Store(other),
+        }
+    }
 }
 
 /// Accepts events into the store.
@@ -70,11 +82,13 @@ impl Ingestor {
     }
 
     /// Stores usage events all or nothing. With a key, item `i` of a multi-event batch is
-    /// deduplicated under `key#i`; a single event uses the key as is.
+    /// deduplicated under `key#i`; a single event uses the key as is. With a message id, the
+    /// request is refused as a replay if that id was accepted before.
     pub async fn usage(
         &self,
         events: Vec<UsageEvent>,
         key: Option<IdempotencyKey>,
+        message: Option<InboundMessage>,
     ) -> Result<Vec<Ingested>, IngestError> {
         if events.is_empty() {
             return Err(IngestError::Batch(
@@ -124,24 +138,31 @@ impl Ingestor {
                 }
             })
             .collect();
-        self.store_events(new_events).await
+        self.store_events(new_events, message).await
     }
 
-    /// Stores one event of any type.
-    pub async fn generic(&self, event: GenericEvent) -> Result<Ingested, IngestError> {
+    /// Stores one event of any type (refused as a replay if `message` was accepted before).
+    pub async fn generic(
+        &self,
+        event: GenericEvent,
+        message: Option<InboundMessage>,
+    ) -> Result<Ingested, IngestError> {
         let now = self.clock.now_ms();
         let id = EventId::generate();
         let payload = generic_payload(&id, now, &event.event_type, &event.data);
         let stored = self
-            .store_events(vec![NewEvent {
-                id,
-                idempotency_key: event.idempotency_key.map(|k| k.scoped(&event.event_type)),
-                event_type: event.event_type,
-                session_id: None,
-                usage: None,
-                payload: Bytes::from(payload),
-                created_at_ms: now,
-            }])
+            .store_events(
+                vec![NewEvent {
+                    id,
+                    idempotency_key: event.idempotency_key.map(|k| k.scoped(&event.event_type)),
+                    event_type: event.event_type,
+                    session_id: None,
+                    usage: None,
+                    payload: Bytes::from(payload),
+                    created_at_ms: now,
+                }],
+                message,
+            )
             .await?;
         stored
             .into_iter()
@@ -149,7 +170,11 @@ impl Ingestor {
             .ok_or_else(|| IngestError::Store(StoreError::database("no result for a stored event")))
     }
 
-    async fn store_events(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, IngestError> {
+    async fn store_events(
+        &self,
+        events: Vec<NewEvent>,
+        message: Option<InboundMessage>,
+    ) -> Result<Vec<Ingested>, IngestError> {
         let kind = if events
             .iter()
             .all(|e| e.event_type.as_str() == EventType::USAGE_TRACKED)
@@ -158,7 +183,13 @@ impl Ingestor {
         } else {
             "event"
         };
-        let stored = self.store.ingest(events).await?;
+        let stored = match message {
+            Some(message) => {
+                let now = self.clock.now_ms();
+                self.store.ingest_message(message, now, events).await?
+            }
+            None => self.store.ingest(events).await?,
+        };
         let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
         crate::metrics::ingested(kind, stored.len() as u64 - duplicates, duplicates);
         if stored.iter().any(|s| !s.duplicate) {

@@ -20,7 +20,7 @@ macro_rules! delegate_store {
                 },
                 store::{
                     AttemptRecord, ClaimedDelivery, DbStats, DeliveryDetail, DeliverySummary,
-                    HealthUpdate, Ingested, LeaseToken, MaintenanceReport, NewEvent, QueueCounts,
+                    HealthUpdate, InboundMessage, Ingested, LeaseToken, MaintenanceReport, NewEvent, QueueCounts,
                     Selection, Store, StoreError,
                 },
             };
@@ -28,7 +28,16 @@ macro_rules! delegate_store {
             #[async_trait::async_trait]
             impl Store for $backend {
                 async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError> {
-                    self.store_events(events).await
+                    self.store_events(None, events).await
+                }
+
+                async fn ingest_message(
+                    &self,
+                    message: InboundMessage,
+                    now_ms: i64,
+                    events: Vec<NewEvent>,
+                ) -> Result<Vec<Ingested>, StoreError> {
+                    self.store_events(Some((message, now_ms)), events).await
                 }
 
                 async fn claim_due(

@@ -24,6 +24,10 @@ pub enum StoreError {
     /// The disk holding the database is full: nothing was written.
     #[error("the database's disk is full: {0}")]
     Full(String),
+    /// The request's message id was accepted before and has not expired: a replay. Nothing
+    /// was stored.
+    #[error("webhook-id was already used: replayed request refused")]
+    Replayed,
     /// The store has shut down.
     #[error("the store is closed")]
     Closed,

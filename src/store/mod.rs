@@ -98,6 +98,20 @@ const LEAD_SQL: &str = "INSERT INTO leader_leases (task, holder, expires_at) VAL
      WHERE leader_leases.holder = excluded.holder OR leader_leases.expires_at <= $4
      RETURNING holder";
 
+/// A sender's message id (a verified Standard Webhooks `webhook-id`, scoped to the secret
+/// that signed it) that may be accepted once until `expires_at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundMessage {
+    /// The id, as stored.
+    pub id: String,
+    /// Until when a second request with this id is a replay, unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// Expired message ids swept with each new one: more than one, so the table shrinks back after
+/// a burst; few, so the sweep costs next to nothing.
+pub(crate) const MESSAGE_SWEEP: i64 = 8;
+
 /// An event ready to be stored, with the endpoints it must be delivered to.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -333,6 +347,17 @@ pub trait Store: Send + Sync + 'static {
     /// idempotency key was seen before are answered with the original id and not stored again.
     /// Returns only once the events are durable.
     async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError>;
+
+    /// [`Store::ingest`] for a request carrying a sender's message id: the id is recorded in
+    /// the same transaction as the events. If it was recorded before and has not expired
+    /// (at `now_ms`), nothing is stored and the answer is [`StoreError::Replayed`]. A few expired
+    /// ids are deleted each time, so the record stays as small as the replay window needs.
+    async fn ingest_message(
+        &self,
+        message: InboundMessage,
+        now_ms: i64,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Ingested>, StoreError>;
 
     /// Claims up to `limit` due deliveries of each listed endpoint, leasing them for `lease_ms`
     /// to `claimant` (an instance id). Concurrent claimants never get the same delivery.

@@ -44,6 +44,34 @@ impl Backend {
             }
         }
     }
+
+    /// Rows of `inbound_messages`, read straight from the database: the store offers no way
+    /// to list them, and the sweep is only visible there.
+    pub async fn inbound_messages(&self) -> i64 {
+        match &self.reopen {
+            Reopen::Sqlite(path) => rusqlite::Connection::open(path)
+                .and_then(|conn| {
+                    conn.query_row("SELECT count(*) FROM inbound_messages", [], |row| {
+                        row.get(0)
+                    })
+                })
+                .expect("count sqlite"),
+            Reopen::Postgres(settings) => {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(settings.url.expose())
+                    .await
+                    .expect("connect");
+                let sql = format!(
+                    "SELECT count(*) FROM \"{}\".inbound_messages",
+                    settings.schema
+                );
+                sqlx::query_scalar(&sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count postgres")
+            }
+        }
+    }
 }
 
 pub async fn sqlite() -> Backend {

@@ -52,6 +52,10 @@ conformance!(
     ingest::two_instances_storing_the_same_key_at_once_store_it_once,
     ingest::a_failed_ingest_stores_none_of_its_events,
     ingest::a_failed_ingest_does_not_disturb_concurrent_ones,
+    ingest::a_message_id_is_accepted_once_until_it_expires,
+    ingest::a_message_id_seen_by_another_instance_is_a_replay,
+    ingest::replays_racing_each_other_store_one_and_leave_the_others_alone,
+    ingest::expired_message_ids_are_swept_as_new_ones_arrive,
     // claims, leases, release, next_due, counts
     queue::a_claim_carries_the_event_intact,
     queue::a_claimed_delivery_is_not_claimed_again_while_leased,

@@ -612,7 +612,12 @@ async fn an_unreadable_proxy_entry_never_lets_the_clients_own_entry_through() {
             .0;
         assert_eq!(status, expected, "X-Forwarded-For: {chain}");
     }
-    assert_eq!(app.relay.counts().await.expect("counts").pending, 1);
+    let stored = app.relay.session_stats("signed").await.expect("session");
+    assert_eq!(
+        stored.map(|s| s.queries),
+        Some(1),
+        "only the admitted event"
+    );
 }
 
 #[tokio::test]
@@ -735,4 +740,63 @@ async fn one_address_cannot_hold_every_connection() {
         assert!(Instant::now() < deadline, "slots were never given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_replay_is_refused_after_a_restart_and_by_another_instance() {
+    let receiver = TestReceiver::start().await;
+    let secrets = format!("{INGEST_SECRET},{OLD_INGEST_SECRET}");
+    let vars = [
+        ("ZAPIER_WEBHOOK_URL", receiver.url()),
+        ("HOOKRELAY_INGEST_SECRET", secrets),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().expect("dir");
+    let first = TestApp::spawn_with(
+        config(dir.path(), &vars),
+        dir,
+        Arc::new(hookrelay::clock::SystemClock),
+    )
+    .await;
+    let body = body();
+    let signed = standard_headers(INGEST_SECRET, "msg_durable", now_s(), &body);
+    assert_eq!(post(&first, body.clone(), &signed).await.0, 202);
+
+    // A second instance on the same database refuses it.
+    let second = TestApp::spawn_with(
+        config(first.dir.path(), &vars),
+        tempfile::tempdir().expect("dir"),
+        Arc::new(hookrelay::clock::SystemClock),
+    )
+    .await;
+    let (status, error, _) = post(&second, body.clone(), &signed).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("replayed_request"))
+    );
+    drop(second);
+
+    // So does the first after a restart.
+    let dir = first.stop().await;
+    let restarted = TestApp::spawn_with(
+        config(dir.path(), &vars),
+        dir,
+        Arc::new(hookrelay::clock::SystemClock),
+    )
+    .await;
+    let (status, error, _) = post(&restarted, body.clone(), &signed).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("replayed_request"))
+    );
+    // The same id from a client signing with another secret is its own message.
+    let other = standard_headers(OLD_INGEST_SECRET, "msg_durable", now_s(), &body);
+    assert_eq!(post(&restarted, body.clone(), &other).await.0, 202);
+    let session = restarted
+        .relay
+        .session_stats("signed")
+        .await
+        .expect("session")
+        .expect("the session exists");
+    assert_eq!(session.queries, 2, "the replays stored nothing");
 }

@@ -17,21 +17,28 @@ use super::{
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
     store::{
-        Ingested, NewEvent, StoreError, rows,
+        InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows,
         tally::{Aggregates, Rollup},
     },
 };
 
+/// One caller's ingest: its events, and the message id (with the time now) it records.
+pub(super) type IngestJob = (Option<(InboundMessage, i64)>, Vec<NewEvent>);
+
+/// One caller's answer: a replayed message fails its own job only, not the group.
+type IngestAnswer = Result<Vec<Ingested>, StoreError>;
+
 impl PgStore {
-    /// Backs `Store::ingest`: hands the events to a group committer.
+    /// Backs `Store::ingest` and `Store::ingest_message`: hands the events to a group committer.
     pub(super) async fn store_events(
         &self,
+        message: Option<(InboundMessage, i64)>,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Ingested>, StoreError> {
-        if events.is_empty() {
+        if events.is_empty() && message.is_none() {
             return Ok(Vec::new());
         }
-        commit::submit(&self.ingests, events).await
+        commit::submit(&self.ingests, (message, events)).await?
     }
 }
 
@@ -39,7 +46,7 @@ impl PgStore {
 pub(super) fn start_committers(
     pool: &PgPool,
     work_queued: &Arc<Notify>,
-) -> mpsc::Sender<Job<Vec<NewEvent>, Vec<Ingested>>> {
+) -> mpsc::Sender<Job<IngestJob, IngestAnswer>> {
     let destinations = Arc::new(DestinationCache::default());
     let (ingests, queue) = commit::queue();
     for _ in 0..COMMITTERS {
@@ -50,18 +57,9 @@ pub(super) fn start_committers(
         );
         tokio::spawn(group_commit(
             Arc::clone(&queue),
-            Vec::len,
-            async move |jobs: &[&Vec<NewEvent>]| {
-                let events: Vec<&NewEvent> = jobs.iter().flat_map(|events| events.iter()).collect();
-                let mut outcomes =
-                    retrying(|| ingest_tx(&pool, &work_queued, &cache, &events)).await?;
-                let mut answers = Vec::with_capacity(jobs.len());
-                for events in jobs {
-                    let rest = outcomes.split_off(events.len());
-                    answers.push(outcomes);
-                    outcomes = rest;
-                }
-                Ok(answers)
+            |(_, events): &IngestJob| events.len().max(1),
+            async move |jobs: &[&IngestJob]| {
+                retrying(|| ingest_tx(&pool, &work_queued, &cache, jobs)).await
             },
         ));
     }
@@ -122,13 +120,79 @@ async fn destinations(
     Ok(list)
 }
 
+/// Records the group's message ids; returns which jobs are replays (an id recorded before and
+/// not expired, or one an earlier job of the group carries), and sweeps a few expired ids.
+async fn record_messages(
+    tx: &mut PgConnection,
+    jobs: &[&IngestJob],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut replayed = vec![false; jobs.len()];
+    let mut ids = Vec::new();
+    let mut expiries = Vec::new();
+    let mut now_ms = i64::MIN;
+    for (n, (message, _)) in jobs.iter().enumerate() {
+        let Some((message, now)) = message else {
+            continue;
+        };
+        now_ms = now_ms.max(*now);
+        // One statement cannot touch a row twice: within a group, the first job has the id.
+        if ids.contains(&message.id) {
+            replayed[n] = true;
+        } else {
+            ids.push(message.id.clone());
+            expiries.push(message.expires_at_ms);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(replayed);
+    }
+    let recorded: std::collections::HashSet<String> = sqlx::query_scalar(
+        "INSERT INTO inbound_messages AS m (id, expires_at)
+         SELECT * FROM UNNEST($1::text[], $2::int8[])
+         ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
+         WHERE m.expires_at <= $3
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&expiries)
+    .bind(now_ms)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    for (n, (message, _)) in jobs.iter().enumerate() {
+        if let Some((message, _)) = message
+            && !recorded.contains(&message.id)
+        {
+            replayed[n] = true;
+        }
+    }
+    sqlx::query(
+        "DELETE FROM inbound_messages WHERE id IN
+         (SELECT id FROM inbound_messages WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)",
+    )
+    .bind(now_ms)
+    .bind(MESSAGE_SWEEP)
+    .execute(&mut *tx)
+    .await?;
+    Ok(replayed)
+}
+
 async fn ingest_tx(
     pool: &PgPool,
     work_queued: &Notify,
     cache: &DestinationCache,
-    events: &[&NewEvent],
-) -> Result<Vec<Ingested>, sqlx::Error> {
+    jobs: &[&IngestJob],
+) -> Result<Vec<IngestAnswer>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let replayed = record_messages(&mut tx, jobs).await?;
+    let events: Vec<&NewEvent> = jobs
+        .iter()
+        .zip(&replayed)
+        .filter(|(_, replayed)| !**replayed)
+        .flat_map(|((_, events), _)| events.iter())
+        .collect();
+    let events = &events[..];
     // Fan-out is decided in the transaction that stores the events, so an event goes to
     // exactly the endpoints enabled when it was stored.
     let destinations = destinations(&mut tx, cache).await?;
@@ -252,5 +316,17 @@ async fn ingest_tx(
     if !delivery_ids.is_empty() {
         work_queued.notify_one();
     }
-    Ok(outcomes)
+    // Each job's share of the outcomes, in order; replays get their refusal.
+    let mut outcomes = outcomes.into_iter();
+    Ok(jobs
+        .iter()
+        .zip(replayed)
+        .map(|((_, events), replayed)| {
+            if replayed {
+                Err(StoreError::Replayed)
+            } else {
+                Ok(outcomes.by_ref().take(events.len()).collect())
+            }
+        })
+        .collect())
 }

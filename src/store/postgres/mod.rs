@@ -39,17 +39,24 @@ use tokio::sync::{Notify, mpsc};
 
 use self::{commit::Job, notify::announce_work, queue::Results};
 use super::{
-    Ingested, NewEvent, StoreError,
+    Ingested, StoreError,
     shared::{Migration, pending_migrations},
 };
 use crate::config::PostgresSettings;
 
 /// Versioned schema migrations, applied in order, each once.
-const MIGRATIONS: &[Migration] = &[(
-    1,
-    "schema",
-    include_str!("../../../migrations/postgres/0001_schema.sql"),
-)];
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "schema",
+        include_str!("../../../migrations/postgres/0001_schema.sql"),
+    ),
+    (
+        2,
+        "inbound_messages",
+        include_str!("../../../migrations/postgres/0002_inbound_messages.sql"),
+    ),
+];
 
 /// Serializes migrations across instances starting at once (any schema of the database).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_7265_6c61;
@@ -74,7 +81,7 @@ impl From<sqlx::Error> for StoreError {
 pub struct PgStore {
     pool: PgPool,
     schema: String,
-    ingests: mpsc::Sender<Job<Vec<NewEvent>, Vec<Ingested>>>,
+    ingests: mpsc::Sender<Job<ingest::IngestJob, Result<Vec<Ingested>, StoreError>>>,
     results: mpsc::Sender<Job<Results, ()>>,
 }
 

@@ -8,16 +8,21 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{SqliteStore, aggregates::aggregate};
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
-    store::{Ingested, NewEvent, StoreError, rows, tally::Rollup},
+    store::{InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows, tally::Rollup},
 };
 
 impl SqliteStore {
     /// Backs `Store::ingest`.
     pub(super) async fn store_events(
         &self,
+        message: Option<(InboundMessage, i64)>,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Ingested>, StoreError> {
         self.write(move |conn| {
+            if let Some((message, now_ms)) = &message {
+                // Refused before anything is written; the job's savepoint undoes nothing else.
+                record_message(conn, message, *now_ms)?;
+            }
             let mut find = conn.prepare_cached("SELECT id FROM events WHERE idempotency_key = ?1")?;
             let mut insert_event = conn.prepare_cached(
                 "INSERT INTO events (id, event_type, session_id, idempotency_key, payload, created_at)
@@ -90,6 +95,31 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Records a message id, refusing one recorded before that has not expired at `now_ms`; sweeps
+/// a few expired ids.
+fn record_message(
+    conn: &Connection,
+    message: &InboundMessage,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let recorded = conn
+        .prepare_cached(
+            "INSERT INTO inbound_messages (id, expires_at) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
+             WHERE inbound_messages.expires_at <= ?3",
+        )?
+        .execute(params![message.id, message.expires_at_ms, now_ms])?;
+    if recorded == 0 {
+        return Err(StoreError::Replayed);
+    }
+    conn.prepare_cached(
+        "DELETE FROM inbound_messages WHERE id IN
+         (SELECT id FROM inbound_messages WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+    )?
+    .execute(params![now_ms, MESSAGE_SWEEP])?;
+    Ok(())
 }
 
 /// The enabled endpoints and their filters.

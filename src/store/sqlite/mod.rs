@@ -76,6 +76,11 @@ const MIGRATIONS: &[Migration] = &[
         "scale_out",
         include_str!("../../../migrations/sqlite/0007_scale_out.sql"),
     ),
+    (
+        8,
+        "inbound_messages",
+        include_str!("../../../migrations/sqlite/0008_inbound_messages.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
