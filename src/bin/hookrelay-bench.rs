@@ -44,6 +44,10 @@ enum Scenario {
     Outage,
     /// `Relay::track_usage` from many tasks in one process.
     Library,
+    /// Signed ingest attacked with 1 MB bodies whose `webhook-signature` holds 3,900 empty
+    /// candidates: server CPU per request beside a validly signed one, and `/health` latency
+    /// while four such requests run at once.
+    SignatureFlood,
     /// Every scenario in turn.
     All,
 }
@@ -363,6 +367,11 @@ fn server_env(
         .env("WEBHOOK_RATE_WINDOW", "1")
         .env("HOOKRELAY_MAX_CONCURRENT_REQUESTS", "4096")
         .env("LOG_LEVEL", "warn");
+    if scenario == Scenario::SignatureFlood {
+        command
+            .env("HOOKRELAY_INGEST_SECRET", FLOOD_SECRETS.join(","))
+            .env("HOOKRELAY_MAX_BODY_BYTES", (2 << 20).to_string());
+    }
     if faulty {
         command
             .env("WEBHOOK_RETRY_DELAY_SECONDS", "1")
@@ -592,6 +601,7 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
         Scenario::FlakyFirst | Scenario::Poison | Scenario::Outage => {
             fault_run(args, scenario, &database).await
         }
+        Scenario::SignatureFlood => signature_flood(args, &database).await,
         _ => http_run(args, scenario, &database).await,
     };
     database.drop().await;
@@ -697,6 +707,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         | Scenario::Poison
         | Scenario::Outage
         | Scenario::Library
+        | Scenario::SignatureFlood
         | Scenario::All => unreachable!(),
     };
     let title = match args.receiver_limit {
@@ -947,6 +958,90 @@ async fn library_run(args: &Args, database: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ingest secrets of the signature-flood scenario (two, as during a rotation: every
+/// candidate used to cost one HMAC per secret).
+const FLOOD_SECRETS: [&str; 2] = [
+    "flood-secret-one-0123456789abcdef0123456789",
+    "flood-secret-two-0123456789abcdef0123456789",
+];
+
+/// Requests of each kind the signature-flood scenario sends.
+const FLOOD_REQUESTS: u32 = 20;
+
+async fn signature_flood(args: &Args, database: &Database) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+
+    let dir = tempfile::tempdir()?;
+    let server = start_server(
+        &server_binary(args)?,
+        dir.path(),
+        "http://127.0.0.1:9/",
+        None,
+        database,
+        Scenario::SignatureFlood,
+    )?;
+    let pid = server.child.id();
+    let url = format!("{}/api/webhook/usage", server.address);
+    let http = reqwest::Client::new();
+    let body = Bytes::from(vec![b' '; 1 << 20]);
+    let timestamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let send = |signature: String| {
+        let request = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("webhook-id", "msg_flood")
+            .header("webhook-timestamp", &timestamp)
+            .header("webhook-signature", signature)
+            .body(body.clone());
+        async move { Ok::<u16, anyhow::Error>(request.send().await?.status().as_u16()) }
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(FLOOD_SECRETS[1].as_bytes())
+        .context("hmac key")?;
+    mac.update(format!("msg_flood.{timestamp}.").as_bytes());
+    mac.update(&body);
+    let valid = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    let stuffed = "v1, ".repeat(3_900);
+
+    for (name, signature) in [
+        ("validly signed", valid),
+        ("stuffed signature", stuffed.clone()),
+    ] {
+        let status = send(signature.clone()).await?; // warm-up
+        let before = process_usage(pid).map_or(f64::NAN, |(cpu, _)| cpu);
+        let started = Instant::now();
+        for _ in 0..FLOOD_REQUESTS {
+            send(signature.clone()).await?;
+        }
+        let cpu = process_usage(pid).map_or(f64::NAN, |(cpu, _)| cpu) - before;
+        println!(
+            "{name:<18} 1 MB body: answered {status}, server CPU {:.1} ms per request, {:.1} ms wall",
+            cpu * 1000.0 / f64::from(FLOOD_REQUESTS),
+            started.elapsed().as_secs_f64() * 1000.0 / f64::from(FLOOD_REQUESTS)
+        );
+    }
+    let mut attacks = JoinSet::new();
+    for _ in 0..4 {
+        attacks.spawn(send(stuffed.clone()));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    http.get(format!("{}/health", server.address))
+        .send()
+        .await?;
+    println!(
+        "GET /health while 4 stuffed requests run: {:.1} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    while let Some(done) = attacks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
 async fn run(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
     match scenario {
         Scenario::Library => library(args).await,
@@ -961,6 +1056,7 @@ async fn run(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
                 Scenario::Poison,
                 Scenario::Outage,
                 Scenario::Library,
+                Scenario::SignatureFlood,
             ] {
                 Box::pin(run(args, scenario)).await?;
                 println!();

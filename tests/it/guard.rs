@@ -319,6 +319,17 @@ async fn read_response(stream: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&buffer).into_owned()
 }
 
+/// `GET /health` on a connection of its own, kept open; returns it and the answer.
+async fn get_health(addr: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_response(&mut stream, Duration::from_secs(5)).await;
+    (stream, answer)
+}
+
 #[tokio::test]
 async fn hostile_clients_get_limits_not_resources() {
     let receiver = TestReceiver::start().await;
@@ -370,16 +381,8 @@ async fn hostile_clients_get_limits_not_resources() {
     // Connection cap: two held open, the third is refused with 503.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        assert!(
-            read_response(&mut stream, Duration::from_secs(5))
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
+        let (stream, answer) = get_health(app.addr).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         held.push(stream);
     }
     let mut third = TcpStream::connect(app.addr).await.expect("connect");
@@ -703,16 +706,8 @@ async fn one_address_cannot_hold_every_connection() {
     .await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-        stream
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        assert!(
-            read_response(&mut stream, Duration::from_secs(5))
-                .await
-                .starts_with("HTTP/1.1 200")
-        );
+        let (stream, answer) = get_health(app.addr).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         held.push(stream);
     }
     let mut third = TcpStream::connect(app.addr).await.expect("connect");
@@ -726,15 +721,7 @@ async fn one_address_cannot_hold_every_connection() {
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let mut again = TcpStream::connect(app.addr).await.expect("connect");
-        again
-            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        if read_response(&mut again, Duration::from_secs(5))
-            .await
-            .starts_with("HTTP/1.1 200")
-        {
+        if get_health(app.addr).await.1.starts_with("HTTP/1.1 200") {
             break;
         }
         assert!(Instant::now() < deadline, "slots were never given back");
