@@ -64,9 +64,14 @@ pub struct Sent {
     pub duration_ms: i64,
 }
 
-/// Sends a prepared attempt. Plain http under `REQUIRE_HTTPS` is refused here, before any
-/// connection is made.
-pub async fn send(sender: &HttpSender, prepared: &Prepared, delivery: &ClaimedDelivery) -> Sent {
+/// Sends a prepared attempt (its headers go with the request). Plain http under
+/// `REQUIRE_HTTPS` is refused here, before any connection is made.
+pub async fn send(
+    sender: &HttpSender,
+    prepared: &mut Prepared,
+    delivery: &ClaimedDelivery,
+) -> Sent {
+    let headers = std::mem::take(&mut prepared.headers);
     let target = &prepared.target;
     let started = Instant::now();
     let result = if target.require_https && !target.url.is_https() {
@@ -75,7 +80,7 @@ pub async fn send(sender: &HttpSender, prepared: &Prepared, delivery: &ClaimedDe
         sender
             .post(
                 &target.url,
-                prepared.headers.clone(),
+                headers,
                 delivery.payload.clone(),
                 target.timeout,
             )

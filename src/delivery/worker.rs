@@ -323,8 +323,8 @@ impl Worker {
             return Ok(Outcome::Released);
         };
 
-        let prepared = prepare(target, probing, &delivery, now);
-        let sent = send(&self.sender, &prepared, &delivery).await;
+        let mut prepared = prepare(target, probing, &delivery, now);
+        let sent = send(&self.sender, &mut prepared, &delivery).await;
         let duration_ms = sent.duration_ms;
         let now = self.clock.now_ms();
         let decision = decide(
