@@ -5,6 +5,7 @@ mod architecture;
 mod binary;
 mod delivery;
 mod dlq;
+mod docs;
 mod endpoints;
 mod faults;
 mod guard;

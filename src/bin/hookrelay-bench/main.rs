@@ -6,6 +6,9 @@
 //! server CPU per 1,000 events and the server's peak memory. `library` measures
 //! `Relay::track_usage` in-process. `all` runs every scenario in turn.
 
+mod faults;
+mod flood;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -369,7 +372,7 @@ fn server_env(
         .env("LOG_LEVEL", "warn");
     if scenario == Scenario::SignatureFlood {
         command
-            .env("HOOKRELAY_INGEST_SECRET", FLOOD_SECRETS.join(","))
+            .env("HOOKRELAY_INGEST_SECRET", flood::SECRETS.join(","))
             .env("HOOKRELAY_MAX_BODY_BYTES", (2 << 20).to_string());
     }
     if faulty {
@@ -599,9 +602,9 @@ async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
     let database = Database::for_run(args);
     let result = match scenario {
         Scenario::FlakyFirst | Scenario::Poison | Scenario::Outage => {
-            fault_run(args, scenario, &database).await
+            faults::fault_run(args, scenario, &database).await
         }
-        Scenario::SignatureFlood => signature_flood(args, &database).await,
+        Scenario::SignatureFlood => flood::signature_flood(args, &database).await,
         _ => http_run(args, scenario, &database).await,
     };
     database.drop().await;
@@ -744,135 +747,6 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
     Ok(())
 }
 
-/// The number of dead letters, once it reaches `expected` or `limit` has passed (it is read
-/// again after that, so a count above `expected` is seen too).
-async fn dead_letters_when(
-    binary: &Path,
-    server: &Server,
-    receiver_url: &str,
-    database: &Database,
-    expected: u64,
-    limit: Duration,
-) -> Option<u64> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let count = dead_letters(binary, server, receiver_url, database);
-        if count.is_some_and(|n| n >= expected) || Instant::now() > deadline {
-            return count;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// A steady load against a misbehaving receiver with the breaker on: how long until every
-/// healthy event has arrived, what the receiver had to take, and what was dead-lettered.
-async fn fault_run(args: &Args, scenario: Scenario, database: &Database) -> anyhow::Result<()> {
-    let binary = server_binary(args)?;
-    let dir = tempfile::tempdir()?;
-    let fault = match scenario {
-        Scenario::FlakyFirst => Fault::FirstAttempt,
-        Scenario::Poison => Fault::Poison,
-        _ => Fault::OutageUntil(Mutex::new(None)),
-    };
-    let (receiver, receiver_url) = start_receiver(Receiver {
-        fault,
-        ..Receiver::default()
-    })
-    .await?;
-    let servers = start_servers(args, &binary, dir.path(), &receiver_url, database, scenario)?;
-    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
-    let urls: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{}/api/webhook/usage", s.address))
-        .collect();
-    let usage = || instances_usage(&pids);
-    let total = args.rate * args.duration;
-    let poison = scenario == Scenario::Poison;
-    let poisoned = if poison {
-        (0..total).filter(|n| is_poison(*n)).count() as u64
-    } else {
-        0
-    };
-    let healthy = total - poisoned;
-
-    let cpu_before = usage().0;
-    let started = Instant::now();
-    let outage_ends = started + Duration::from_secs(args.outage);
-    if let Fault::OutageUntil(until) = &receiver.fault
-        && let Ok(mut until) = until.lock()
-    {
-        *until = Some(outage_ends);
-    }
-    let ingest = drive(&urls, total, args.concurrency, Some(args.rate), poison).await?;
-    let last_sent = started + ingest;
-    let delivered_at = wait_delivered(&receiver, healthy, Duration::from_secs(1800)).await?;
-    let (cpu_after, peak_mib) = usage();
-    let title = match scenario {
-        Scenario::FlakyFirst => format!(
-            "flaky-first: {} events/s for {} s, every first attempt answered 503",
-            args.rate, args.duration
-        ),
-        Scenario::Poison => format!(
-            "poison: {} events/s for {} s, 1 in 20 always answered 500",
-            args.rate, args.duration
-        ),
-        _ => format!(
-            "outage: {} events/s for {} s, the receiver answers 503 for the first {} s",
-            args.rate, args.duration, args.outage
-        ),
-    };
-    report(
-        &title,
-        total,
-        healthy,
-        ingest,
-        delivered_at - started,
-        &receiver,
-        cpu_after - cpu_before,
-        peak_mib,
-    );
-    let requests = receiver.requests.load(Ordering::SeqCst);
-    println!(
-        "healthy:   all {healthy} arrived {:.2} s after the first send, {:.2} s after the last",
-        (delivered_at - started).as_secs_f64(),
-        delivered_at
-            .saturating_duration_since(last_sent)
-            .as_secs_f64(),
-    );
-    if scenario == Scenario::Outage {
-        println!(
-            "outage:    {} requests during the {} s outage; every healthy event arrived {:.2} s after it ended",
-            receiver.outage_requests.load(Ordering::SeqCst),
-            args.outage,
-            delivered_at
-                .saturating_duration_since(outage_ends)
-                .as_secs_f64(),
-        );
-    }
-    println!(
-        "receiver:  {requests} requests for {total} events ({:.2} per event)",
-        requests as f64 / total as f64
-    );
-    // A poison event is dead-lettered after its 3 retries (1 + 2 + 4 s, with jitter).
-    let dead = dead_letters_when(
-        &binary,
-        &servers[0],
-        &receiver_url,
-        database,
-        poisoned,
-        Duration::from_secs(if poison { 120 } else { 0 }),
-    )
-    .await;
-    println!(
-        "dead letters: {} (poison events: {poisoned})",
-        dead.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
-    );
-    if dead != Some(poisoned) {
-        bail!("dead letters must be exactly the {poisoned} poison events, found {dead:?}");
-    }
-    Ok(())
-}
-
 /// Queues `count` events for the default endpoint while delivery is switched off.
 async fn prefill(
     dir: &Path,
@@ -955,90 +829,6 @@ async fn library_run(args: &Args, database: &Database) -> anyhow::Result<()> {
         args.events,
         elapsed.as_secs_f64()
     );
-    Ok(())
-}
-
-/// The ingest secrets of the signature-flood scenario (two, as during a rotation: every
-/// candidate used to cost one HMAC per secret).
-const FLOOD_SECRETS: [&str; 2] = [
-    "flood-secret-one-0123456789abcdef0123456789",
-    "flood-secret-two-0123456789abcdef0123456789",
-];
-
-/// Requests of each kind the signature-flood scenario sends.
-const FLOOD_REQUESTS: u32 = 20;
-
-async fn signature_flood(args: &Args, database: &Database) -> anyhow::Result<()> {
-    use base64::Engine as _;
-    use hmac::{KeyInit, Mac};
-
-    let dir = tempfile::tempdir()?;
-    let server = start_server(
-        &server_binary(args)?,
-        dir.path(),
-        "http://127.0.0.1:9/",
-        None,
-        database,
-        Scenario::SignatureFlood,
-    )?;
-    let pid = server.child.id();
-    let url = format!("{}/api/webhook/usage", server.address);
-    let http = reqwest::Client::new();
-    let body = Bytes::from(vec![b' '; 1 << 20]);
-    let timestamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
-    let send = |signature: String| {
-        let request = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("webhook-id", "msg_flood")
-            .header("webhook-timestamp", &timestamp)
-            .header("webhook-signature", signature)
-            .body(body.clone());
-        async move { Ok::<u16, anyhow::Error>(request.send().await?.status().as_u16()) }
-    };
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(FLOOD_SECRETS[1].as_bytes())
-        .context("hmac key")?;
-    mac.update(format!("msg_flood.{timestamp}.").as_bytes());
-    mac.update(&body);
-    let valid = format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    );
-    let stuffed = "v1, ".repeat(3_900);
-
-    for (name, signature) in [
-        ("validly signed", valid),
-        ("stuffed signature", stuffed.clone()),
-    ] {
-        let status = send(signature.clone()).await?; // warm-up
-        let before = process_usage(pid).map_or(f64::NAN, |(cpu, _)| cpu);
-        let started = Instant::now();
-        for _ in 0..FLOOD_REQUESTS {
-            send(signature.clone()).await?;
-        }
-        let cpu = process_usage(pid).map_or(f64::NAN, |(cpu, _)| cpu) - before;
-        println!(
-            "{name:<18} 1 MB body: answered {status}, server CPU {:.1} ms per request, {:.1} ms wall",
-            cpu * 1000.0 / f64::from(FLOOD_REQUESTS),
-            started.elapsed().as_secs_f64() * 1000.0 / f64::from(FLOOD_REQUESTS)
-        );
-    }
-    let mut attacks = JoinSet::new();
-    for _ in 0..4 {
-        attacks.spawn(send(stuffed.clone()));
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let started = Instant::now();
-    http.get(format!("{}/health", server.address))
-        .send()
-        .await?;
-    println!(
-        "GET /health while 4 stuffed requests run: {:.1} ms",
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    while let Some(done) = attacks.join_next().await {
-        done??;
-    }
     Ok(())
 }
 
