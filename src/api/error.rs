@@ -2,7 +2,10 @@
 
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode, header::RETRY_AFTER},
+    http::{
+        HeaderValue, StatusCode,
+        header::{RETRY_AFTER, WWW_AUTHENTICATE},
+    },
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -15,7 +18,12 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    /// The `WWW-Authenticate` challenge of a 401: how to authenticate.
+    challenge: Option<&'static str>,
 }
+
+/// What management routes ask for.
+const BEARER_CHALLENGE: &str = r#"Bearer realm="hookrelay management""#;
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -30,7 +38,14 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            challenge: None,
         }
+    }
+
+    /// The same error, with the `WWW-Authenticate` challenge a 401 must carry.
+    pub fn with_challenge(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
     }
 
     /// 404.
@@ -38,9 +53,9 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
 
-    /// 401.
+    /// 401 from a management route, with its `Bearer` challenge.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).with_challenge(BEARER_CHALLENGE)
     }
 
     /// 403.
@@ -69,6 +84,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if let Some(challenge) = self.challenge {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         // Both are the server's state, not the request's: the client should come back.
         if matches!(
             self.status,

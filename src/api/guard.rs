@@ -101,8 +101,14 @@ fn rejection_response(rejection: Rejection) -> Response {
         Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         Rejection::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
     };
-    let mut response =
-        ApiError::new(status, rejection.code(), rejection.to_string()).into_response();
+    let mut error = ApiError::new(status, rejection.code(), rejection.to_string());
+    if let Rejection::Signature(_) = rejection {
+        // Not an HTTP authentication scheme, but a 401 says how to authenticate.
+        error = error.with_challenge(
+            r#"Webhook-Signature realm="hookrelay ingest", schemes="standard-webhooks webhook-signature-header""#,
+        );
+    }
+    let mut response = error.into_response();
     if let Rejection::RateLimited { state, .. } = &rejection {
         rate_headers(response.headers_mut(), state);
         response.headers_mut().insert(

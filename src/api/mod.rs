@@ -94,6 +94,13 @@ pub fn management_without_token(config: &crate::Config) -> bool {
         && config.ingest.trusted_proxies.is_empty()
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110), the token is not.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Management routes need `Authorization: Bearer <HOOKRELAY_ADMIN_TOKEN>`; without a token
 /// configured they answer loopback clients only.
 async fn require_admin(
@@ -108,7 +115,7 @@ async fn require_admin(
                 .headers()
                 .get(axum::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(bearer_token)
                 .ok_or_else(|| {
                     ApiError::unauthorized("send Authorization: Bearer <HOOKRELAY_ADMIN_TOKEN>")
                 })?;

@@ -39,6 +39,14 @@ async fn management_routes_require_the_admin_token() {
         }
         let response = request.send().await.expect("request");
         assert_eq!(response.status(), 401, "{auth:?}");
+        assert_eq!(
+            response
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some(r#"Bearer realm="hookrelay management""#),
+            "a 401 says how to authenticate"
+        );
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["code"], json!("unauthorized"));
         assert!(!body.to_string().contains(TOKEN));
@@ -51,6 +59,28 @@ async fn management_routes_require_the_admin_token() {
         .await
         .expect("request");
     assert_eq!(response.status(), 200);
+    // The scheme is case-insensitive (RFC 9110); the token is not.
+    for auth in [format!("bearer {TOKEN}"), format!("BEARER  {TOKEN}")] {
+        let status = app
+            .http
+            .get(app.url("/api/v1/dlq"))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(status, 200, "{auth}");
+    }
+    let upper = format!("Bearer {}", TOKEN.to_uppercase());
+    let status = app
+        .http
+        .get(app.url("/api/v1/dlq"))
+        .header("authorization", &upper)
+        .send()
+        .await
+        .expect("request")
+        .status();
+    assert_eq!(status, 401);
     // Health stays open.
     assert_eq!(
         app.http

@@ -83,10 +83,17 @@ async fn with_an_ingest_secret_only_signed_requests_get_in() {
     let app = signed_app(&receiver, &[]).await;
     let body = body();
 
-    let (status, error, _) = post(&app, body.clone(), &[]).await;
+    let (status, error, headers) = post(&app, body.clone(), &[]).await;
     assert_eq!(
         (status, error["code"].as_str()),
         (401, Some("missing_signature"))
+    );
+    assert!(
+        headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("standard-webhooks")),
+        "a 401 names the signature schemes: {headers:?}"
     );
 
     let secret = SigningSecret::parse(INGEST_SECRET).expect("secret");
