@@ -142,11 +142,38 @@ impl Ingestor {
     }
 
     /// Stores one event of any type (refused as a replay if `message` was accepted before).
+    /// A `usage.tracked` event's data must be a usage event: it is validated and stored as one,
+    /// so receivers and the session figures never see a usage event without its fields.
     pub async fn generic(
         &self,
         event: GenericEvent,
         message: Option<InboundMessage>,
     ) -> Result<Ingested, IngestError> {
+        if event.event_type.as_str() == EventType::USAGE_TRACKED {
+            let usage: UsageEvent =
+                serde_path_to_error::deserialize(event.data).map_err(|error| {
+                    let path = error.path().to_string();
+                    let field = if path == "." {
+                        "data".to_owned()
+                    } else {
+                        format!("data.{path}")
+                    };
+                    InvalidEvent::new(
+                        field,
+                        format!(
+                            "{} (a usage.tracked event's data is a usage event)",
+                            error.inner()
+                        ),
+                    )
+                })?;
+            let stored = self
+                .usage(vec![usage], event.idempotency_key, message)
+                .await?;
+            return stored
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::database("no result for a stored event").into());
+        }
         let now = self.clock.now_ms();
         let id = EventId::generate();
         let payload = generic_payload(&id, now, &event.event_type, &event.data);

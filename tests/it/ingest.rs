@@ -422,3 +422,51 @@ async fn concurrent_ingests_are_all_stored() {
     assert_eq!(ids.len(), 200);
     assert_eq!(app.relay.counts().await.expect("counts").pending, 200);
 }
+
+#[tokio::test]
+async fn a_usage_event_sent_as_a_generic_event_is_validated_and_stored_as_one() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let empty = app
+        .post_json(
+            "/api/v1/events",
+            &json!({"type": "usage.tracked", "data": {}}),
+        )
+        .await;
+    assert_eq!(empty.status(), 422);
+    let error: Value = empty.json().await.expect("json");
+    assert_eq!(error["code"], "invalid_field");
+    assert!(
+        error["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("data") && d.contains("session_id")),
+        "{error}"
+    );
+    let wrong = app
+        .post_json(
+            "/api/v1/events",
+            &json!({"type": "usage.tracked", "data": {"session_id": "s", "query": "q", "model_name": "m", "response_time_ms": -1, "estimated_tokens": 1, "success": true}}),
+        )
+        .await;
+    assert_eq!(wrong.status(), 422);
+    assert_eq!(app.relay.counts().await.expect("counts").pending, 0);
+
+    let accepted = app
+        .post_json(
+            "/api/v1/events",
+            &json!({"type": "usage.tracked", "data": usage_event("generic-usage")}),
+        )
+        .await;
+    assert_eq!(accepted.status(), 202);
+    let delivered = receiver.wait_for(1, WAIT).await[0].json();
+    assert_eq!(delivered["event_type"], "usage.tracked");
+    assert_eq!(delivered["response"]["model_used"], "gpt-4o-mini");
+    assert!(delivered["query"]["summary"].is_string(), "{delivered}");
+    let session = app
+        .relay
+        .session_stats("generic-usage")
+        .await
+        .expect("session")
+        .expect("counted in the session figures");
+    assert_eq!(session.queries, 1);
+}
