@@ -435,3 +435,25 @@ async fn ratelimit_status_asks_the_running_server() {
         "5 + 10 burst, one used"
     );
 }
+
+#[test]
+fn an_invalid_endpoint_is_reported_once_in_plain_words() {
+    let dir = tempfile::tempdir().expect("dir");
+    let migrated = hookrelay(dir.path(), &[])
+        .args(["db", "migrate"])
+        .output()
+        .expect("run");
+    assert!(migrated.status.success(), "{migrated:?}");
+    let output = hookrelay(dir.path(), &[])
+        .args(["endpoints", "add", "--url", "not-a-url"])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("not a valid URL").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(stderr.contains("url:"), "names the field: {stderr}");
+}
