@@ -95,7 +95,8 @@ pub(super) struct DailyDelta {
 pub(super) struct Aggregates {
     pub(super) rollups: BTreeMap<i64, Rollup>,
     pub(super) sessions: BTreeMap<String, SessionDelta>,
-    pub(super) session_models: BTreeMap<(String, String), i64>,
+    /// (queries, tokens) per session and model.
+    pub(super) session_models: BTreeMap<(String, String), (i64, i64)>,
     pub(super) daily: BTreeMap<(i64, String), DailyDelta>,
 }
 
@@ -121,10 +122,12 @@ impl Aggregates {
         session.failures += failed;
         session.response_time_sum_ms += usage.response_time_ms as i64;
         session.tokens += usage.tokens as i64;
-        *self
+        let model = self
             .session_models
             .entry((usage.session_id.clone(), usage.model.clone()))
-            .or_default() += 1;
+            .or_default();
+        model.0 += 1;
+        model.1 += usage.tokens as i64;
         let day = self
             .daily
             .entry((at_ms.div_euclid(86_400_000), usage.model.clone()))

@@ -68,7 +68,7 @@ pub async fn usage_events_aggregate_per_session(backend: Backend) {
         s1.avg_response_time_ms
     );
     assert_eq!(s1.estimated_tokens, 40);
-    assert_eq!(s1.models, vec![model("gpt-a", 2, 0), model("gpt-b", 1, 0)]);
+    assert_eq!(s1.models, vec![model("gpt-a", 2, 40), model("gpt-b", 1, 0)]);
     assert_eq!(
         s1.webhooks,
         WebhookCounts::default(),
@@ -76,7 +76,7 @@ pub async fn usage_events_aggregate_per_session(backend: Backend) {
     );
     let s2 = session(store, "s2").await;
     assert_eq!((s2.queries, s2.successes, s2.estimated_tokens), (1, 1, 7));
-    assert_eq!(s2.models, vec![model("gpt-b", 1, 0)]);
+    assert_eq!(s2.models, vec![model("gpt-b", 1, 7)]);
     assert!(store.session("s3".into()).await.expect("session").is_none());
 }
 
@@ -119,7 +119,7 @@ pub async fn a_duplicate_usage_event_is_not_counted_again(backend: Backend) {
         (s1.queries, s1.estimated_tokens, s1.last_seen_ms),
         (1, 10, START)
     );
-    assert_eq!(s1.models, vec![model("gpt-a", 1, 0)]);
+    assert_eq!(s1.models, vec![model("gpt-a", 1, 10)]);
     assert_eq!(
         store
             .analytics(START, 1)
@@ -207,7 +207,7 @@ pub async fn sessions_are_listed_most_recent_first_within_the_window(backend: Ba
     assert!(
         listed
             .iter()
-            .all(|s| s.queries == 2 && s.models == vec![model("m", 2, 0)])
+            .all(|s| s.queries == 2 && s.models == vec![model("m", 2, 20)])
     );
     let limited = store
         .sessions(START + 1_000, START + 5_000, 2)
@@ -397,7 +397,11 @@ pub async fn concurrent_usage_from_two_instances_adds_up(backend: Backend) {
         (shared.first_seen_ms, shared.last_seen_ms),
         (START, START + 199)
     );
-    assert_eq!(shared.models, vec![model("m2", 150, 0), model("m1", 50, 0)]);
+    assert_eq!(
+        shared.models,
+        vec![model("m2", 150, 600), model("m1", 50, 150)],
+        "per model, the tokens too"
+    );
     for task in 0..8 {
         assert_eq!(session(&other, &format!("own-{task}")).await.queries, 12);
     }

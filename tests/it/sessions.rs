@@ -77,16 +77,16 @@ async fn session_aggregates_follow_mixed_events_and_their_webhooks() {
         (alice.first_seen_ms, alice.last_seen_ms),
         (START_MS, START_MS + 60_000)
     );
-    let models: Vec<(String, u64)> = alice
+    let models: Vec<(String, u64, u64)> = alice
         .models
         .iter()
-        .map(|m| (m.model.clone(), m.queries))
+        .map(|m| (m.model.clone(), m.queries, m.tokens))
         .collect();
     assert_eq!(
         models,
         [
-            ("gpt-4o-mini".to_owned(), 2),
-            ("claude-3-haiku".to_owned(), 1)
+            ("gpt-4o-mini".to_owned(), 2, 400),
+            ("claude-3-haiku".to_owned(), 1, 50)
         ]
     );
     assert_eq!(

@@ -191,20 +191,24 @@ pub(super) async fn write_aggregates(
         .await?;
     }
     if !a.session_models.is_empty() {
-        let (mut sessions, mut models, mut queries) = (Vec::new(), Vec::new(), Vec::new());
-        for ((session, model), n) in a.session_models {
+        let (mut sessions, mut models, mut queries, mut tokens) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((session, model), (n, t)) in a.session_models {
             sessions.push(session);
             models.push(model);
             queries.push(n);
+            tokens.push(t);
         }
         sqlx::query(
-            "INSERT INTO session_models AS m (session_id, model, queries)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[])
-             ON CONFLICT (session_id, model) DO UPDATE SET queries = m.queries + excluded.queries",
+            "INSERT INTO session_models AS m (session_id, model, queries, tokens)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
+             ON CONFLICT (session_id, model) DO UPDATE SET queries = m.queries + excluded.queries,
+                 tokens = m.tokens + excluded.tokens",
         )
         .bind(sessions)
         .bind(models)
         .bind(queries)
+        .bind(tokens)
         .execute(&mut *conn)
         .await?;
     }
@@ -310,7 +314,7 @@ async fn complete_session(
     mut session: SessionStats,
 ) -> Result<SessionStats, sqlx::Error> {
     let models = sqlx::query(
-        "SELECT model, queries FROM session_models WHERE session_id = $1 ORDER BY queries DESC, model",
+        "SELECT model, queries, tokens FROM session_models WHERE session_id = $1 ORDER BY queries DESC, model",
     )
     .bind(&session.session_id)
     .fetch_all(pool)
@@ -319,7 +323,7 @@ async fn complete_session(
         session.models.push(ModelUsage {
             model: row.try_get(0)?,
             queries: count(&row, 1)?,
-            tokens: 0,
+            tokens: count(&row, 2)?,
         });
     }
     let counts = sqlx::query(

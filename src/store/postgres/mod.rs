@@ -56,6 +56,11 @@ const MIGRATIONS: &[Migration] = &[
         "inbound_messages",
         include_str!("../../../migrations/postgres/0002_inbound_messages.sql"),
     ),
+    (
+        3,
+        "session_model_tokens",
+        include_str!("../../../migrations/postgres/0003_session_model_tokens.sql"),
+    ),
 ];
 
 /// Serializes migrations across instances starting at once (any schema of the database).

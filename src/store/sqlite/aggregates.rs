@@ -156,12 +156,12 @@ fn complete_session(
     mut session: SessionStats,
 ) -> Result<SessionStats, StoreError> {
     session.models = conn
-        .prepare_cached("SELECT model, queries FROM session_models WHERE session_id = ?1 ORDER BY queries DESC, model")?
+        .prepare_cached("SELECT model, queries, tokens FROM session_models WHERE session_id = ?1 ORDER BY queries DESC, model")?
         .query_map([&session.session_id], |r| {
             Ok(ModelUsage {
                 model: r.get(0)?,
                 queries: r.get::<_, i64>(1)?.unsigned_abs(),
-                tokens: 0,
+                tokens: r.get::<_, i64>(2)?.unsigned_abs(),
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -219,11 +219,12 @@ pub(super) fn flush(conn: &Connection) -> Result<(), StoreError> {
         ])?;
     }
     let mut models = conn.prepare_cached(
-        "INSERT INTO session_models (session_id, model, queries) VALUES (?1, ?2, ?3)
-         ON CONFLICT (session_id, model) DO UPDATE SET queries = queries + excluded.queries",
+        "INSERT INTO session_models (session_id, model, queries, tokens) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (session_id, model) DO UPDATE SET queries = queries + excluded.queries,
+             tokens = tokens + excluded.tokens",
     )?;
-    for ((session, model), queries) in &a.session_models {
-        models.execute(params![session, model, queries])?;
+    for ((session, model), (queries, tokens)) in &a.session_models {
+        models.execute(params![session, model, queries, tokens])?;
     }
     let mut daily = conn.prepare_cached(
         "INSERT INTO usage_daily (day, model, queries, successes, tokens, response_time_sum_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)

@@ -81,6 +81,11 @@ const MIGRATIONS: &[Migration] = &[
         "inbound_messages",
         include_str!("../../../migrations/sqlite/0008_inbound_messages.sql"),
     ),
+    (
+        9,
+        "session_model_tokens",
+        include_str!("../../../migrations/sqlite/0009_session_model_tokens.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
