@@ -42,6 +42,8 @@ pub struct WindowTotals {
     pub latency_sum_ms: u64,
     /// Attempts per duration bucket.
     pub buckets: [u64; 12],
+    /// The slowest attempt.
+    pub duration_max_ms: u64,
 }
 
 /// The figures people and alert rules read.
@@ -55,7 +57,8 @@ pub struct WindowStats {
     pub error_rate: Option<f64>,
     /// Mean attempt duration.
     pub avg_response_time_ms: Option<f64>,
-    /// 95th percentile of attempt duration (from buckets, interpolated).
+    /// 95th percentile of attempt duration, estimated from the duration buckets: linear within
+    /// the bucket it falls in, and never above the slowest attempt.
     pub p95_response_time_ms: Option<f64>,
     /// Mean ingest-to-delivery time.
     pub avg_delivery_latency_ms: Option<f64>,
@@ -69,8 +72,14 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| part as f64 / whole as f64)
 }
 
-/// A percentile from bucket counts, interpolated linearly inside the bucket.
-pub fn percentile(buckets: &[u64; 12], p: f64) -> Option<f64> {
+/// A percentile from bucket counts, interpolated linearly inside the bucket, and at most
+/// `max` (the slowest observation) when it is known.
+pub fn percentile(buckets: &[u64; 12], p: f64, max: Option<u64>) -> Option<f64> {
+    let estimate = bucket_percentile(buckets, p)?;
+    Some(max.map_or(estimate, |max| estimate.min(max as f64)))
+}
+
+fn bucket_percentile(buckets: &[u64; 12], p: f64) -> Option<f64> {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
         return None;
@@ -105,7 +114,14 @@ impl WindowTotals {
             error_rate: ratio(self.dead_lettered, self.delivered + self.dead_lettered),
             avg_response_time_ms: (self.attempts > 0)
                 .then(|| self.duration_sum_ms as f64 / self.attempts as f64),
-            p95_response_time_ms: percentile(&self.buckets, 0.95),
+            // Roll-ups written before the slowest attempt was kept read 0: then only a zero
+            // total says the slowest took 0 ms.
+            p95_response_time_ms: percentile(
+                &self.buckets,
+                0.95,
+                (self.duration_max_ms > 0 || self.duration_sum_ms == 0)
+                    .then_some(self.duration_max_ms),
+            ),
             avg_delivery_latency_ms: (self.delivered > 0)
                 .then(|| self.latency_sum_ms as f64 / self.delivered as f64),
             duplicate_rate: ratio(self.duplicates, self.ingested + self.duplicates),
@@ -133,10 +149,42 @@ mod tests {
         let mut buckets = [0u64; 12];
         buckets[bucket(40)] = 90; // 25-50 ms
         buckets[bucket(800)] = 10; // 500-1000 ms
-        let p95 = percentile(&buckets, 0.95).unwrap_or_default();
+        let p95 = percentile(&buckets, 0.95, None).unwrap_or_default();
         assert!((500.0..=1000.0).contains(&p95), "{p95}");
         assert!((p95 - 750.0).abs() < 1.0, "half-way into the bucket: {p95}");
-        assert_eq!(percentile(&[0; 12], 0.95), None);
+        assert_eq!(percentile(&[0; 12], 0.95, None), None);
+        // Bounded by the slowest attempt seen.
+        assert_eq!(percentile(&buckets, 0.95, Some(620)), Some(620.0));
+    }
+
+    #[test]
+    fn attempts_of_a_few_ms_report_a_p95_of_a_few_ms() {
+        // Every attempt took 0-2 ms: the first bucket spans 0-10 ms, and its bound was shown.
+        let totals = WindowTotals {
+            attempts: 100,
+            successes: 100,
+            duration_sum_ms: 110,
+            duration_max_ms: 2,
+            buckets: {
+                let mut b = [0; 12];
+                b[0] = 100;
+                b
+            },
+            ..WindowTotals::default()
+        };
+        assert_eq!(totals.stats().p95_response_time_ms, Some(2.0));
+        let instant = WindowTotals {
+            duration_sum_ms: 0,
+            duration_max_ms: 0,
+            ..totals
+        };
+        assert_eq!(instant.stats().p95_response_time_ms, Some(0.0));
+        // Roll-ups from before the slowest attempt was kept: the bucket estimate alone.
+        let older = WindowTotals {
+            duration_max_ms: 0,
+            ..totals
+        };
+        assert_eq!(older.stats().p95_response_time_ms, Some(9.5));
     }
 
     #[test]

@@ -201,8 +201,9 @@ impl From<SessionRow> for SessionStats {
 
 /// The `rollups` columns summed over a window, in table order: `ingested`, `duplicates`,
 /// `attempts`, `successes`, `failures`, `throttled`, `retries`, `delivered`, `dead_lettered`,
-/// `duration_sum_ms`, `latency_sum_ms`, then the duration buckets `d0` to `d11`.
-pub(super) struct RollupSums(pub(super) [i64; 23]);
+/// `duration_sum_ms`, `latency_sum_ms`, the duration buckets `d0` to `d11`, then the largest
+/// `duration_max_ms`.
+pub(super) struct RollupSums(pub(super) [i64; 24]);
 
 impl From<RollupSums> for WindowTotals {
     fn from(RollupSums(sums): RollupSums) -> Self {
@@ -220,6 +221,7 @@ impl From<RollupSums> for WindowTotals {
             duration_sum_ms: n(9),
             latency_sum_ms: n(10),
             buckets: std::array::from_fn(|k| n(11 + k)),
+            duration_max_ms: n(23),
         }
     }
 }

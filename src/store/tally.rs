@@ -21,6 +21,8 @@ pub(super) struct Rollup {
     pub(super) duration_sum_ms: i64,
     pub(super) latency_sum_ms: i64,
     pub(super) buckets: [i64; 12],
+    /// The slowest attempt.
+    pub(super) duration_max_ms: i64,
 }
 
 impl Rollup {
@@ -36,6 +38,7 @@ impl Rollup {
         self.dead_lettered += other.dead_lettered;
         self.duration_sum_ms += other.duration_sum_ms;
         self.latency_sum_ms += other.latency_sum_ms;
+        self.duration_max_ms = self.duration_max_ms.max(other.duration_max_ms);
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
             *mine += theirs;
         }
@@ -63,6 +66,7 @@ impl Rollup {
         }
         self.attempts += 1;
         self.duration_sum_ms += record.duration_ms.max(0);
+        self.duration_max_ms = self.duration_max_ms.max(record.duration_ms);
         self.buckets[bucket(record.duration_ms)] += 1;
     }
 }

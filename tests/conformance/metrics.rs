@@ -88,6 +88,8 @@ pub async fn window_totals_count_attempt_outcomes_and_durations(backend: Backend
             // the delivered one: accepted at START, done at START + 2 minutes + 5 ms
             latency_sum_ms: 2 * MINUTE as u64 + 5,
             buckets,
+            // The slowest counted attempt (the throttled one is not counted).
+            duration_max_ms: 700,
         }
     );
     let all = store.window_totals(None).await.expect("window_totals");

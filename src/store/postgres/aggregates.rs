@@ -32,13 +32,14 @@ impl PgStore {
                  COALESCE(SUM(duration_sum_ms), 0)::int8, COALESCE(SUM(latency_sum_ms), 0)::int8,
                  COALESCE(SUM(d0), 0)::int8, COALESCE(SUM(d1), 0)::int8, COALESCE(SUM(d2), 0)::int8, COALESCE(SUM(d3), 0)::int8,
                  COALESCE(SUM(d4), 0)::int8, COALESCE(SUM(d5), 0)::int8, COALESCE(SUM(d6), 0)::int8, COALESCE(SUM(d7), 0)::int8,
-                 COALESCE(SUM(d8), 0)::int8, COALESCE(SUM(d9), 0)::int8, COALESCE(SUM(d10), 0)::int8, COALESCE(SUM(d11), 0)::int8
+                 COALESCE(SUM(d8), 0)::int8, COALESCE(SUM(d9), 0)::int8, COALESCE(SUM(d10), 0)::int8, COALESCE(SUM(d11), 0)::int8,
+                 COALESCE(MAX(duration_max_ms), 0)::int8
              FROM rollups WHERE minute >= $1",
         )
         .bind(since)
         .fetch_one(&self.pool)
         .await?;
-        let mut sums = [0; 23];
+        let mut sums = [0; 24];
         for (i, sum) in sums.iter_mut().enumerate() {
             *sum = row.try_get(i)?;
         }
@@ -250,8 +251,9 @@ pub(super) async fn write_aggregates(
         let b = &r.buckets;
         sqlx::query(
             "INSERT INTO rollups AS r (minute, shard, ingested, duplicates, attempts, successes, failures, throttled, retries,
-                 delivered, dead_lettered, duration_sum_ms, latency_sum_ms, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11)
-             VALUES ($1, $25, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+                 delivered, dead_lettered, duration_sum_ms, latency_sum_ms, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11,
+                 duration_max_ms)
+             VALUES ($1, $25, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $26)
              ON CONFLICT (minute, shard) DO UPDATE SET
                  ingested = r.ingested + excluded.ingested, duplicates = r.duplicates + excluded.duplicates,
                  attempts = r.attempts + excluded.attempts, successes = r.successes + excluded.successes,
@@ -262,7 +264,8 @@ pub(super) async fn write_aggregates(
                  latency_sum_ms = r.latency_sum_ms + excluded.latency_sum_ms,
                  d0 = r.d0 + excluded.d0, d1 = r.d1 + excluded.d1, d2 = r.d2 + excluded.d2, d3 = r.d3 + excluded.d3,
                  d4 = r.d4 + excluded.d4, d5 = r.d5 + excluded.d5, d6 = r.d6 + excluded.d6, d7 = r.d7 + excluded.d7,
-                 d8 = r.d8 + excluded.d8, d9 = r.d9 + excluded.d9, d10 = r.d10 + excluded.d10, d11 = r.d11 + excluded.d11",
+                 d8 = r.d8 + excluded.d8, d9 = r.d9 + excluded.d9, d10 = r.d10 + excluded.d10, d11 = r.d11 + excluded.d11,
+                 duration_max_ms = GREATEST(r.duration_max_ms, excluded.duration_max_ms)",
         )
         .bind(minute)
         .bind(r.ingested)
@@ -289,6 +292,7 @@ pub(super) async fn write_aggregates(
         .bind(b[10])
         .bind(b[11])
         .bind(shard)
+        .bind(r.duration_max_ms)
         .execute(&mut *conn)
         .await?;
     }

@@ -61,6 +61,11 @@ const MIGRATIONS: &[Migration] = &[
         "session_model_tokens",
         include_str!("../../../migrations/postgres/0003_session_model_tokens.sql"),
     ),
+    (
+        4,
+        "duration_max",
+        include_str!("../../../migrations/postgres/0004_duration_max.sql"),
+    ),
 ];
 
 /// Serializes migrations across instances starting at once (any schema of the database).

@@ -328,7 +328,7 @@ async fn record_tx(
          counted AS (
              INSERT INTO rollups AS ru (minute, shard, attempts, successes, failures, throttled, retries,
                  delivered, dead_lettered, duration_sum_ms, latency_sum_ms,
-                 d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11)
+                 d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11, duration_max_ms)
              SELECT $28, $29,
                  COUNT(*) FILTER (WHERE r.outcome <> 'throttled'),
                  COUNT(*) FILTER (WHERE r.outcome = 'delivered'),
@@ -350,7 +350,8 @@ async fn record_tx(
                  COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 8),
                  COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 9),
                  COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 10),
-                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 11)
+                 COUNT(*) FILTER (WHERE r.outcome <> 'throttled' AND r.bucket = 11),
+                 COALESCE(MAX(r.duration_ms) FILTER (WHERE r.outcome <> 'throttled'), 0)
              FROM r JOIN moved ON moved.id = r.id AND moved.lease = r.lease
              HAVING COUNT(*) > 0
              ON CONFLICT (minute, shard) DO UPDATE SET
@@ -363,7 +364,8 @@ async fn record_tx(
                  d0 = ru.d0 + excluded.d0, d1 = ru.d1 + excluded.d1, d2 = ru.d2 + excluded.d2,
                  d3 = ru.d3 + excluded.d3, d4 = ru.d4 + excluded.d4, d5 = ru.d5 + excluded.d5,
                  d6 = ru.d6 + excluded.d6, d7 = ru.d7 + excluded.d7, d8 = ru.d8 + excluded.d8,
-                 d9 = ru.d9 + excluded.d9, d10 = ru.d10 + excluded.d10, d11 = ru.d11 + excluded.d11)
+                 d9 = ru.d9 + excluded.d9, d10 = ru.d10 + excluded.d10, d11 = ru.d11 + excluded.d11,
+                 duration_max_ms = GREATEST(ru.duration_max_ms, excluded.duration_max_ms))
          SELECT id FROM moved",
     )
     .bind(&columns.ids)

@@ -30,11 +30,12 @@ impl SqliteStore {
                      COALESCE(SUM(duration_sum_ms), 0), COALESCE(SUM(latency_sum_ms), 0),
                      COALESCE(SUM(d0), 0), COALESCE(SUM(d1), 0), COALESCE(SUM(d2), 0), COALESCE(SUM(d3), 0),
                      COALESCE(SUM(d4), 0), COALESCE(SUM(d5), 0), COALESCE(SUM(d6), 0), COALESCE(SUM(d7), 0),
-                     COALESCE(SUM(d8), 0), COALESCE(SUM(d9), 0), COALESCE(SUM(d10), 0), COALESCE(SUM(d11), 0)
+                     COALESCE(SUM(d8), 0), COALESCE(SUM(d9), 0), COALESCE(SUM(d10), 0), COALESCE(SUM(d11), 0),
+                     COALESCE(MAX(duration_max_ms), 0)
                  FROM rollups WHERE minute >= ?1",
             )?
             .query_row([since], |row| {
-                let mut sums = [0; 23];
+                let mut sums = [0; 24];
                 for (i, sum) in sums.iter_mut().enumerate() {
                     *sum = row.get(i)?;
                 }
@@ -249,8 +250,9 @@ fn add_rollup(conn: &Connection, minute: i64, r: &Rollup) -> Result<(), StoreErr
     let b = &r.buckets;
     conn.prepare_cached(
         "INSERT INTO rollups (minute, ingested, duplicates, attempts, successes, failures, throttled, retries,
-             delivered, dead_lettered, duration_sum_ms, latency_sum_ms, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+             delivered, dead_lettered, duration_sum_ms, latency_sum_ms, d0, d1, d2, d3, d4, d5, d6, d7, d8, d9, d10, d11,
+             duration_max_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)
          ON CONFLICT (minute) DO UPDATE SET
              ingested = ingested + excluded.ingested, duplicates = duplicates + excluded.duplicates,
              attempts = attempts + excluded.attempts, successes = successes + excluded.successes,
@@ -261,12 +263,13 @@ fn add_rollup(conn: &Connection, minute: i64, r: &Rollup) -> Result<(), StoreErr
              latency_sum_ms = latency_sum_ms + excluded.latency_sum_ms,
              d0 = d0 + excluded.d0, d1 = d1 + excluded.d1, d2 = d2 + excluded.d2, d3 = d3 + excluded.d3,
              d4 = d4 + excluded.d4, d5 = d5 + excluded.d5, d6 = d6 + excluded.d6, d7 = d7 + excluded.d7,
-             d8 = d8 + excluded.d8, d9 = d9 + excluded.d9, d10 = d10 + excluded.d10, d11 = d11 + excluded.d11",
+             d8 = d8 + excluded.d8, d9 = d9 + excluded.d9, d10 = d10 + excluded.d10, d11 = d11 + excluded.d11,
+             duration_max_ms = MAX(duration_max_ms, excluded.duration_max_ms)",
     )?
     .execute(params![
         minute, r.ingested, r.duplicates, r.attempts, r.successes, r.failures, r.throttled, r.retries,
         r.delivered, r.dead_lettered, r.duration_sum_ms, r.latency_sum_ms,
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], r.duration_max_ms,
     ])?;
     Ok(())
 }

@@ -86,6 +86,11 @@ const MIGRATIONS: &[Migration] = &[
         "session_model_tokens",
         include_str!("../../../migrations/sqlite/0009_session_model_tokens.sql"),
     ),
+    (
+        10,
+        "duration_max",
+        include_str!("../../../migrations/sqlite/0010_duration_max.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
