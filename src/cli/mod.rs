@@ -264,8 +264,9 @@ fn load_config(log_warnings: bool) -> Result<Config, ExitCode> {
     }
 }
 
-/// Opens the database for the read-only reports, refusing to create one: a probe pointed at
-/// the wrong place must not report a fresh, empty database as healthy.
+/// Opens the database for every command but `serve`, `db migrate` and `restore`, refusing to
+/// create one: a command pointed at the wrong place must say so, not answer from a fresh,
+/// empty database (and leave it behind for the next command to trust).
 async fn open_existing(config: Config) -> anyhow::Result<Relay> {
     match &config.database.location {
         crate::config::DatabaseLocation::Sqlite(path) => {
@@ -480,9 +481,7 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 .as_deref()
                 .map(IdempotencyKey::parse)
                 .transpose()?;
-            let relay = Relay::open_for_management(config)
-                .await
-                .context("opening the database")?;
+            let relay = open_existing(config).await?;
             let event = UsageEvent {
                 session_id,
                 query,
@@ -517,9 +516,7 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 (Some(url), _) => Target::for_url(EndpointUrl::parse(&url)?, &config),
                 (None, Some(id)) => {
                     let id = EndpointId::parse(&id)?;
-                    let relay = Relay::open_for_management(config.clone())
-                        .await
-                        .context("opening the database")?;
+                    let relay = open_existing(config.clone()).await?;
                     Target::from_endpoint(&relay.endpoint(&id).await?, &config)
                 }
                 (None, None) => match &config.delivery.webhook_url {
@@ -603,24 +600,9 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
         Command::Alerts {
             limit,
             json: as_json,
-        } => {
-            monitor::alerts(
-                Relay::open_for_management(config)
-                    .await
-                    .context("opening the database")?,
-                limit,
-                as_json,
-            )
-            .await
-        }
+        } => monitor::alerts(open_existing(config).await?, limit, as_json).await,
         Command::Sessions { command } => {
-            data::sessions(
-                Relay::open_for_management(config)
-                    .await
-                    .context("opening the database")?,
-                command,
-            )
-            .await
+            data::sessions(open_existing(config).await?, command).await
         }
         Command::Analytics {
             days,
@@ -629,14 +611,7 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             if !(1..=3650).contains(&days) {
                 anyhow::bail!("--days must be between 1 and 3650");
             }
-            data::analytics(
-                Relay::open_for_management(config)
-                    .await
-                    .context("opening the database")?,
-                days,
-                as_json,
-            )
-            .await
+            data::analytics(open_existing(config).await?, days, as_json).await
         }
         Command::Cleanup {
             days,
@@ -644,45 +619,27 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             json: as_json,
         } => {
             let days = days.unwrap_or(config.database.retention_days);
-            data::cleanup(
-                Relay::open_for_management(config)
-                    .await
-                    .context("opening the database")?,
-                days,
-                dry_run,
-                as_json,
-            )
-            .await
+            data::cleanup(open_existing(config).await?, days, dry_run, as_json).await
         }
         Command::Db { command } => {
-            data::db(
+            // Only `db migrate` may create the database; the others report a missing one.
+            let relay = if matches!(command, data::DbCommand::Migrate) {
                 Relay::open_for_management(config)
                     .await
-                    .context("opening the database")?,
-                command,
-            )
-            .await
+                    .context("opening the database")?
+            } else {
+                open_existing(config).await?
+            };
+            data::db(relay, command).await
         }
-        Command::Backup { path } => {
-            data::backup(
-                Relay::open_for_management(config)
-                    .await
-                    .context("opening the database")?,
-                path,
-            )
-            .await
-        }
+        Command::Backup { path } => data::backup(open_existing(config).await?, path).await,
         Command::Restore { path, force } => data::restore(config, path, force).await,
         Command::Endpoints { command } => {
-            let relay = Relay::open_for_management(config)
-                .await
-                .context("opening the database")?;
+            let relay = open_existing(config).await?;
             endpoints::run(relay, command).await
         }
         Command::Dlq { command } => {
-            let relay = Relay::open_for_management(config)
-                .await
-                .context("opening the database")?;
+            let relay = open_existing(config).await?;
             dlq::run(relay, command).await
         }
         Command::Config { .. } | Command::Sink { .. } => {

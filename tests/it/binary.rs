@@ -308,6 +308,12 @@ async fn send_and_dlq_commands_work_on_the_database_directly() {
     let dir = tempfile::tempdir().expect("dir");
     let url = receiver.url();
     let vars = [("ZAPIER_WEBHOOK_URL", url.as_str())];
+    // Management commands never create the database: the first `serve`, or this, does.
+    let migrated = hookrelay(dir.path(), &vars)
+        .args(["db", "migrate"])
+        .output()
+        .expect("run");
+    assert!(migrated.status.success(), "{migrated:?}");
 
     let sent = hookrelay(dir.path(), &vars)
         .args([
@@ -456,4 +462,50 @@ fn an_invalid_endpoint_is_reported_once_in_plain_words() {
         "said once: {stderr}"
     );
     assert!(stderr.contains("url:"), "names the field: {stderr}");
+}
+
+#[test]
+fn management_commands_report_a_missing_database_and_never_create_one() {
+    let dir = tempfile::tempdir().expect("dir");
+    let backup = dir.path().join("backup.db");
+    let backup = backup.to_string_lossy();
+    let commands: [&[&str]; 13] = [
+        &["status"],
+        &["alerts"],
+        &["dlq", "list"],
+        &["endpoints", "list"],
+        &["endpoints", "show", "ep_default"],
+        &["sessions", "list"],
+        &["analytics"],
+        &["cleanup", "--dry-run"],
+        &["db", "stats"],
+        &["db", "maintain"],
+        &["send", "--session-id", "s", "--query", "q", "--model", "m"],
+        &["backup", &backup],
+        &["metrics"],
+    ];
+    for args in commands {
+        let output = hookrelay(dir.path(), &[]).args(args).output().expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(
+            stderr.contains("no database") || stderr.contains("holds no hookrelay data"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !dir.path().join("hookrelay.db").exists(),
+            "{args:?} created a database"
+        );
+    }
+    // `db migrate` creates it, and then the others answer.
+    let migrated = hookrelay(dir.path(), &[])
+        .args(["db", "migrate"])
+        .output()
+        .expect("run");
+    assert!(migrated.status.success(), "{migrated:?}");
+    let listed = hookrelay(dir.path(), &[])
+        .args(["dlq", "list"])
+        .output()
+        .expect("run");
+    assert!(listed.status.success(), "{listed:?}");
 }

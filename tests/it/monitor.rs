@@ -403,7 +403,7 @@ async fn with_a_sentry_dsn_failures_are_reported_to_it() {
     let dsn = format!("http://public-key@{}/42", sentry.addr);
     let path = dir.path().to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
-        // A database path that cannot be created: the command fails.
+        // A database that does not exist: the command fails.
         cli(
             &path,
             &[
@@ -419,7 +419,7 @@ async fn with_a_sentry_dsn_failures_are_reported_to_it() {
     let got = sentry.wait_for(1, Duration::from_secs(10)).await;
     assert!(got[0].path.starts_with("/api/42/"), "{}", got[0].path);
     let body = String::from_utf8_lossy(&got[0].body);
-    assert!(body.contains("opening the database"), "{body}");
+    assert!(body.contains("there is no database"), "{body}");
     assert!(
         body.contains("hookrelay@"),
         "the release is reported: {body}"
