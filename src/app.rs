@@ -24,6 +24,7 @@ pub async fn serve(
         .delivers()
         .then(|| tokio::spawn(relay.clone().run_worker(shutdown.clone())));
     let monitor = relay.monitor().map_err(std::io::Error::other)?;
+    let relay_for_sign_off = relay.clone();
     let alive = Arc::clone(relay.worker());
     // An API-only instance has no worker to report alive: its heartbeat would hide a stalled
     // queue from `hookrelay health`.
@@ -52,6 +53,13 @@ pub async fn serve(
     }
     if let Err(e) = monitor.await {
         tracing::error!(error = %e, "monitor ended abnormally");
+    }
+    // Last, once the worker has finished: a clean stop is seen as one at once, not after the
+    // heartbeat goes stale.
+    if role.delivers()
+        && let Err(e) = relay_for_sign_off.sign_off().await
+    {
+        tracing::warn!(error = %e, "could not clear this instance's heartbeat; it goes stale on its own");
     }
     served
 }

@@ -466,6 +466,11 @@ impl Relay {
         self.inner.store.backup(path).await
     }
 
+    /// Clears this instance's worker heartbeat after a clean stop.
+    pub async fn sign_off(&self) -> Result<(), StoreError> {
+        self.inner.store.sign_off(self.inner.instance.clone()).await
+    }
+
     /// The monitor loop of a serving process (alerts, gauges, heartbeat).
     pub fn monitor(&self) -> Result<crate::monitor::Monitor, RelayError> {
         let policy = self.inner.config.delivery.targets.clone();

@@ -192,6 +192,10 @@ macro_rules! delegate_store {
                     self.beat(instance, started_at_ms, now_ms).await
                 }
 
+                async fn sign_off(&self, instance: String) -> Result<(), StoreError> {
+                    self.forget_heartbeat(instance).await
+                }
+
                 async fn try_lead(
                     &self,
                     task: String,

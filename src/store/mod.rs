@@ -494,6 +494,10 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
+    /// Removes `instance`'s heartbeat: it stopped cleanly, so reports must not show its worker
+    /// running (nor `restore` wait for it) until the heartbeat would have gone stale.
+    async fn sign_off(&self, instance: String) -> Result<(), StoreError>;
+
     /// Takes or renews the lease on a singleton `task` (alert evaluation, retention) for
     /// `holder` until `now_ms + ttl_ms`; true while `holder` has it. Another holder gets it
     /// only once the lease has expired.

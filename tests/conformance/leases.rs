@@ -38,6 +38,25 @@ pub async fn the_latest_heartbeat_is_the_most_recent_of_any_instance(backend: Ba
     );
 }
 
+pub async fn a_signed_off_instance_leaves_only_the_others_heartbeats(backend: Backend) {
+    let store = &backend.store;
+    for (instance, at) in [("a", START + 5_000), ("b", START + 1_000)] {
+        store
+            .heartbeat(instance.into(), START, at)
+            .await
+            .expect("heartbeat");
+    }
+    store.sign_off("a".into()).await.expect("sign off");
+    assert_eq!(
+        store.latest_heartbeat().await.expect("latest"),
+        Some(START + 1_000),
+        "b's beat is the latest left"
+    );
+    store.sign_off("b".into()).await.expect("sign off");
+    store.sign_off("never-beat".into()).await.expect("a no-op");
+    assert_eq!(store.latest_heartbeat().await.expect("latest"), None);
+}
+
 pub async fn the_first_holder_gets_the_lease_and_others_wait_for_it_to_expire(backend: Backend) {
     let store = &backend.store;
     let other = backend.second_instance().await;

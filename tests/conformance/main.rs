@@ -130,6 +130,7 @@ conformance!(
     alerts::unsent_alerts_older_than_the_horizon_are_not_owed,
     // heartbeats and leader leases
     leases::the_latest_heartbeat_is_the_most_recent_of_any_instance,
+    leases::a_signed_off_instance_leaves_only_the_others_heartbeats,
     leases::the_first_holder_gets_the_lease_and_others_wait_for_it_to_expire,
     leases::leases_of_different_tasks_are_independent,
     leases::two_instances_racing_for_a_free_lease_get_one_holder,

@@ -160,6 +160,34 @@ async fn sigterm_stops_the_server_cleanly_with_exit_code_0() {
         .expect("join")
         .expect("wait");
     assert_eq!(exit.code(), Some(0));
+
+    // A clean stop is seen at once: no worker reported running, and restore does not wait.
+    let status = hookrelay(dir.path(), &[])
+        .args(["status", "--json"])
+        .output()
+        .expect("run");
+    let report: Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(report["worker_alive"], json!(false), "{report}");
+    if !crate::helpers::sqlite_only("restore works on the SQLite file") {
+        let backup = dir.path().join("before-restore.db");
+        let backed_up = hookrelay(dir.path(), &[])
+            .arg("backup")
+            .arg(&backup)
+            .output()
+            .expect("run");
+        assert!(backed_up.status.success(), "{backed_up:?}");
+        let restored = hookrelay(dir.path(), &[])
+            .arg("restore")
+            .arg(&backup)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&restored.stderr);
+        assert!(
+            !stderr.contains("is using"),
+            "restore waited for a stopped server: {stderr}"
+        );
+        assert!(restored.status.success(), "{stderr}");
+    }
 }
 
 #[test]

@@ -125,6 +125,15 @@ impl PgStore {
         Ok(())
     }
 
+    /// Backs `Store::sign_off`.
+    pub(super) async fn forget_heartbeat(&self, instance: String) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM heartbeats WHERE instance = $1")
+            .bind(instance)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Backs `Store::heartbeat`.
     pub(super) async fn beat(
         &self,

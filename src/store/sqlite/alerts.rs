@@ -152,6 +152,16 @@ impl SqliteStore {
         .await
     }
 
+    /// Backs `Store::sign_off`.
+    pub(super) async fn forget_heartbeat(&self, instance: String) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM heartbeats WHERE instance = ?1")?
+                .execute([instance])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Backs `Store::try_lead`.
     pub(super) async fn take_lease(
         &self,
