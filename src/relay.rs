@@ -35,7 +35,9 @@ use crate::{
     clock::{Clock, SystemClock},
     config::{Config, DatabaseLocation},
     delivery::{HttpSender, Worker, WorkerSettings},
-    domain::{DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, UsageEvent},
+    domain::{
+        DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, SigningSecret, UsageEvent,
+    },
     endpoints::{
         Endpoint, EndpointChanges, EndpointError, EndpointSpec, InvalidEndpoint, generate_secret,
         validate_secret,
@@ -133,6 +135,15 @@ impl Relay {
             }
             store
                 .sync_default_endpoint(config.delivery.webhook_url.clone(), clock.now_ms())
+                .await?;
+            store
+                .record_default_signing(
+                    config
+                        .signing
+                        .secret
+                        .as_ref()
+                        .map(SigningSecret::fingerprint),
+                )
                 .await?;
         }
         let wake = Arc::new(Notify::new());

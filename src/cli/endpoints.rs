@@ -163,13 +163,16 @@ fn print_endpoint(endpoint: &Endpoint) {
             view.event_types.join(", ")
         }
     );
+    let signing = match (view.managed_by_config, &endpoint.secret) {
+        (true, Some(fingerprint)) => {
+            format!("signed with the serving process's WEBHOOK_SECRET (fingerprint {fingerprint})")
+        }
+        (true, None) => "UNSIGNED (the serving process has no WEBHOOK_SECRET)".to_owned(),
+        (false, Some(_)) => "signed".to_owned(),
+        (false, None) => "UNSIGNED".to_owned(),
+    };
     println!(
-        "signing        {}{}",
-        if view.signed {
-            "signed"
-        } else {
-            "UNSIGNED (WEBHOOK_SECRET not set)"
-        },
+        "signing        {signing}{}",
         view.previous_secret_until_ms
             .map(|until| format!("; previous secret also signs until {}", time(Some(until))))
             .unwrap_or_default()

@@ -191,7 +191,9 @@ pub struct Endpoint {
     pub description: String,
     /// Which event types it receives.
     pub filter: EventFilter,
-    /// Signs its deliveries (`None` only for an unsigned `ep_default`).
+    /// Signs its deliveries. For `ep_default`, whose secret is `WEBHOOK_SECRET` in the serving
+    /// process's configuration, this holds that secret's fingerprint (or `None`: unsigned), so
+    /// reports from any shell tell how it is signed.
     pub secret: Option<String>,
     /// The secret before the last rotation, still signing until `previous_secret_until_ms`.
     pub previous_secret: Option<String>,

@@ -2,7 +2,6 @@
 //! in either the guide's scheme or Standard Webhooks'.
 
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
 
 use crate::{
     domain::{SignatureAlgorithm, SigningSecret},
@@ -73,11 +72,6 @@ pub struct Verifier {
     algorithm: SignatureAlgorithm,
     tolerance_ms: i64,
     accept_body_scheme: bool,
-}
-
-/// A short, stable name for a secret that reveals nothing of it.
-fn fingerprint(secret: &SigningSecret) -> String {
-    hex::encode(&Sha256::digest(secret.key())[..8])
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -158,7 +152,7 @@ impl Verifier {
             return Ok(Some(Verified {
                 key: matched + 1,
                 message: Some(InboundMessage {
-                    id: format!("{}:{id}", fingerprint(&self.secrets[matched])),
+                    id: format!("{}:{id}", self.secrets[matched].fingerprint()),
                     expires_at_ms: now_ms + self.tolerance_ms * 2,
                 }),
             }));

@@ -117,6 +117,13 @@ macro_rules! delegate_store {
                     self.remove_endpoint(id).await
                 }
 
+                async fn record_default_signing(
+                    &self,
+                    fingerprint: Option<String>,
+                ) -> Result<(), StoreError> {
+                    self.set_default_signing(fingerprint).await
+                }
+
                 async fn sync_default_endpoint(
                     &self,
                     url: Option<EndpointUrl>,

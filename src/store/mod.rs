@@ -433,6 +433,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes `ep_default` mirror `ZAPIER_WEBHOOK_URL`: created or updated when set, disabled
     /// (with its pending deliveries kept) when not.
+    /// Records how the serving process signs `ep_default`: a fingerprint of `WEBHOOK_SECRET`
+    /// (the secret itself stays in the configuration), or `None` for unsigned, so that reports
+    /// from any shell tell the truth. Does nothing if there is no `ep_default`.
+    async fn record_default_signing(&self, fingerprint: Option<String>) -> Result<(), StoreError>;
+
     async fn sync_default_endpoint(
         &self,
         url: Option<EndpointUrl>,

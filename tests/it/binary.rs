@@ -537,3 +537,54 @@ fn management_commands_report_a_missing_database_and_never_create_one() {
         .expect("run");
     assert!(listed.status.success(), "{listed:?}");
 }
+
+#[tokio::test]
+async fn endpoints_show_tells_how_the_serving_process_signs_ep_default() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (mut server, _) = start_server(
+        dir.path(),
+        &[
+            ("ZAPIER_WEBHOOK_URL", url.as_str()),
+            ("WEBHOOK_SECRET", secret),
+        ],
+    )
+    .await;
+    // A shell without WEBHOOK_SECRET asks.
+    let shown = hookrelay(dir.path(), &[])
+        .args(["endpoints", "show", "ep_default"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success(), "{shown:?}");
+    assert!(
+        stdout.contains("signed with the serving process's WEBHOOK_SECRET")
+            && !stdout.contains("UNSIGNED"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("MfKQ9r8"),
+        "no part of the secret: {stdout}"
+    );
+    let json = hookrelay(dir.path(), &[])
+        .args(["endpoints", "show", "ep_default", "--json"])
+        .output()
+        .expect("run");
+    let view: Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(view["signed"], json!(true), "{view}");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // Served again without a secret: the record says unsigned.
+    let (mut unsigned, _) = start_server(dir.path(), &[("ZAPIER_WEBHOOK_URL", url.as_str())]).await;
+    let shown = hookrelay(dir.path(), &[("WEBHOOK_SECRET", secret)])
+        .args(["endpoints", "show", "ep_default"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(stdout.contains("UNSIGNED"), "{stdout}");
+    let _ = unsigned.kill();
+    let _ = unsigned.wait();
+}

@@ -128,6 +128,19 @@ impl PgStore {
         Ok(deleted.rows_affected() == 1)
     }
 
+    /// Backs `Store::record_default_signing`.
+    pub(super) async fn set_default_signing(
+        &self,
+        fingerprint: Option<String>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE endpoints SET secret = $2 WHERE id = $1 AND managed_by_config")
+            .bind(EndpointId::default_endpoint().as_str())
+            .bind(fingerprint)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Backs `Store::sync_default_endpoint` (the rule: [`DefaultEndpointSync`]).
     pub(super) async fn mirror_default_endpoint(
         &self,

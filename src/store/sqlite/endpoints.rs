@@ -124,6 +124,21 @@ impl SqliteStore {
         .await
     }
 
+    /// Backs `Store::record_default_signing`.
+    pub(super) async fn set_default_signing(
+        &self,
+        fingerprint: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE endpoints SET secret = ?2 WHERE id = ?1 AND managed_by_config = 1",
+                params![EndpointId::default_endpoint().as_str(), fingerprint],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Backs `Store::sync_default_endpoint` (the rule: [`DefaultEndpointSync`]).
     pub(super) async fn mirror_default_endpoint(
         &self,
