@@ -588,3 +588,55 @@ async fn endpoints_show_tells_how_the_serving_process_signs_ep_default() {
     let _ = unsigned.kill();
     let _ = unsigned.wait();
 }
+
+#[tokio::test]
+async fn the_data_directory_and_its_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let data_dir = data.to_string_lossy().into_owned();
+    let (mut server, address) = start_server(
+        dir.path(),
+        &[
+            ("HOOKRELAY_DATA_DIR", data_dir.as_str()),
+            ("HOOKRELAY_LOG_FILE", "true"),
+        ],
+    )
+    .await;
+    let accepted = reqwest::Client::new()
+        .post(format!("{address}/api/webhook/usage"))
+        .json(&usage_event("private"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(accepted.status(), 202);
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let mut checked = vec![(data.clone(), 0o700), (data.join("logs"), 0o700)];
+    for entry in std::fs::read_dir(data.join("logs")).expect("logs") {
+        checked.push((entry.expect("entry").path(), 0o600));
+    }
+    if !crate::helpers::sqlite_only("the database is not a file on PostgreSQL") {
+        for file in ["hookrelay.db", "hookrelay.db-wal", "hookrelay.db-shm"] {
+            checked.push((data.join(file), 0o600));
+        }
+    }
+    assert!(checked.len() >= 3, "{checked:?}");
+    for (path, expected) in checked {
+        assert_eq!(
+            mode(&path),
+            expected,
+            "{} is {:o}",
+            path.display(),
+            mode(&path)
+        );
+    }
+}

@@ -144,19 +144,39 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Creates the database file (and its directory) readable by the owner only, whatever the
+/// umask, when they do not exist yet: they hold endpoint secrets and payloads. SQLite gives
+/// the write-ahead log and shared-memory files the database file's permissions.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| StoreError::caused(format!("cannot create {}", parent.display()), e))?;
+    }
+    if !path.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::caused(format!("cannot create {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub async fn open(path: &Path, sync: SqliteSync) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let writer_path = path.clone();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-            if let Some(parent) = writer_path.parent()
-                && !parent.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    StoreError::caused(format!("cannot create {}", parent.display()), e)
-                })?;
-            }
+            create_private(&writer_path)?;
             let mut conn = open_connection(&writer_path, sync)?;
             migrate(&mut conn)?;
             Ok(conn)
