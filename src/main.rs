@@ -1,14 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Everything hookrelay writes (database, write-ahead log, logs, backups) holds endpoint
     // secrets, custom header values or payloads: readable by its owner only.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Before any thread starts: real environment variables win over `.env`.
     let _ = dotenvy::dotenv();
-    let cli = hookrelay::cli::Cli::parse();
+    let cli = hookrelay::cli::Cli::parse_args();
     // Sentry must start before the runtime's threads.
     let _telemetry = hookrelay::telemetry::init(cli.is_serve());
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -324,10 +324,43 @@ fn cancel_on_signal(token: CancellationToken) {
 }
 
 impl Cli {
+    /// Parses the command line, taking the original Python CLI's flags (`--status`,
+    /// `--metrics`, `--health`, `--test`, `--cleanup [DAYS]`) as the commands they were, so
+    /// scripts written for it keep working.
+    pub fn parse_args() -> Self {
+        Self::parse_from(translate_legacy(std::env::args_os().collect()))
+    }
+
     /// Whether this is `serve` (which logs to a file when configured).
     pub fn is_serve(&self) -> bool {
         matches!(self.command, Command::Serve { .. })
     }
+}
+
+/// `hookrelay --status …` → `hookrelay status …`; `--cleanup 30` → `cleanup --days 30`.
+fn translate_legacy(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
+        return args;
+    };
+    let command = match first {
+        "--status" => "status",
+        "--metrics" => "metrics",
+        "--health" => "health",
+        "--test" => "test",
+        "--cleanup" => "cleanup",
+        _ => return args,
+    };
+    eprintln!(
+        "note: `{first}` is the original CLI's spelling; the command is `hookrelay {command}`"
+    );
+    args[1] = command.into();
+    if command == "cleanup"
+        && let Some(days) = args.get(2).and_then(|a| a.to_str())
+        && days.parse::<u32>().is_ok()
+    {
+        args.insert(2, "--days".into());
+    }
+    args
 }
 
 /// Runs the parsed command line.
@@ -746,6 +779,35 @@ fn config_check(as_json: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_original_clis_flags_are_its_commands() {
+        let translate = |args: &[&str]| -> Vec<String> {
+            translate_legacy(args.iter().map(std::ffi::OsString::from).collect())
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            translate(&["hookrelay", "--status"]),
+            ["hookrelay", "status"]
+        );
+        assert_eq!(
+            translate(&["hookrelay", "--cleanup", "30", "--dry-run"]),
+            ["hookrelay", "cleanup", "--days", "30", "--dry-run"]
+        );
+        assert_eq!(
+            translate(&["hookrelay", "--cleanup"]),
+            ["hookrelay", "cleanup"]
+        );
+        assert_eq!(
+            translate(&["hookrelay", "--health", "--json"]),
+            ["hookrelay", "health", "--json"]
+        );
+        assert_eq!(translate(&["hookrelay", "status"]), ["hookrelay", "status"]);
+        let parsed = Cli::parse_from(translate(&["hookrelay", "--metrics"]));
+        assert!(matches!(parsed.command, Command::Metrics { .. }));
+    }
 
     #[test]
     fn an_error_chain_says_each_cause_once() {
