@@ -43,9 +43,9 @@ pub enum DlqCommand {
 
 /// One dead letter or all of them.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["id", "all"]))]
 pub struct Target {
     /// The delivery id (`dlv_…`).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
     id: Option<String>,
     /// Every dead letter.
     #[arg(long)]
@@ -178,18 +178,19 @@ pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> 
         }
         DlqCommand::Replay(target) => {
             let replayed = relay.replay(target.selection()?).await?;
+            let why_not = if replayed == 0 {
+                why_not(&relay, &target).await?
+            } else {
+                None
+            };
             if target.json {
-                json(&json!({ "replayed": replayed }));
+                json(&json!({ "replayed": replayed, "reason": why_not }));
             } else {
                 println!(
                     "Replayed {replayed} dead letter(s); a running server delivers them within its poll interval."
                 );
             }
-            Ok(if replayed == 0 && target.id.is_some() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(done_or_why(why_not))
         }
         DlqCommand::Purge { target, yes } => {
             let selection = target.selection()?;
@@ -206,16 +207,44 @@ pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> 
                 return Ok(ExitCode::FAILURE);
             }
             let purged = relay.purge(selection).await?;
+            let why_not = if purged == 0 {
+                why_not(&relay, &target).await?
+            } else {
+                None
+            };
             if target.json {
-                json(&json!({ "purged": purged }));
+                json(&json!({ "purged": purged, "reason": why_not }));
             } else {
                 println!("Purged {purged} dead letter(s).");
             }
-            Ok(if purged == 0 && target.id.is_some() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(done_or_why(why_not))
         }
+    }
+}
+
+/// Why nothing happened to the one delivery named: it is not found, or not dead-lettered.
+/// `None` for `--all` (an empty queue is not a failure).
+async fn why_not(relay: &Relay, target: &Target) -> anyhow::Result<Option<String>> {
+    let Some(id) = &target.id else {
+        return Ok(None);
+    };
+    let id = DeliveryId::parse(id)?;
+    Ok(Some(match relay.delivery(id.clone()).await? {
+        None => format!("{id} not found (purged, removed by retention, or never existed)"),
+        Some(detail) => format!(
+            "{id} is not dead-lettered (it is {})",
+            detail.summary.status.as_str()
+        ),
+    }))
+}
+
+/// Success, or the reason on stderr and exit code 1.
+fn done_or_why(why_not: Option<String>) -> ExitCode {
+    match why_not {
+        Some(reason) => {
+            eprintln!("error: {reason}");
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
     }
 }

@@ -404,13 +404,35 @@ async fn send_and_dlq_commands_work_on_the_database_directly() {
     let replayed: Value =
         serde_json::from_slice(&run(&["dlq", "replay", &id, "--json"]).stdout).expect("json");
     assert_eq!(replayed["replayed"], 1);
+    // Nothing done says why.
+    let again = run(&["dlq", "replay", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("is not dead-lettered (it is pending)"),
+        "{stderr}"
+    );
+    let other = list["dead_letters"][1]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let purged: Value =
         serde_json::from_slice(&run(&["dlq", "purge", "--all", "--yes", "--json"]).stdout)
             .expect("json");
     assert_eq!(purged["purged"], 1);
+    let gone = run(&["dlq", "purge", &other, "--yes"]);
+    assert_eq!(gone.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert!(stderr.contains("not found"), "{stderr}");
     let list: Value =
         serde_json::from_slice(&run(&["dlq", "list", "--json"]).stdout).expect("json");
     assert_eq!(list["count"], 0);
+    // The usage line names both ways to choose.
+    let usage = run(&["dlq", "replay"]);
+    assert!(
+        String::from_utf8_lossy(&usage.stderr).contains("<ID|--all>"),
+        "{usage:?}"
+    );
 }
 
 #[test]
