@@ -5,7 +5,7 @@ fn main() -> ExitCode {
     // secrets, custom header values or payloads: readable by its owner only.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Before any thread starts: real environment variables win over `.env`.
-    let _ = dotenvy::dotenv();
+    hookrelay::cli::load_dotenv();
     let cli = hookrelay::cli::Cli::parse_args();
     // Sentry must start before the runtime's threads.
     let _telemetry = hookrelay::telemetry::init(cli.is_serve());

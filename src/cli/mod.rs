@@ -237,6 +237,37 @@ enum ConfigCommand {
     },
 }
 
+/// A `.env` line that could not be read, kept for `config check` and `serve` to report.
+static DOTENV_PROBLEM: std::sync::OnceLock<Problem> = std::sync::OnceLock::new();
+
+/// Loads `.env` from this directory (or a parent); variables already in the environment win.
+/// Call before any thread starts. A line that does not parse stops the loading: it is kept
+/// as a warning naming its line number, never its text (it may hold a secret).
+pub fn load_dotenv() {
+    let Err(dotenvy::Error::LineParse(line, index)) = dotenvy::dotenv() else {
+        return;
+    };
+    let number = std::fs::read_to_string(".env")
+        .ok()
+        .and_then(|text| text.lines().position(|l| l == line))
+        .map_or_else(|| "a line".to_owned(), |n| format!("line {}", n + 1));
+    let _ = DOTENV_PROBLEM.set(Problem {
+        severity: Severity::Warning,
+        variable: ".env".into(),
+        message: format!(
+            "{number} cannot be read (at character {}): it and the lines after it were not loaded",
+            index + 1
+        ),
+        fix: "write each line as NAME=value (quote a value holding spaces or #)".to_owned(),
+    });
+}
+
+/// Problems found in the configuration, with the `.env` one if any.
+fn with_dotenv_problem(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.extend(DOTENV_PROBLEM.get().cloned());
+    problems
+}
+
 fn print_problems(problems: &[Problem]) {
     for problem in problems {
         eprintln!("{problem}");
@@ -249,13 +280,14 @@ fn print_problems(problems: &[Problem]) {
 fn load_config(log_warnings: bool) -> Result<Config, ExitCode> {
     match Config::from_env() {
         Ok((config, warnings)) => {
+            let warnings = with_dotenv_problem(warnings);
             for warning in warnings.iter().filter(|_| log_warnings) {
-                tracing::warn!(variable = warning.variable, fix = %warning.fix, "{}", warning.message);
+                tracing::warn!(variable = %warning.variable, fix = %warning.fix, "{}", warning.message);
             }
             Ok(config)
         }
         Err(e) => {
-            print_problems(&e.0);
+            print_problems(&with_dotenv_problem(e.0));
             eprintln!(
                 "hookrelay cannot start: fix the errors above (`hookrelay config check` lists them)."
             );
@@ -747,8 +779,8 @@ async fn ratelimit_status(
 
 fn config_check(as_json: bool) -> ExitCode {
     let (problems, valid) = match Config::from_env() {
-        Ok((_, warnings)) => (warnings, true),
-        Err(e) => (e.0, false),
+        Ok((_, warnings)) => (with_dotenv_problem(warnings), true),
+        Err(e) => (with_dotenv_problem(e.0), false),
     };
     let errors = problems
         .iter()

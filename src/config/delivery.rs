@@ -189,13 +189,6 @@ fn check_default_url(
             "use https://, and set REQUIRE_HTTPS=true",
         );
     }
-    if !require_https && !is_loopback_url(url) {
-        r.warn(
-            "REQUIRE_HTTPS",
-            "is false while ZAPIER_WEBHOOK_URL is not on loopback",
-            "set REQUIRE_HTTPS=true so no endpoint can receive events over plain http",
-        );
-    }
     if let Err(blocked) = targets.check_url(url.url()) {
         r.error(
             "ZAPIER_WEBHOOK_URL",

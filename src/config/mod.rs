@@ -17,7 +17,7 @@ mod server;
 mod signing;
 mod telemetry;
 
-use std::{fmt, path::PathBuf};
+use std::{borrow::Cow, collections::BTreeSet, fmt, path::PathBuf};
 
 use serde::Serialize;
 
@@ -70,7 +70,7 @@ pub struct Problem {
     /// Error or warning.
     pub severity: Severity,
     /// The environment variable at fault.
-    pub variable: &'static str,
+    pub variable: Cow<'static, str>,
     /// What is wrong (never contains a secret's value).
     pub message: String,
     /// What would fix it.
@@ -105,10 +105,73 @@ fn is_loopback_url(url: &EndpointUrl) -> bool {
     }
 }
 
+/// Warnings for `names` that look like ours but are not read, with the closest known name.
+pub fn unknown_variables(names: impl Iterator<Item = String>) -> Vec<Problem> {
+    let known = Config::known_variables();
+    let mut unknown: Vec<String> = names
+        .filter(|name| name.starts_with("HOOKRELAY_") || name.starts_with("WEBHOOK_"))
+        .filter(|name| !known.contains(name))
+        // Set by the test harness and the bench, not by an operator.
+        .filter(|name| {
+            !name.starts_with("HOOKRELAY_TEST_")
+                && !name.starts_with("HOOKRELAY_IT_")
+                && !name.starts_with("HOOKRELAY_BENCH_")
+                && name != "HOOKRELAY_REQUIRE_POSTGRES"
+                && name != "HOOKRELAY_REQUIRE_FAULT_TESTS"
+        })
+        .collect();
+    unknown.sort();
+    unknown
+        .into_iter()
+        .map(|name| {
+            let closest = known
+                .iter()
+                .map(|k| (strsim::levenshtein(&name, k), k))
+                .min()
+                .filter(|(distance, _)| *distance <= 4)
+                .map(|(_, k)| k.clone());
+            Problem {
+                severity: Severity::Warning,
+                message: "is not a variable hookrelay reads: it has no effect".to_owned(),
+                fix: match closest {
+                    Some(k) => format!("did you mean {k}?"),
+                    None => {
+                        "remove it, or see `README.md` (Configuration) for the variables".to_owned()
+                    }
+                },
+                variable: Cow::Owned(name),
+            }
+        })
+        .collect()
+}
+
 impl Config {
-    /// Reads the configuration from the process environment (load `.env` first).
+    /// Reads the configuration from the process environment (load `.env` first). Variables
+    /// named like ours (`HOOKRELAY_…`, `WEBHOOK_…`) that hookrelay does not know are warned
+    /// about, with the closest known name: a typo must not silently fall back to a default.
     pub fn from_env() -> Result<(Self, Vec<Problem>), ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        let unknown =
+            unknown_variables(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()));
+        match Self::from_lookup(|name| std::env::var(name).ok()) {
+            Ok((config, mut warnings)) => {
+                warnings.extend(unknown);
+                Ok((config, warnings))
+            }
+            Err(ConfigError(mut problems)) => {
+                problems.extend(unknown);
+                Err(ConfigError(problems))
+            }
+        }
+    }
+
+    /// Every variable hookrelay reads.
+    pub fn known_variables() -> BTreeSet<String> {
+        // A PostgreSQL URL, so the variables read only for PostgreSQL are read too.
+        let lookup = |name: &str| (name == "DATABASE_URL").then(|| "postgres://h/db".to_owned());
+        let mut r = Reader::new(&lookup);
+        let config = Self::read_sections(&mut r);
+        config.check_across_sections(&mut r);
+        r.names_read()
     }
 
     /// Reads the configuration through `lookup` (a variable name to its value). On success,
@@ -117,21 +180,25 @@ impl Config {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(Self, Vec<Problem>), ConfigError> {
         let mut r = Reader::new(&lookup);
-        let config = Self {
-            delivery: DeliverySettings::read(&mut r),
-            signing: SigningSettings::read(&mut r),
-            ingest: IngestSettings::read(&mut r),
-            telemetry: TelemetrySettings::read(&mut r),
-            server: ServerSettings::read(&mut r),
-            database: DatabaseSettings::read(&mut r),
-            monitor: MonitorSettings::read(&mut r),
-        };
+        let config = Self::read_sections(&mut r);
         config.check_across_sections(&mut r);
         let problems = r.problems;
         if problems.iter().any(|p| p.severity == Severity::Error) {
             return Err(ConfigError(problems));
         }
         Ok((config, problems))
+    }
+
+    fn read_sections(r: &mut Reader<'_>) -> Self {
+        Self {
+            delivery: DeliverySettings::read(r),
+            signing: SigningSettings::read(r),
+            ingest: IngestSettings::read(r),
+            telemetry: TelemetrySettings::read(r),
+            server: ServerSettings::read(r),
+            database: DatabaseSettings::read(r),
+            monitor: MonitorSettings::read(r),
+        }
     }
 
     /// What no one section can judge alone.
@@ -227,7 +294,7 @@ mod tests {
             .0
             .iter()
             .filter(|p| p.severity == Severity::Error)
-            .map(|p| p.variable)
+            .map(|p| p.variable.as_ref())
             .collect();
         for expected in [
             "WEBHOOK_MAX_RETRIES",
@@ -410,6 +477,63 @@ mod tests {
             !warnings
                 .iter()
                 .any(|p| p.variable == "HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE")
+        );
+    }
+
+    #[test]
+    fn unknown_variables_like_ours_are_named_with_the_closest_known_one() {
+        let problems = unknown_variables(
+            [
+                "WEBHOOK_RETRIES",
+                "HOOKRELAY_LISTN",
+                "HOOKRELAY_SOMETHING_ELSE_ENTIRELY",
+                "WEBHOOK_MAX_RETRIES",
+                "PATH",
+                "HOOKRELAY_TEST_POSTGRES_URL",
+            ]
+            .into_iter()
+            .map(String::from),
+        );
+        let named: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.variable.as_ref(), p.fix.as_str()))
+            .collect();
+        assert_eq!(named.len(), 3, "{named:?}");
+        assert!(named.contains(&("WEBHOOK_RETRIES", "did you mean WEBHOOK_MAX_RETRIES?")));
+        assert!(named.contains(&("HOOKRELAY_LISTN", "did you mean HOOKRELAY_LISTEN?")));
+        assert!(problems.iter().all(|p| p.severity == Severity::Warning));
+        // Variables read only for PostgreSQL are known too.
+        assert!(Config::known_variables().contains("HOOKRELAY_DB_POOL_SIZE"));
+    }
+
+    #[test]
+    fn errors_are_in_plain_words_and_an_https_url_gets_no_https_warning() {
+        let err = load(&[
+            ("WEBHOOK_MAX_RETRIES", "abc"),
+            ("WEBHOOK_TIMEOUT_SECONDS", "soon"),
+        ])
+        .err()
+        .unwrap_or_else(|| panic!("invalid"));
+        let messages: Vec<&str> = err.0.iter().map(|p| p.message.as_str()).collect();
+        assert!(
+            messages.contains(&"`abc` is not a whole number from 0 to 100"),
+            "{messages:?}"
+        );
+        assert!(
+            messages.contains(&"`soon` is not a number of seconds from 0.01 to 300"),
+            "{messages:?}"
+        );
+        assert!(!err.to_string().contains("invalid digit"));
+        let (_, warnings) = load(&[(
+            "ZAPIER_WEBHOOK_URL",
+            "https://hooks.zapier.com/hooks/catch/1/abc/",
+        )])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !warnings
+                .iter()
+                .any(|p| p.variable == "REQUIRE_HTTPS" || p.message.contains("http://")),
+            "{warnings:?}"
         );
     }
 }

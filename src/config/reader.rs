@@ -12,6 +12,8 @@ use crate::domain::Redacted;
 pub(super) struct Reader<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     pub(super) problems: Vec<Problem>,
+    /// Every variable asked for (what hookrelay knows).
+    names: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl<'a> Reader<'a> {
@@ -19,11 +21,18 @@ impl<'a> Reader<'a> {
         Self {
             lookup,
             problems: Vec::new(),
+            names: Default::default(),
         }
     }
 
     pub(super) fn raw(&self, name: &str) -> Option<String> {
+        self.names.borrow_mut().insert(name.to_owned());
         (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The variables asked for so far.
+    pub(super) fn names_read(self) -> std::collections::BTreeSet<String> {
+        self.names.into_inner()
     }
 
     pub(super) fn error(
@@ -34,7 +43,7 @@ impl<'a> Reader<'a> {
     ) {
         self.problems.push(Problem {
             severity: Severity::Error,
-            variable,
+            variable: variable.into(),
             message: message.into(),
             fix: fix.into(),
         });
@@ -48,7 +57,7 @@ impl<'a> Reader<'a> {
     ) {
         self.problems.push(Problem {
             severity: Severity::Warning,
-            variable,
+            variable: variable.into(),
             message: message.into(),
             fix: fix.into(),
         });
@@ -92,8 +101,27 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Parses `name` as a `T`, or says in plain words that it is not `what` (the parser's own
+    /// message, "invalid digit found in string", says nothing to an operator).
+    fn plain<T: FromStr>(&mut self, name: &'static str, default: T, what: &str) -> T {
+        let Some(raw) = self.raw(name) else {
+            return default;
+        };
+        match raw.trim().parse() {
+            Ok(value) => value,
+            Err(_) => {
+                self.error(
+                    name,
+                    format!("`{}` is not {what}", raw.trim()),
+                    format!("set it to {what}"),
+                );
+                default
+            }
+        }
+    }
+
     pub(super) fn number(&mut self, name: &'static str, default: u64, min: u64, max: u64) -> u64 {
-        let value: u64 = self.parsed(
+        let value: u64 = self.plain(
             name,
             default,
             &format!("a whole number from {min} to {max}"),
@@ -117,7 +145,7 @@ impl<'a> Reader<'a> {
         min: f64,
         max: f64,
     ) -> Duration {
-        let value: f64 = self.parsed(
+        let value: f64 = self.plain(
             name,
             default,
             &format!("a number of seconds from {min} to {max}"),

@@ -662,3 +662,20 @@ async fn the_data_directory_and_its_files_are_readable_by_their_owner_only() {
         );
     }
 }
+
+#[test]
+fn an_unreadable_dotenv_line_is_reported_by_number_without_its_text() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "ENABLE_WEBHOOK=true\nWEBHOOK_SECRET my-secret-value\nWEBHOOK_MAX_RETRIES=5\n",
+    )
+    .expect("write");
+    let output = hookrelay(dir.path(), &[])
+        .args(["config", "check"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(".env: line 2 cannot be read"), "{stdout}");
+    assert!(!stdout.contains("my-secret-value"), "{stdout}");
+}

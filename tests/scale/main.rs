@@ -147,6 +147,26 @@ async fn three_instances_share_the_queue_and_survivors_take_over_a_killed_ones_l
         || async { (receiver.arrived() >= KILL_AFTER).then_some(()) },
     )
     .await;
+    // The kill must catch instance #2 with claims out, or it proves nothing: on a loaded
+    // machine it may start claiming later than the others. Several, so that they cannot all
+    // be recorded in the moment between this look and the kill.
+    let pattern = instances[1].like_pattern();
+    poll_until(
+        Duration::from_secs(60),
+        "instance #2 to hold claims",
+        || async {
+            let held: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM deliveries
+                 WHERE status = 'pending' AND lease_token IS NOT NULL AND claimed_by LIKE $1",
+            )
+            .bind(&pattern)
+            .fetch_one(&schema.pool)
+            .await
+            .ok()?;
+            (held >= 3).then_some(())
+        },
+    )
+    .await;
     let arrived_at_kill = receiver.arrived();
     let sent_at_kill = next.load(Ordering::SeqCst).min(EVENTS);
     let killed_after = started.elapsed();
