@@ -68,6 +68,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let inner = error.into_inner();
         match inner.classify() {
             serde_json::error::Category::Data => {
+                let (path, message) = in_plain_words(&path, &inner.to_string());
                 let field = if path == "." {
                     String::new()
                 } else {
@@ -76,7 +77,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid_field",
-                    format!("{field}{inner}"),
+                    format!("{field}{message}"),
                 )
             }
             _ => malformed(inner),
@@ -84,4 +85,125 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     deserializer.end().map_err(malformed)?;
     Ok(value)
+}
+
+/// serde's message for a field, said for people (`response_time_ms: must be 0 or more (got
+/// -1)`, not `invalid value: integer `-1`, expected u64 at line 1 column 78`). A missing field
+/// is named in the path. Messages of our own types' checks pass through.
+fn in_plain_words(path: &str, message: &str) -> (String, String) {
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message, |(text, _)| text);
+    let quoted = |text: &str| text.split('`').nth(1).map(str::to_owned);
+    if let Some(field) = message.strip_prefix("missing field ").and_then(quoted) {
+        let path = if path == "." {
+            field
+        } else {
+            format!("{path}.{field}")
+        };
+        return (path, "is required".to_owned());
+    }
+    if let Some(field) = message.strip_prefix("unknown field ").and_then(quoted) {
+        let path = if path == "." {
+            field
+        } else {
+            format!("{path}.{field}")
+        };
+        return (path, "is not a field of this object".to_owned());
+    }
+    let expectation = |expected: &str| match expected.trim() {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        "a sequence" => "an array".to_owned(),
+        "a map" => "an object".to_owned(),
+        other if other.starts_with("struct ") => "an object".to_owned(),
+        other => other.to_owned(),
+    };
+    let found = |found: &str| {
+        let found = found.trim();
+        match found.split_once(' ') {
+            Some(("string", value)) => format!("the string {value}"),
+            Some((_, value)) => value.trim_matches('`').to_owned(),
+            None if found == "sequence" => "an array".to_owned(),
+            None if found == "map" => "an object".to_owned(),
+            None => found.to_owned(),
+        }
+    };
+    if let Some((what, expected)) = message
+        .strip_prefix("invalid value: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        let expected = expectation(expected);
+        let message = if expected == "a whole number, 0 or more" {
+            format!("must be 0 or more (got {})", found(what))
+        } else {
+            format!("must be {expected} (got {})", found(what))
+        };
+        return (path.to_owned(), message);
+    }
+    if let Some((what, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    {
+        return (
+            path.to_owned(),
+            format!("must be {} (got {})", expectation(expected), found(what)),
+        );
+    }
+    (path.to_owned(), message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_plain_words;
+
+    #[test]
+    fn serdes_messages_are_said_for_people() {
+        let cases = [
+            (
+                "response_time_ms",
+                "invalid value: integer `-1`, expected u64 at line 1 column 78",
+                ("response_time_ms", "must be 0 or more (got -1)"),
+            ),
+            (
+                "estimated_tokens",
+                "invalid type: string \"many\", expected u64 at line 1 column 9",
+                (
+                    "estimated_tokens",
+                    "must be a whole number, 0 or more (got the string \"many\")",
+                ),
+            ),
+            (
+                "success",
+                "invalid type: integer `1`, expected a boolean at line 1 column 3",
+                ("success", "must be true or false (got 1)"),
+            ),
+            (
+                ".",
+                "missing field `model_name` at line 1 column 80",
+                ("model_name", "is required"),
+            ),
+            ("[2]", "missing field `query`", ("[2].query", "is required")),
+            (
+                "data",
+                "invalid type: sequence, expected struct UsageEvent",
+                ("data", "must be an object (got an array)"),
+            ),
+            (
+                "session_id",
+                "must not be empty",
+                ("session_id", "must not be empty"),
+            ),
+        ];
+        for (path, message, (want_path, want)) in cases {
+            let (got_path, got) = in_plain_words(path, message);
+            assert_eq!(
+                (got_path.as_str(), got.as_str()),
+                (want_path, want),
+                "{message}"
+            );
+        }
+    }
 }

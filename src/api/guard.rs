@@ -47,7 +47,7 @@ async fn admit(
     let (parts, body) = request.into_parts();
     let body = to_bytes(body, guard.max_body_bytes())
         .await
-        .map_err(|_| Rejection::BodyTooLarge)?;
+        .map_err(|_| Rejection::BodyTooLarge(guard.max_body_bytes()))?;
     let admitted = if body.len() > OFFLOAD_BYTES {
         let (guard, headers, body) = (Arc::clone(guard), parts.headers.clone(), body.clone());
         tokio::task::spawn_blocking(move || guard.admit(client, &headers, &body))
@@ -95,7 +95,7 @@ pub async fn request_limits(
 fn rejection_response(rejection: Rejection) -> Response {
     let status = match &rejection {
         Rejection::AddressNotAllowed(_) | Rejection::Unidentified { .. } => StatusCode::FORBIDDEN,
-        Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Rejection::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Rejection::Signature(_) => StatusCode::UNAUTHORIZED,
         Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,

@@ -36,9 +36,11 @@ pub enum Rejection {
         /// The trusted proxy that forwarded the request.
         via: IpAddr,
     },
-    /// The body is over `HOOKRELAY_MAX_BODY_BYTES` or could not be read.
-    #[error("the body exceeds the size limit (HOOKRELAY_MAX_BODY_BYTES) or could not be read")]
-    BodyTooLarge,
+    /// The body is over `HOOKRELAY_MAX_BODY_BYTES` (this many bytes) or could not be read.
+    #[error(
+        "the body exceeds the limit of {0} bytes (HOOKRELAY_MAX_BODY_BYTES) or could not be read; send fewer events per request"
+    )]
+    BodyTooLarge(usize),
     /// The signature is missing, wrong, stale or replayed.
     #[error(transparent)]
     Signature(#[from] SignatureError),
@@ -69,7 +71,7 @@ impl Rejection {
     pub fn code(&self) -> &'static str {
         match self {
             Self::AddressNotAllowed(_) | Self::Unidentified { .. } => "forbidden",
-            Self::BodyTooLarge => "body_too_large",
+            Self::BodyTooLarge(_) => "body_too_large",
             Self::Signature(error) => error.code(),
             Self::RateLimited { .. } => "rate_limited",
             Self::Overloaded => "overloaded",

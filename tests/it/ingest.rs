@@ -470,3 +470,34 @@ async fn a_usage_event_sent_as_a_generic_event_is_validated_and_stored_as_one() 
         .expect("counted in the session figures");
     assert_eq!(session.queries, 1);
 }
+
+#[tokio::test]
+async fn refusals_say_what_is_wrong_in_plain_words() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[("HOOKRELAY_MAX_BODY_BYTES", "2048")]).await;
+    let mut negative = usage_event("plain");
+    negative["response_time_ms"] = json!(-1);
+    let mut missing = usage_event("plain");
+    missing
+        .as_object_mut()
+        .expect("object")
+        .remove("model_name");
+    for (body, expected) in [
+        (negative, "response_time_ms: must be 0 or more (got -1)"),
+        (missing, "model_name: is required"),
+    ] {
+        let response = app.post_json("/api/webhook/usage", &body).await;
+        assert_eq!(response.status(), 422);
+        let error: Value = response.json().await.expect("json");
+        assert_eq!(error["detail"], expected, "{error}");
+    }
+    let big = app.post_raw("/api/webhook/usage", vec![b' '; 4096]).await;
+    assert_eq!(big.status(), 413);
+    let error: Value = big.json().await.expect("json");
+    assert!(
+        error["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("2048 bytes")),
+        "the 413 says the limit: {error}"
+    );
+}
