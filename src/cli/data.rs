@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::output::{json, table, time};
+use super::output::{confirm, json, table, time};
 use crate::{
     clock::{Clock, SystemClock},
     config::{Config, DatabaseLocation},
@@ -62,7 +62,11 @@ pub enum DbCommand {
         json: bool,
     },
     /// Apply pending migrations (`serve` applies them on start too) and print the version.
-    Migrate,
+    Migrate {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn ms(value: Option<f64>) -> String {
@@ -302,22 +306,34 @@ pub async fn db(relay: Relay, command: DbCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             });
         }
-        DbCommand::Migrate => {
+        DbCommand::Migrate { json: as_json } => {
             // Opening the database applied every pending migration.
             let stats = relay.db_stats().await?;
-            println!("Database schema at version {}.", stats.schema_version);
+            if as_json {
+                json(&serde_json::json!({ "schema_version": stats.schema_version }));
+            } else {
+                println!("Database schema at version {}.", stats.schema_version);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn backup(relay: Relay, path: PathBuf) -> anyhow::Result<ExitCode> {
+pub async fn backup(relay: Relay, path: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     relay
         .backup(path.clone())
         .await
         .context("taking the backup")?;
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    if as_json {
+        json(&serde_json::json!({
+            "path": path,
+            "bytes": size,
+            "seconds": started.elapsed().as_secs_f64(),
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "Backup written to {} ({:.1} MiB) in {:.1} s; it is a complete database: `hookrelay restore {}` puts it back.",
         path.display(),
@@ -328,13 +344,23 @@ pub async fn backup(relay: Relay, path: PathBuf) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Restores a backup over the configured database, refusing while a server uses it.
-pub async fn restore(config: Config, backup: PathBuf, force: bool) -> anyhow::Result<ExitCode> {
+/// Restores a backup over the configured database, refusing while a server uses it and
+/// asking before it replaces one (kept beside it).
+pub async fn restore(
+    config: Config,
+    backup: PathBuf,
+    force: bool,
+    yes: bool,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
     let DatabaseLocation::Sqlite(target) = &config.database.location else {
         anyhow::bail!(
             "`hookrelay restore` restores an SQLite backup; restore a PostgreSQL database with pg_restore"
         );
     };
+    if !backup.is_file() {
+        anyhow::bail!("there is no backup file at {}", backup.display());
+    }
     if target.exists() && !force {
         let relay = Relay::open_for_management(config.clone())
             .await
@@ -348,10 +374,29 @@ pub async fn restore(config: Config, backup: PathBuf, force: bool) -> anyhow::Re
             return Ok(ExitCode::FAILURE);
         }
     }
+    if target.exists()
+        && !yes
+        && !confirm(&format!(
+            "Replace the database at {} with the backup {}? (The current one is kept beside it.)",
+            target.display(),
+            backup.display()
+        ))
+    {
+        eprintln!("Nothing restored.");
+        return Ok(ExitCode::FAILURE);
+    }
     let target = target.clone();
-    tokio::task::spawn_blocking(move || crate::store::restore(&backup, &target))
+    let restored = target.clone();
+    let kept = tokio::task::spawn_blocking(move || crate::store::restore(&backup, &restored))
         .await
         .context("restoring")??;
-    println!("Restored. Start `hookrelay serve` to resume from the backup's state.");
+    if as_json {
+        json(&serde_json::json!({ "restored": target, "replaced_kept_at": kept }));
+    } else {
+        if let Some(kept) = &kept {
+            println!("The replaced database is kept at {}.", kept.display());
+        }
+        println!("Restored. Start `hookrelay serve` to resume from the backup's state.");
+    }
     Ok(ExitCode::SUCCESS)
 }

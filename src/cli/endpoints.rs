@@ -66,11 +66,17 @@ pub enum EndpointsCommand {
         /// Why, for the record.
         #[arg(long)]
         reason: Option<String>,
+        /// Print the endpoint as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Resume an endpoint (closes its circuit and forgets past failures).
     Enable {
         /// The endpoint id.
         id: String,
+        /// Print the endpoint as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Start a new signing secret; the old one keeps signing beside it for the overlap.
     RotateSecret {
@@ -93,6 +99,9 @@ pub enum EndpointsCommand {
         /// Do not ask for confirmation.
         #[arg(long, short)]
         yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -329,17 +338,29 @@ pub async fn run(relay: Relay, command: EndpointsCommand) -> anyhow::Result<Exit
                 print_endpoint(&endpoint);
             }
         }
-        EndpointsCommand::Disable { id, reason } => {
+        EndpointsCommand::Disable {
+            id,
+            reason,
+            json: as_json,
+        } => {
             let endpoint = relay
                 .set_endpoint_enabled(&EndpointId::parse(&id)?, false, reason)
                 .await?;
-            println!("Disabled {}.", endpoint.id);
+            if as_json {
+                json(&endpoint.view());
+            } else {
+                println!("Disabled {}.", endpoint.id);
+            }
         }
-        EndpointsCommand::Enable { id } => {
+        EndpointsCommand::Enable { id, json: as_json } => {
             let endpoint = relay
                 .set_endpoint_enabled(&EndpointId::parse(&id)?, true, None)
                 .await?;
-            println!("Enabled {}; its circuit is closed.", endpoint.id);
+            if as_json {
+                json(&endpoint.view());
+            } else {
+                println!("Enabled {}; its circuit is closed.", endpoint.id);
+            }
         }
         EndpointsCommand::RotateSecret {
             id,
@@ -367,7 +388,11 @@ pub async fn run(relay: Relay, command: EndpointsCommand) -> anyhow::Result<Exit
                 );
             }
         }
-        EndpointsCommand::Remove { id, yes } => {
+        EndpointsCommand::Remove {
+            id,
+            yes,
+            json: as_json,
+        } => {
             let id = EndpointId::parse(&id)?;
             if !yes
                 && !confirm(&format!(
@@ -378,7 +403,11 @@ pub async fn run(relay: Relay, command: EndpointsCommand) -> anyhow::Result<Exit
                 return Ok(ExitCode::FAILURE);
             }
             relay.remove_endpoint(&id).await?;
-            println!("Removed {id}.");
+            if as_json {
+                json(&serde_json::json!({ "removed": id }));
+            } else {
+                println!("Removed {id}.");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -158,14 +158,24 @@ enum Command {
     Backup {
         /// The file to write (must not exist).
         path: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
-    /// Replace the database with a backup (refused while a server uses it).
+    /// Replace the database with a backup (refused while a server uses it); the replaced one
+    /// is kept beside it.
     Restore {
         /// The backup file.
         path: std::path::PathBuf,
         /// Restore even though a server reported in recently.
         #[arg(long)]
         force: bool,
+        /// Do not ask before replacing an existing database.
+        #[arg(long, short)]
+        yes: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Rate-limit state of ingest clients, from the running server.
     Ratelimit {
@@ -688,7 +698,7 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
         }
         Command::Db { command } => {
             // Only `db migrate` may create the database; the others report a missing one.
-            let relay = if matches!(command, data::DbCommand::Migrate) {
+            let relay = if matches!(command, data::DbCommand::Migrate { .. }) {
                 Relay::open_for_management(config)
                     .await
                     .context("opening the database")?
@@ -697,8 +707,15 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
             };
             data::db(relay, command).await
         }
-        Command::Backup { path } => data::backup(open_existing(config).await?, path).await,
-        Command::Restore { path, force } => data::restore(config, path, force).await,
+        Command::Backup { path, json } => {
+            data::backup(open_existing(config).await?, path, json).await
+        }
+        Command::Restore {
+            path,
+            force,
+            yes,
+            json,
+        } => data::restore(config, path, force, yes, json).await,
         Command::Endpoints { command } => {
             let relay = open_existing(config).await?;
             endpoints::run(relay, command).await

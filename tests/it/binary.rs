@@ -176,8 +176,16 @@ async fn sigterm_stops_the_server_cleanly_with_exit_code_0() {
             .output()
             .expect("run");
         assert!(backed_up.status.success(), "{backed_up:?}");
-        let restored = hookrelay(dir.path(), &[])
+        // Without --yes (and no one to answer) nothing is replaced.
+        let unasked = hookrelay(dir.path(), &[])
             .arg("restore")
+            .arg(&backup)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run");
+        assert_eq!(unasked.status.code(), Some(1), "{unasked:?}");
+        let restored = hookrelay(dir.path(), &[])
+            .args(["restore", "--yes", "--json"])
             .arg(&backup)
             .output()
             .expect("run");
@@ -187,6 +195,20 @@ async fn sigterm_stops_the_server_cleanly_with_exit_code_0() {
             "restore waited for a stopped server: {stderr}"
         );
         assert!(restored.status.success(), "{stderr}");
+        let report: Value = serde_json::from_slice(&restored.stdout).expect("json");
+        let kept = report["replaced_kept_at"].as_str().expect("kept");
+        assert!(
+            Path::new(kept).is_file(),
+            "the replaced database is kept: {report}"
+        );
+        let missing = hookrelay(dir.path(), &[])
+            .args(["restore", "--yes", "no-such-backup.db"])
+            .output()
+            .expect("run");
+        assert!(
+            String::from_utf8_lossy(&missing.stderr).contains("there is no backup file"),
+            "{missing:?}"
+        );
     }
 }
 
@@ -549,15 +571,44 @@ fn management_commands_report_a_missing_database_and_never_create_one() {
     }
     // `db migrate` creates it, and then the others answer.
     let migrated = hookrelay(dir.path(), &[])
-        .args(["db", "migrate"])
+        .args(["db", "migrate", "--json"])
         .output()
         .expect("run");
     assert!(migrated.status.success(), "{migrated:?}");
+    let version: Value = serde_json::from_slice(&migrated.stdout).expect("json");
+    assert!(version["schema_version"].as_i64() >= Some(1), "{version}");
     let listed = hookrelay(dir.path(), &[])
         .args(["dlq", "list"])
         .output()
         .expect("run");
     assert!(listed.status.success(), "{listed:?}");
+
+    // Commands that change something print JSON on request too.
+    let run = |args: &[&str]| -> Value {
+        let output = hookrelay(dir.path(), &[]).args(args).output().expect("run");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    };
+    let added = run(&[
+        "endpoints",
+        "add",
+        "--url",
+        "https://hooks.example.com/h",
+        "--json",
+    ]);
+    let id = added["endpoint"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        run(&["endpoints", "disable", &id, "--json"])["enabled"],
+        json!(false)
+    );
+    assert_eq!(
+        run(&["endpoints", "enable", &id, "--json"])["enabled"],
+        json!(true)
+    );
+    assert_eq!(
+        run(&["endpoints", "remove", &id, "--yes", "--json"])["removed"],
+        json!(id)
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Upkeep on SQLite: retention, statistics, integrity check and vacuum, backup and restore.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -268,8 +268,10 @@ impl SqliteStore {
 }
 
 /// Replaces the database at `target` with the backup at `backup`, after checking the backup.
-/// The caller makes sure no process has the database open.
-pub fn restore(backup: &Path, target: &Path) -> Result<(), StoreError> {
+/// The replaced database, with its write-ahead log, is kept beside it as
+/// `<target>.replaced-<unix ms>` (returned), never deleted. The caller makes sure no process
+/// has the database open.
+pub fn restore(backup: &Path, target: &Path) -> Result<Option<PathBuf>, StoreError> {
     let check = Connection::open_with_flags(backup, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let verdict: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if verdict != "ok" {
@@ -295,12 +297,33 @@ pub fn restore(backup: &Path, target: &Path) -> Result<(), StoreError> {
     std::fs::File::open(&staging)
         .and_then(|file| file.sync_all())
         .map_err(|e| StoreError::caused("cannot flush the copy", e))?;
-    for suffix in ["-wal", "-shm"] {
-        let mut side = target.as_os_str().to_owned();
-        side.push(suffix);
-        let _ = std::fs::remove_file(side);
+    let kept = target.exists().then(|| {
+        let mut kept = target.as_os_str().to_owned();
+        kept.push(format!(
+            ".replaced-{}",
+            crate::clock::Clock::now_ms(&crate::clock::SystemClock)
+        ));
+        PathBuf::from(kept)
+    });
+    // The write-ahead log goes with its database (SQLite pairs them by name), so what the
+    // replaced one held is kept whole; the shared-memory index is rebuilt from it.
+    for suffix in ["", "-wal", "-shm"] {
+        let with = |path: &Path| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let side = with(target);
+        match &kept {
+            Some(kept) if side.exists() => std::fs::rename(&side, with(kept)).map_err(|e| {
+                StoreError::caused(format!("cannot set {} aside", side.display()), e)
+            })?,
+            _ => {
+                let _ = std::fs::remove_file(side);
+            }
+        }
     }
     std::fs::rename(&staging, target)
         .map_err(|e| StoreError::caused("cannot replace the database", e))?;
-    Ok(())
+    Ok(kept)
 }
