@@ -132,6 +132,11 @@ impl From<IngestError> for ApiError {
             IngestError::Batch(detail) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch", detail)
             }
+            IngestError::KeyReused(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                error.to_string(),
+            ),
             IngestError::Replayed => Self::new(
                 StatusCode::UNAUTHORIZED,
                 "replayed_request",

@@ -34,6 +34,11 @@ pub enum IngestError {
     /// The request's `webhook-id` was accepted before: a replay; nothing was stored.
     #[error("webhook-id was already used: replayed request refused")]
     Replayed,
+    /// The idempotency key was used before for a different request; nothing was stored.
+    #[error(
+        "idempotency key `{0}` was used before for a different request; send a new key with a new request"
+    )]
+    KeyReused(String),
     /// Storage failed; nothing was stored.
     #[error(transparent)]
     Store(StoreError),
@@ -43,9 +48,18 @@ impl From<StoreError> for IngestError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Replayed => Self::Replayed,
+            StoreError::KeyReused(key) => Self::KeyReused(key),
             other => Self::Store(other),
         }
     }
+}
+
+/// What the client sent, as a short hash: the same request gives the same fingerprint (JSON
+/// objects serialize with sorted keys), a different one another.
+fn fingerprint(request: &impl serde::Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(request).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..16])
 }
 
 /// Accepts events into the store.
@@ -118,7 +132,10 @@ impl Ingestor {
             .map(|(index, event)| {
                 let id = EventId::generate();
                 let payload = usage_payload(&id, now, &event, self.query_mode);
+                // Only a keyed event is ever compared with an earlier one.
+                let request_fingerprint = key.as_ref().map(|_| fingerprint(&event));
                 NewEvent {
+                    request_fingerprint,
                     idempotency_key: key.as_ref().map(|k| {
                         let key = if single { k.clone() } else { k.for_item(index) };
                         key.scoped(&EventType::usage_tracked())
@@ -181,6 +198,10 @@ impl Ingestor {
             .store_events(
                 vec![NewEvent {
                     id,
+                    request_fingerprint: event
+                        .idempotency_key
+                        .as_ref()
+                        .map(|_| fingerprint(&(event.event_type.as_str(), &event.data))),
                     idempotency_key: event.idempotency_key.map(|k| k.scoped(&event.event_type)),
                     event_type: event.event_type,
                     session_id: None,

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// was stored.
     #[error("webhook-id was already used: replayed request refused")]
     Replayed,
+    /// An idempotency key seen before with a different request. Nothing was stored.
+    #[error("idempotency key `{0}` was used before for a different request")]
+    KeyReused(String),
     /// The store has shut down.
     #[error("the store is closed")]
     Closed,

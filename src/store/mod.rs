@@ -121,6 +121,9 @@ pub struct NewEvent {
     pub event_type: EventType,
     /// The client's idempotency key, scoped by event type ([`crate::domain::IdempotencyKey::scoped`]).
     pub idempotency_key: Option<String>,
+    /// A fingerprint of what the client sent: an event whose key was seen with another
+    /// fingerprint is refused ([`StoreError::KeyReused`]), not answered as a duplicate.
+    pub request_fingerprint: Option<String>,
     /// The gateway session of a usage event.
     pub session_id: Option<String>,
     /// The exact bytes every delivery will send: serialized once, signed as is.

@@ -2,7 +2,7 @@
 //! the meaning of an attempt's outcome for its delivery, and the assembly of reports from the
 //! sums each store reads. Rows and their conversion to domain values are in `rows`.
 
-use super::{DeliveryStatus, NextState, StoreError};
+use super::{DeliveryStatus, NewEvent, NextState, StoreError};
 use crate::domain::{
     Analytics, EndpointUrl, ModelUsage, QueriesSummary, SessionsSummary, WebhooksSummary,
 };
@@ -50,6 +50,21 @@ impl DefaultEndpointSync {
     pub(super) fn to_mirror(url: Option<EndpointUrl>) -> Self {
         url.map_or(Self::Disable, Self::Mirror)
     }
+}
+
+/// Whether `event` reuses an idempotency key stored with `stored` (the first request's
+/// fingerprint) for a different request. Events stored before fingerprints were kept (`None`)
+/// are taken as the same request.
+pub(super) fn reuses_key(stored: Option<&str>, event: &NewEvent) -> bool {
+    matches!((stored, event.request_fingerprint.as_deref()), (Some(a), Some(b)) if a != b)
+}
+
+/// The key as the client wrote it: stored keys are scoped by event type (`type key`).
+pub(super) fn client_key(stored: &str) -> String {
+    stored
+        .split_once(' ')
+        .map_or(stored, |(_, key)| key)
+        .to_owned()
 }
 
 /// Rows removed per retention transaction.

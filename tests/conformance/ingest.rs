@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use hookrelay::store::{InboundMessage, Store, StoreError};
+use hookrelay::store::{InboundMessage, NewEvent, Store, StoreError};
 
 use crate::{backends::Backend, support::*};
 
@@ -490,4 +490,65 @@ pub async fn expired_message_ids_are_swept_as_new_ones_arrive(backend: Backend) 
         5,
         "20 expired ids swept by 5 arrivals"
     );
+}
+
+fn fingerprinted(event: NewEvent, key: &str, fingerprint: &str) -> NewEvent {
+    let mut event = keyed(event, key);
+    event.request_fingerprint = Some(fingerprint.to_owned());
+    event
+}
+
+pub async fn a_key_reused_for_a_different_request_is_refused_and_stores_nothing(backend: Backend) {
+    let store = &backend.store;
+    with_default_endpoint(store).await;
+    let other = backend.second_instance().await;
+    let first = store
+        .ingest(vec![fingerprinted(
+            event("order.created", START),
+            "order.created k-1",
+            "aaaa",
+        )])
+        .await
+        .expect("first");
+    // The same request again: the original's id, nothing new.
+    let again = other
+        .ingest(vec![fingerprinted(
+            event("order.created", START + 1),
+            "order.created k-1",
+            "aaaa",
+        )])
+        .await
+        .expect("again");
+    assert!(again[0].duplicate);
+    assert_eq!(again[0].id, first[0].id);
+    // Another request with that key: refused, with the client's key, and nothing stored.
+    for instance in [store, &other] {
+        let reused = instance
+            .ingest(vec![
+                event("order.created", START + 2),
+                fingerprinted(
+                    event("order.created", START + 2),
+                    "order.created k-1",
+                    "bbbb",
+                ),
+            ])
+            .await;
+        match reused {
+            Err(StoreError::KeyReused(key)) => assert_eq!(key, "k-1"),
+            other => panic!("expected KeyReused, got {other:?}"),
+        }
+    }
+    assert_eq!(store.counts().await.expect("counts").pending, 1);
+    // A request in the same group commit as a refused one is not disturbed.
+    let (refused, fine) = tokio::join!(
+        store.ingest(vec![fingerprinted(
+            event("order.created", START + 3),
+            "order.created k-1",
+            "cccc"
+        )]),
+        other.ingest(vec![event("order.created", START + 3)]),
+    );
+    assert!(matches!(refused, Err(StoreError::KeyReused(_))));
+    assert_eq!(fine.expect("fine").len(), 1);
+    assert_eq!(store.counts().await.expect("counts").pending, 2);
 }

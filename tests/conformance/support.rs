@@ -61,6 +61,7 @@ pub fn event(kind: &str, at: i64) -> NewEvent {
         id,
         event_type: event_type(kind),
         idempotency_key: None,
+        request_fingerprint: None,
         session_id: None,
         payload: Bytes::from(serde_json::to_vec(&payload).expect("payload")),
         created_at_ms: at,

@@ -501,3 +501,45 @@ async fn refusals_say_what_is_wrong_in_plain_words() {
         "the 413 says the limit: {error}"
     );
 }
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_body_is_refused_by_name() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let post = |body: Value| {
+        app.http
+            .post(app.url("/api/webhook/usage"))
+            .header("idempotency-key", "order-42")
+            .json(&body)
+            .send()
+    };
+    let first = post(usage_event("keyed")).await.expect("post");
+    assert_eq!(first.status(), 202);
+    let same = post(usage_event("keyed")).await.expect("post");
+    assert_eq!(same.status(), 202);
+    assert_eq!(
+        same.headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let mut changed = usage_event("keyed");
+    changed["estimated_tokens"] = json!(999);
+    let reused = post(changed).await.expect("post");
+    assert_eq!(reused.status(), 422);
+    let error: Value = reused.json().await.expect("json");
+    assert_eq!(error["code"], "idempotency_key_reused");
+    assert!(
+        error["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`order-42`")),
+        "{error}"
+    );
+    let session = app
+        .relay
+        .session_stats("keyed")
+        .await
+        .expect("session")
+        .expect("stored once");
+    assert_eq!(session.queries, 1);
+}

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
     store::{
-        InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows,
+        InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows, shared,
         tally::{Aggregates, Rollup},
     },
 };
@@ -186,10 +186,20 @@ async fn ingest_tx(
 ) -> Result<Vec<IngestAnswer>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let replayed = record_messages(&mut tx, jobs).await?;
+    let reused = reused_keys(&mut tx, jobs).await?;
+    let refused: Vec<Option<StoreError>> = replayed
+        .iter()
+        .zip(reused)
+        .map(|(replayed, reused)| match (replayed, reused) {
+            (true, _) => Some(StoreError::Replayed),
+            (false, Some(key)) => Some(StoreError::KeyReused(key)),
+            (false, None) => None,
+        })
+        .collect();
     let events: Vec<&NewEvent> = jobs
         .iter()
-        .zip(&replayed)
-        .filter(|(_, replayed)| !**replayed)
+        .zip(&refused)
+        .filter(|(_, refused)| refused.is_none())
         .flat_map(|((_, events), _)| events.iter())
         .collect();
     let events = &events[..];
@@ -202,6 +212,7 @@ async fn ingest_tx(
     let mut keys = Vec::with_capacity(events.len());
     let mut payloads = Vec::with_capacity(events.len());
     let mut created = Vec::with_capacity(events.len());
+    let mut fingerprints = Vec::with_capacity(events.len());
     for event in events {
         ids.push(event.id.as_str().to_owned());
         types.push(event.event_type.as_str().to_owned());
@@ -209,13 +220,16 @@ async fn ingest_tx(
         keys.push(event.idempotency_key.clone());
         payloads.push(event.payload.to_vec());
         created.push(event.created_at_ms);
+        fingerprints.push(event.request_fingerprint.clone());
     }
     // In array order, so of two events with one key in the same group the first is stored.
     let stored: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO events (id, event_type, session_id, idempotency_key, payload, created_at)
-         SELECT id, event_type, session_id, idempotency_key, payload, created_at
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int8[])
-              WITH ORDINALITY AS e(id, event_type, session_id, idempotency_key, payload, created_at, n)
+        "INSERT INTO events (id, event_type, session_id, idempotency_key, payload, created_at,
+             request_fingerprint)
+         SELECT id, event_type, session_id, idempotency_key, payload, created_at, request_fingerprint
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::int8[], $7::text[])
+              WITH ORDINALITY AS e(id, event_type, session_id, idempotency_key, payload, created_at,
+                  request_fingerprint, n)
          ORDER BY n
          ON CONFLICT (idempotency_key) DO NOTHING
          RETURNING id",
@@ -226,6 +240,7 @@ async fn ingest_tx(
     .bind(&keys)
     .bind(&payloads)
     .bind(&created)
+    .bind(&fingerprints)
     .fetch_all(&mut *tx)
     .await?;
     let stored: std::collections::HashSet<String> = stored.into_iter().collect();
@@ -320,13 +335,46 @@ async fn ingest_tx(
     let mut outcomes = outcomes.into_iter();
     Ok(jobs
         .iter()
-        .zip(replayed)
-        .map(|((_, events), replayed)| {
-            if replayed {
-                Err(StoreError::Replayed)
-            } else {
-                Ok(outcomes.by_ref().take(events.len()).collect())
-            }
+        .zip(refused)
+        .map(|((_, events), refused)| match refused {
+            Some(error) => Err(error),
+            None => Ok(outcomes.by_ref().take(events.len()).collect()),
+        })
+        .collect())
+}
+
+/// For each job, the first of its idempotency keys stored before with another request's
+/// fingerprint (the client's spelling), if any. Read before the insert: two first uses of one
+/// key racing each other with different requests are answered as duplicates.
+async fn reused_keys(
+    tx: &mut PgConnection,
+    jobs: &[&IngestJob],
+) -> Result<Vec<Option<String>>, sqlx::Error> {
+    let keys: Vec<String> = jobs
+        .iter()
+        .flat_map(|(_, events)| events.iter())
+        .filter(|event| event.request_fingerprint.is_some())
+        .filter_map(|event| event.idempotency_key.clone())
+        .collect();
+    if keys.is_empty() {
+        return Ok(vec![None; jobs.len()]);
+    }
+    let stored: HashMap<String, Option<String>> = sqlx::query_as(
+        "SELECT idempotency_key, request_fingerprint FROM events WHERE idempotency_key = ANY($1)",
+    )
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(jobs
+        .iter()
+        .map(|(_, events)| {
+            events.iter().find_map(|event| {
+                let key = event.idempotency_key.as_ref()?;
+                let fingerprint = stored.get(key)?;
+                shared::reuses_key(fingerprint.as_deref(), event).then(|| shared::client_key(key))
+            })
         })
         .collect())
 }

@@ -66,6 +66,11 @@ const MIGRATIONS: &[Migration] = &[
         "duration_max",
         include_str!("../../../migrations/postgres/0004_duration_max.sql"),
     ),
+    (
+        5,
+        "request_fingerprint",
+        include_str!("../../../migrations/postgres/0005_request_fingerprint.sql"),
+    ),
 ];
 
 /// Serializes migrations across instances starting at once (any schema of the database).

@@ -8,7 +8,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{SqliteStore, aggregates::aggregate};
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
-    store::{InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows, tally::Rollup},
+    store::{
+        InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows, shared, tally::Rollup,
+    },
 };
 
 impl SqliteStore {
@@ -23,10 +25,13 @@ impl SqliteStore {
                 // Refused before anything is written; the job's savepoint undoes nothing else.
                 record_message(conn, message, *now_ms)?;
             }
-            let mut find = conn.prepare_cached("SELECT id FROM events WHERE idempotency_key = ?1")?;
+            let mut find = conn.prepare_cached(
+                "SELECT id, request_fingerprint FROM events WHERE idempotency_key = ?1",
+            )?;
             let mut insert_event = conn.prepare_cached(
-                "INSERT INTO events (id, event_type, session_id, idempotency_key, payload, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (id, event_type, session_id, idempotency_key, payload, created_at,
+                     request_fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let mut insert_delivery = conn.prepare_cached(
                 "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
@@ -40,9 +45,13 @@ impl SqliteStore {
             let mut usages = Vec::new();
             for event in events {
                 if let Some(key) = &event.idempotency_key {
-                    let existing: Option<String> =
-                        find.query_row([key.as_str()], |row| row.get(0)).optional()?;
-                    if let Some(existing) = existing {
+                    let existing: Option<(String, Option<String>)> = find
+                        .query_row([key.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()?;
+                    if let Some((existing, fingerprint)) = existing {
+                        if shared::reuses_key(fingerprint.as_deref(), &event) {
+                            return Err(StoreError::KeyReused(shared::client_key(key)));
+                        }
                         outcomes.push(Ingested {
                             id: EventId::from_trusted(existing),
                             duplicate: true,
@@ -57,6 +66,7 @@ impl SqliteStore {
                     event.idempotency_key,
                     &event.payload[..],
                     event.created_at_ms,
+                    event.request_fingerprint,
                 ])?;
                 let matching = destinations
                     .iter()

@@ -91,6 +91,11 @@ const MIGRATIONS: &[Migration] = &[
         "duration_max",
         include_str!("../../../migrations/sqlite/0010_duration_max.sql"),
     ),
+    (
+        11,
+        "request_fingerprint",
+        include_str!("../../../migrations/sqlite/0011_request_fingerprint.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
