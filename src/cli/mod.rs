@@ -439,7 +439,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { json: as_json },
-        } => Ok(config_check(as_json)),
+        } => Ok(config_check(as_json).await),
         Command::Sink {
             listen,
             secret,
@@ -794,11 +794,64 @@ async fn ratelimit_status(
     Ok(ExitCode::SUCCESS)
 }
 
-fn config_check(as_json: bool) -> ExitCode {
-    let (problems, valid) = match Config::from_env() {
-        Ok((_, warnings)) => (with_dotenv_problem(warnings), true),
+/// Whether the configured database can be reached (never echoing `DATABASE_URL`): an error
+/// when PostgreSQL does not answer, a note when there is no database yet.
+async fn database_reachable(config: &Config) -> Option<Problem> {
+    let (severity, message, fix) = match &config.database.location {
+        crate::config::DatabaseLocation::Sqlite(path) => {
+            if path.exists() {
+                return None;
+            }
+            (
+                Severity::Warning,
+                format!("there is no database at {} yet", path.display()),
+                "`hookrelay serve` (or `hookrelay db migrate`) creates it".to_owned(),
+            )
+        }
+        crate::config::DatabaseLocation::Postgres(settings) => {
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(15),
+                crate::store::PgStore::is_initialised(settings),
+            )
+            .await
+            {
+                Ok(Ok(true)) => return None,
+                Ok(Ok(false)) => (
+                    Severity::Warning,
+                    format!("schema `{}` holds no hookrelay data yet", settings.schema),
+                    "`hookrelay serve` (or `hookrelay db migrate`) creates the tables".to_owned(),
+                ),
+                Ok(Err(e)) => (
+                    Severity::Error,
+                    format!("PostgreSQL cannot be reached: {e}"),
+                    "check the host, port, credentials and sslmode in DATABASE_URL".to_owned(),
+                ),
+                Err(_) => (
+                    Severity::Error,
+                    "PostgreSQL did not answer within 15 s".to_owned(),
+                    "check the host and port in DATABASE_URL, and the network".to_owned(),
+                ),
+            }
+        }
+    };
+    Some(Problem {
+        severity,
+        variable: "DATABASE_URL".into(),
+        message,
+        fix,
+    })
+}
+
+async fn config_check(as_json: bool) -> ExitCode {
+    let (mut problems, valid) = match Config::from_env() {
+        Ok((config, mut warnings)) => {
+            warnings.extend(database_reachable(&config).await);
+            (with_dotenv_problem(warnings), true)
+        }
         Err(e) => (with_dotenv_problem(e.0), false),
     };
+    let valid = valid && !problems.iter().any(|p| p.severity == Severity::Error);
+    problems.sort_by_key(|p| p.severity != Severity::Error);
     let errors = problems
         .iter()
         .filter(|p| p.severity == Severity::Error)

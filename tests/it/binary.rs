@@ -730,3 +730,30 @@ fn an_unreadable_dotenv_line_is_reported_by_number_without_its_text() {
     assert!(stdout.contains(".env: line 2 cannot be read"), "{stdout}");
     assert!(!stdout.contains("my-secret-value"), "{stdout}");
 }
+
+#[test]
+fn config_check_reports_an_unreachable_database_without_echoing_its_url() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = hookrelay(
+        dir.path(),
+        &[(
+            "DATABASE_URL",
+            "postgres://hookrelay:s3cret-pw@127.0.0.1:1/db",
+        )],
+    )
+    .args(["config", "check", "--json"])
+    .output()
+    .expect("run");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("s3cret-pw"), "{stdout}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert!(
+        report["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .any(|p| p["variable"] == "DATABASE_URL" && p["severity"] == "error"),
+        "{report}"
+    );
+}
