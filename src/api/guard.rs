@@ -48,6 +48,8 @@ async fn admit(
     let body = to_bytes(body, guard.max_body_bytes())
         .await
         .map_err(|_| Rejection::BodyTooLarge(guard.max_body_bytes()))?;
+    let policy = guard.limiter().allowance();
+    let window = guard.limiter().window();
     let admitted = if body.len() > OFFLOAD_BYTES {
         let (guard, headers, body) = (Arc::clone(guard), parts.headers.clone(), body.clone());
         tokio::task::spawn_blocking(move || guard.admit(client, &headers, &body))
@@ -63,6 +65,7 @@ async fn admit(
     }
     let mut response = next.run(request).await;
     rate_headers(response.headers_mut(), &admitted.rate);
+    policy_header(response.headers_mut(), policy.0, window);
     Ok(response)
 }
 
@@ -109,8 +112,15 @@ fn rejection_response(rejection: Rejection) -> Response {
         );
     }
     let mut response = error.into_response();
-    if let Rejection::RateLimited { state, .. } = &rejection {
+    if let Rejection::RateLimited {
+        state,
+        requests,
+        window,
+        ..
+    } = &rejection
+    {
         rate_headers(response.headers_mut(), state);
+        policy_header(response.headers_mut(), *requests, *window);
         response.headers_mut().insert(
             "retry-after",
             HeaderValue::from(state.retry_after_seconds.max(1)),
@@ -126,4 +136,13 @@ fn rate_headers(headers: &mut HeaderMap, state: &RateState) {
     put("ratelimit-limit", u64::from(state.limit));
     put("ratelimit-remaining", u64::from(state.remaining));
     put("ratelimit-reset", state.reset_seconds);
+}
+
+/// `RateLimit-Policy: <requests>;w=<window seconds>` (draft-ietf-httpapi-ratelimit-headers): the
+/// configured quota, beside `RateLimit-Limit` (what the client may send at once, burst
+/// included), `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the full allowance).
+fn policy_header(headers: &mut HeaderMap, requests: u32, window: Duration) {
+    if let Ok(value) = HeaderValue::from_str(&format!("{requests};w={}", window.as_secs())) {
+        headers.insert("ratelimit-policy", value);
+    }
 }

@@ -46,14 +46,21 @@ pub enum Rejection {
     Signature(#[from] SignatureError),
     /// The client is over its allowance.
     #[error(
-        "more than {} requests per {} s (WEBHOOK_RATE_LIMIT, WEBHOOK_BURST_ALLOWANCE); retry in {} s",
-        .state.limit, .window.as_secs(), .state.retry_after_seconds
+        "over the allowance of {requests} requests per {} s (WEBHOOK_RATE_LIMIT per WEBHOOK_RATE_WINDOW), \
+         which refills continuously, one request every {} s, with up to {} at once \
+         (WEBHOOK_BURST_ALLOWANCE adds {burst}); retry in {} s",
+        .window.as_secs(), .window.as_secs_f64() / f64::from((*.requests).max(1)), .state.limit,
+        .state.retry_after_seconds
     )]
     RateLimited {
         /// Where the client stands.
         state: RateState,
-        /// The limiter's window.
+        /// `WEBHOOK_RATE_LIMIT`: requests per window.
+        requests: u32,
+        /// `WEBHOOK_RATE_WINDOW`.
         window: Duration,
+        /// `WEBHOOK_BURST_ALLOWANCE`.
+        burst: u32,
     },
     /// More requests in progress than `HOOKRELAY_MAX_CONCURRENT_REQUESTS`.
     #[error("too many requests in progress; retry shortly")]
@@ -214,9 +221,12 @@ impl Guard {
     }
 
     fn rate_limited(&self, state: RateState) -> Rejection {
+        let (requests, burst) = self.limiter.allowance();
         Rejection::RateLimited {
             state,
+            requests,
             window: self.limiter.window(),
+            burst,
         }
     }
 }

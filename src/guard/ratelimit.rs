@@ -99,9 +99,15 @@ impl RateLimiter {
         states
     }
 
-    /// Requests per window (without the burst).
+    /// The window of the allowance.
     pub fn window(&self) -> Duration {
         self.window
+    }
+
+    /// Requests per window, and the burst on top, as configured.
+    pub fn allowance(&self) -> (u32, u32) {
+        let requests = (self.limit.per_second * self.window.as_secs_f64()).round() as u32;
+        (requests, self.limit.burst.saturating_sub(requests))
     }
 
     /// The effective GCRA limit.

@@ -580,6 +580,18 @@ async fn the_rate_limit_is_charged_before_any_signature_is_checked() {
         (429, Some("rate_limited"))
     );
     assert!(headers.contains_key("retry-after"));
+    // The answer states the rule as configured.
+    let detail = error["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("1 requests per 3600 s") && detail.contains("refills continuously"),
+        "{detail}"
+    );
+    assert_eq!(
+        headers
+            .get("ratelimit-policy")
+            .and_then(|v| v.to_str().ok()),
+        Some("1;w=3600")
+    );
     assert_eq!(app.relay.counts().await.expect("counts").pending, 0);
 }
 
