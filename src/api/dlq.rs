@@ -2,13 +2,13 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Path, State},
     routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, extract::QueryParams};
 use crate::{
     domain::DeliveryId,
     store::{DeliveryDetail, Selection},
@@ -38,9 +38,8 @@ fn default_limit() -> usize {
 
 async fn list(
     State(relay): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let dead = relay.dead_letters(query.limit.min(10_000)).await?;
     Ok(Json(json!({ "count": dead.len(), "dead_letters": dead })))
 }
@@ -92,9 +91,8 @@ struct PurgeAllQuery {
 
 async fn purge_all(
     State(relay): State<AppState>,
-    query: Result<Query<PurgeAllQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<PurgeAllQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     if !query.confirm {
         return Err(ApiError::bad_request(
             "confirmation_required",

@@ -2,8 +2,8 @@
 
 use axum::{
     body::Bytes,
-    extract::rejection::BytesRejection,
-    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+    extract::{FromRequestParts, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header::CONTENT_TYPE, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
@@ -55,6 +55,32 @@ pub fn json_body(
         return Err(ApiError::bad_request("empty_body", "the body is empty"));
     }
     Ok(body)
+}
+
+/// A query string, parsed like axum's `Query` but with the parameter at fault named in the
+/// error, in plain words (`days: must be a whole number, 0 or more (got the string "abc")`).
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(QueryParams)
+            .map_err(|error| {
+                let (path, message) =
+                    in_plain_words(&error.path().to_string(), &error.inner().to_string());
+                let detail = if path == "." {
+                    message
+                } else {
+                    format!("{path}: {message}")
+                };
+                ApiError::bad_request("invalid_query", detail)
+            })
+    }
 }
 
 /// Deserializes with the path of the offending field in the error.

@@ -2,7 +2,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Query, State, rejection::QueryRejection},
+    extract::State,
     http::{StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
     routing::get,
@@ -10,7 +10,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, extract::QueryParams};
 use crate::{monitor, relay::Relay};
 
 /// `/metrics`; the caller decides whether it needs the admin token.
@@ -58,9 +58,8 @@ fn default_limit() -> usize {
 
 async fn alerts(
     State(relay): State<Relay>,
-    query: Result<Query<AlertsQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<AlertsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let recent = relay.recent_alerts(query.limit.min(1000)).await?;
     let active: Vec<_> = recent
         .iter()

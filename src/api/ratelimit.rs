@@ -2,15 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Extension, Json, Router,
-    extract::{Query, rejection::QueryRejection},
-    routing::get,
-};
+use axum::{Extension, Json, Router, routing::get};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, extract::QueryParams};
 use crate::guard::Guard;
 
 pub fn router(guard: Arc<Guard>) -> Router<AppState> {
@@ -26,9 +22,8 @@ struct StatusQuery {
 
 async fn status(
     Extension(guard): Extension<Arc<Guard>>,
-    query: Result<Query<StatusQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<StatusQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limiter = guard.limiter();
     let now = guard.now_ms();
     let limit = limiter.limit();

@@ -2,13 +2,13 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{Path, State},
     routing::get,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, extract::QueryParams};
 use crate::{domain::SessionStats, relay::Relay};
 
 pub fn router() -> Router<AppState> {
@@ -34,9 +34,8 @@ fn default_limit() -> usize {
 
 async fn list(
     State(relay): State<Relay>,
-    query: Result<Query<ListQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let sessions = relay
         .sessions(
             query.since.unwrap_or(i64::MIN),
@@ -73,9 +72,8 @@ fn default_days() -> u32 {
 
 async fn analytics(
     State(relay): State<Relay>,
-    query: Result<Query<AnalyticsQuery>, QueryRejection>,
+    QueryParams(query): QueryParams<AnalyticsQuery>,
 ) -> Result<Json<crate::domain::Analytics>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     if !(1..=3650).contains(&query.days) {
         return Err(ApiError::bad_request(
             "invalid_query",

@@ -473,3 +473,25 @@ async fn a_failed_group_commit_stores_and_counts_nothing_and_leaves_the_store_us
         1
     );
 }
+
+#[tokio::test]
+async fn a_bad_query_parameter_is_named() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    for (path, parameter) in [
+        ("/api/v1/analytics?days=abc", "days"),
+        ("/api/v1/sessions?limit=-3", "limit"),
+        ("/api/v1/dlq?limit=lots", "limit"),
+    ] {
+        let response = app.http.get(app.url(path)).send().await.expect("request");
+        assert_eq!(response.status(), 400, "{path}");
+        let error: Value = response.json().await.expect("json");
+        assert_eq!(error["code"], "invalid_query", "{path}");
+        assert!(
+            error["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!("{parameter}: "))),
+            "{path}: {error}"
+        );
+    }
+}
