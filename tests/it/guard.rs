@@ -337,6 +337,20 @@ async fn get_health(addr: SocketAddr) -> (TcpStream, String) {
     (stream, answer)
 }
 
+/// Two connections held open after a `GET /health` each, then a third: returns the two and
+/// the third's answer.
+async fn hold_two_then_connect(addr: SocketAddr) -> (Vec<TcpStream>, String) {
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (stream, answer) = get_health(addr).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(stream);
+    }
+    let mut third = TcpStream::connect(addr).await.expect("connect");
+    let answer = read_response(&mut third, Duration::from_secs(5)).await;
+    (held, answer)
+}
+
 #[tokio::test]
 async fn hostile_clients_get_limits_not_resources() {
     let receiver = TestReceiver::start().await;
@@ -386,14 +400,7 @@ async fn hostile_clients_get_limits_not_resources() {
     assert!(answer.contains("request_timeout"), "{answer}");
 
     // Connection cap: two held open, the third is refused with 503.
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let (stream, answer) = get_health(app.addr).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        held.push(stream);
-    }
-    let mut third = TcpStream::connect(app.addr).await.expect("connect");
-    let answer = read_response(&mut third, Duration::from_secs(5)).await;
+    let (held, answer) = hold_two_then_connect(app.addr).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
         answer.contains("retry-after: 1") && answer.contains("overloaded"),
@@ -723,14 +730,7 @@ async fn one_address_cannot_hold_every_connection() {
         ],
     )
     .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let (stream, answer) = get_health(app.addr).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        held.push(stream);
-    }
-    let mut third = TcpStream::connect(app.addr).await.expect("connect");
-    let answer = read_response(&mut third, Duration::from_secs(5)).await;
+    let (held, answer) = hold_two_then_connect(app.addr).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
         answer.contains("HOOKRELAY_MAX_CONNECTIONS_PER_ADDRESS"),
