@@ -126,16 +126,17 @@ impl Ingestor {
         }
         let now = self.clock.now_ms();
         let single = events.len() == 1;
+        // The whole request, on each of its items: resending a batch under its key with an
+        // item added or changed is another request.
+        let request_fingerprint = key.as_ref().map(|_| fingerprint(&events));
         let new_events = events
             .into_iter()
             .enumerate()
             .map(|(index, event)| {
                 let id = EventId::generate();
                 let payload = usage_payload(&id, now, &event, self.query_mode);
-                // Only a keyed event is ever compared with an earlier one.
-                let request_fingerprint = key.as_ref().map(|_| fingerprint(&event));
                 NewEvent {
-                    request_fingerprint,
+                    request_fingerprint: request_fingerprint.clone(),
                     idempotency_key: key.as_ref().map(|k| {
                         let key = if single { k.clone() } else { k.for_item(index) };
                         key.scoped(&EventType::usage_tracked())

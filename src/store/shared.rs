@@ -59,11 +59,13 @@ pub(super) fn reuses_key(stored: Option<&str>, event: &NewEvent) -> bool {
     matches!((stored, event.request_fingerprint.as_deref()), (Some(a), Some(b)) if a != b)
 }
 
-/// The key as the client wrote it: stored keys are scoped by event type (`type key`).
+/// The key as the client wrote it: stored keys are scoped by event type (`type key`), and an
+/// item of a batch sent under one key is `key #i`.
 pub(super) fn client_key(stored: &str) -> String {
-    stored
-        .split_once(' ')
-        .map_or(stored, |(_, key)| key)
+    let key = stored.split_once(' ').map_or(stored, |(_, key)| key);
+    key.rsplit_once(" #")
+        .filter(|(_, index)| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(key, |(key, _)| key)
         .to_owned()
 }
 
@@ -188,6 +190,15 @@ pub(super) fn analytics(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_clients_key_is_read_back_from_its_stored_form() {
+        assert_eq!(client_key("usage.tracked order-42"), "order-42");
+        assert_eq!(client_key("usage.tracked order-42 #3"), "order-42");
+        assert_eq!(client_key("alert.fired a #b"), "a #b");
+        assert_eq!(client_key("alert.fired k #"), "k #");
+    }
+
     use super::*;
 
     const ALL: &[Migration] = &[(1, "a", ""), (2, "b", ""), (3, "c", "")];

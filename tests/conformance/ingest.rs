@@ -552,3 +552,45 @@ pub async fn a_key_reused_for_a_different_request_is_refused_and_stores_nothing(
     assert_eq!(fine.expect("fine").len(), 1);
     assert_eq!(store.counts().await.expect("counts").pending, 2);
 }
+
+pub async fn a_request_refused_for_its_key_does_not_use_up_its_message_id(backend: Backend) {
+    let store = &backend.store;
+    with_default_endpoint(store).await;
+    store
+        .ingest(vec![fingerprinted(
+            event("order.created", START),
+            "order.created k-9",
+            "aaaa",
+        )])
+        .await
+        .expect("first");
+    let refused = store
+        .ingest_message(
+            message("msg_retry", START + 600_000),
+            START,
+            vec![fingerprinted(
+                event("order.created", START),
+                "order.created k-9",
+                "bbbb",
+            )],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::KeyReused(_))),
+        "{refused:?}"
+    );
+    // The sender fixes its key and sends the same message again: not a replay.
+    store
+        .ingest_message(
+            message("msg_retry", START + 600_000),
+            START + 1,
+            vec![fingerprinted(
+                event("order.created", START + 1),
+                "order.created k-10",
+                "bbbb",
+            )],
+        )
+        .await
+        .expect("the message id was not used up");
+    assert_eq!(store.counts().await.expect("counts").pending, 2);
+}

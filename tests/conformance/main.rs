@@ -57,6 +57,7 @@ conformance!(
     ingest::replays_racing_each_other_store_one_and_leave_the_others_alone,
     ingest::expired_message_ids_are_swept_as_new_ones_arrive,
     ingest::a_key_reused_for_a_different_request_is_refused_and_stores_nothing,
+    ingest::a_request_refused_for_its_key_does_not_use_up_its_message_id,
     // claims, leases, release, next_due, counts
     queue::a_claim_carries_the_event_intact,
     queue::a_claimed_delivery_is_not_claimed_again_while_leased,

@@ -795,9 +795,12 @@ async fn a_replay_is_refused_after_a_restart_and_by_another_instance() {
         (status, error["code"].as_str()),
         (401, Some("replayed_request"))
     );
-    // The same id from a client signing with another secret is its own message.
+    // Signed with the other secret (as after dropping one of a rotation's two signatures):
+    // still the same message, still a replay.
     let other = standard_headers(OLD_INGEST_SECRET, "msg_durable", now_s(), &body);
-    assert_eq!(post(&restarted, body.clone(), &other).await.0, 202);
+    assert_eq!(post(&restarted, body.clone(), &other).await.0, 401);
+    let fresh = standard_headers(OLD_INGEST_SECRET, "msg_fresh", now_s(), &body);
+    assert_eq!(post(&restarted, body.clone(), &fresh).await.0, 202);
     let session = restarted
         .relay
         .session_stats("signed")

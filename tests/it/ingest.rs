@@ -543,3 +543,40 @@ async fn an_idempotency_key_reused_with_another_body_is_refused_by_name() {
         .expect("stored once");
     assert_eq!(session.queries, 1);
 }
+
+#[tokio::test]
+async fn a_batch_resent_under_its_key_with_an_item_added_is_another_request() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let post = |body: Value| {
+        app.http
+            .post(app.url("/api/webhook/usage"))
+            .header("idempotency-key", "batch-7")
+            .json(&body)
+            .send()
+    };
+    let two = json!([usage_event("b1"), usage_event("b2")]);
+    assert_eq!(post(two.clone()).await.expect("post").status(), 202);
+    assert_eq!(
+        post(two).await.expect("post").status(),
+        202,
+        "the same batch again"
+    );
+    let three = json!([usage_event("b1"), usage_event("b2"), usage_event("b3")]);
+    let response = post(three).await.expect("post");
+    assert_eq!(response.status(), 422);
+    let error: Value = response.json().await.expect("json");
+    assert!(
+        error["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("`batch-7`")),
+        "the client's key, not an item's: {error}"
+    );
+    assert!(
+        app.relay
+            .session_stats("b3")
+            .await
+            .expect("stats")
+            .is_none()
+    );
+}

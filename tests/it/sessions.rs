@@ -495,3 +495,54 @@ async fn a_bad_query_parameter_is_named() {
         );
     }
 }
+
+#[tokio::test]
+async fn restore_takes_a_backups_write_ahead_log_and_keeps_the_replaced_database_whole() {
+    if sqlite_only("restore works on SQLite files") {
+        return;
+    }
+    // A database whose last commits are still in its write-ahead log, copied file by file
+    // (as a kept `.replaced-…` pair is): restoring it must bring those commits.
+    let source = tempfile::tempdir().expect("dir");
+    // Held open meanwhile, so closing the relay does not checkpoint the log away.
+    let store = hookrelay::store::SqliteStore::open(
+        &source.path().join("hookrelay.db"),
+        hookrelay::config::SqliteSync::Full,
+    )
+    .await
+    .expect("open");
+    let relay_dir = tempfile::tempdir().expect("dir");
+    let backup = relay_dir.path().join("pair.db");
+    {
+        let relay = Relay::open(config(source.path(), &[])).await.expect("open");
+        for n in 0..20 {
+            relay
+                .track_usage(call(&format!("wal-{n}"), "m", 10, 1, true))
+                .await
+                .expect("track");
+        }
+        for (from, to) in [
+            ("hookrelay.db", "pair.db"),
+            ("hookrelay.db-wal", "pair.db-wal"),
+        ] {
+            std::fs::copy(source.path().join(from), relay_dir.path().join(to)).expect("copy");
+        }
+    }
+    drop(store);
+    let target_dir = tempfile::tempdir().expect("dir");
+    let target = target_dir.path().join("hookrelay.db");
+    let first = hookrelay::store::restore(&backup, &target).expect("restore into a new place");
+    assert_eq!(first, None, "nothing was replaced");
+    // Restored again over itself: the replaced database is kept, whole.
+    let kept = hookrelay::store::restore(&backup, &target)
+        .expect("restore")
+        .expect("the replaced database is kept");
+    let count = |path: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .expect("open")
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!(count(&target), 20, "the backup's log came along");
+    assert_eq!(count(&kept), 20, "the replaced database is kept whole");
+}

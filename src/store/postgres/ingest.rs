@@ -125,13 +125,14 @@ async fn destinations(
 async fn record_messages(
     tx: &mut PgConnection,
     jobs: &[&IngestJob],
+    reused: &[Option<String>],
 ) -> Result<Vec<bool>, sqlx::Error> {
     let mut replayed = vec![false; jobs.len()];
     let mut ids = Vec::new();
     let mut expiries = Vec::new();
     let mut now_ms = i64::MIN;
     for (n, (message, _)) in jobs.iter().enumerate() {
-        let Some((message, now)) = message else {
+        let Some((message, now)) = message.as_ref().filter(|_| reused[n].is_none()) else {
             continue;
         };
         now_ms = now_ms.max(*now);
@@ -162,13 +163,16 @@ async fn record_messages(
     .collect();
     for (n, (message, _)) in jobs.iter().enumerate() {
         if let Some((message, _)) = message
+            && reused[n].is_none()
             && !recorded.contains(&message.id)
         {
             replayed[n] = true;
         }
     }
     sqlx::query(
-        "DELETE FROM inbound_messages WHERE id IN
+        // Checked again outside the subquery: another committer may have recorded one of
+        // these ids afresh meanwhile.
+        "DELETE FROM inbound_messages WHERE expires_at <= $1 AND id IN
          (SELECT id FROM inbound_messages WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2)",
     )
     .bind(now_ms)
@@ -185,8 +189,10 @@ async fn ingest_tx(
     jobs: &[&IngestJob],
 ) -> Result<Vec<IngestAnswer>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let replayed = record_messages(&mut tx, jobs).await?;
+    // Keys first: a job refused for reusing one must not use up its message id (its sender
+    // may send it again with a new key), as on SQLite, where its savepoint undoes both.
     let reused = reused_keys(&mut tx, jobs).await?;
+    let replayed = record_messages(&mut tx, jobs, &reused).await?;
     let refused: Vec<Option<StoreError>> = replayed
         .iter()
         .zip(reused)

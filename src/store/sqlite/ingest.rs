@@ -125,7 +125,7 @@ fn record_message(
         return Err(StoreError::Replayed);
     }
     conn.prepare_cached(
-        "DELETE FROM inbound_messages WHERE id IN
+        "DELETE FROM inbound_messages WHERE expires_at <= ?1 AND id IN
          (SELECT id FROM inbound_messages WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
     )?
     .execute(params![now_ms, MESSAGE_SWEEP])?;

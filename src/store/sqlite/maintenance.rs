@@ -284,7 +284,6 @@ pub fn restore(backup: &Path, target: &Path) -> Result<Option<PathBuf>, StoreErr
             r.get(0)
         })
         .map_err(|e| StoreError::caused("the file is not a hookrelay database", e))?;
-    drop(check);
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::caused(format!("cannot create {}", parent.display()), e))?;
@@ -292,11 +291,31 @@ pub fn restore(backup: &Path, target: &Path) -> Result<Option<PathBuf>, StoreErr
     let mut staging = target.as_os_str().to_owned();
     staging.push(".restoring");
     let staging = std::path::PathBuf::from(staging);
-    std::fs::copy(backup, &staging).map_err(|e| StoreError::caused("cannot copy the backup", e))?;
+    let _ = std::fs::remove_file(&staging);
+    // Through SQLite, not a file copy: a backup with a write-ahead log of its own (a kept
+    // `.replaced-…` database, say) comes across whole, log included.
+    check
+        .execute("VACUUM INTO ?1", [staging.to_string_lossy()])
+        .map_err(|e| StoreError::caused("cannot copy the backup", e))?;
+    drop(check);
     // On disk before it replaces anything.
     std::fs::File::open(&staging)
         .and_then(|file| file.sync_all())
         .map_err(|e| StoreError::caused("cannot flush the copy", e))?;
+    if target.exists() {
+        // Everything the replaced database holds into its main file first, so setting that
+        // file aside keeps it whole, whatever happens between the renames below.
+        let busy: i64 = Connection::open(target)
+            .and_then(|conn| {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            })
+            .map_err(|e| StoreError::caused("cannot checkpoint the database being replaced", e))?;
+        if busy != 0 {
+            return Err(StoreError::database(
+                "the database being replaced is in use; stop the server first",
+            ));
+        }
+    }
     let kept = target.exists().then(|| {
         let mut kept = target.as_os_str().to_owned();
         kept.push(format!(
@@ -305,8 +324,7 @@ pub fn restore(backup: &Path, target: &Path) -> Result<Option<PathBuf>, StoreErr
         ));
         PathBuf::from(kept)
     });
-    // The write-ahead log goes with its database (SQLite pairs them by name), so what the
-    // replaced one held is kept whole; the shared-memory index is rebuilt from it.
+    // The (now empty) write-ahead log goes with its database, as SQLite pairs them by name.
     for suffix in ["", "-wal", "-shm"] {
         let with = |path: &Path| {
             let mut name = path.as_os_str().to_owned();
