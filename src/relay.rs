@@ -39,8 +39,7 @@ use crate::{
         DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, SigningSecret, UsageEvent,
     },
     endpoints::{
-        Endpoint, EndpointChanges, EndpointError, EndpointSpec, InvalidEndpoint, generate_secret,
-        validate_secret,
+        Endpoint, EndpointChanges, EndpointError, EndpointSpec, generate_secret, validate_secret,
     },
     ingest::{IngestError, Ingestor},
     store::{
@@ -327,6 +326,11 @@ impl Relay {
         changes: EndpointChanges,
     ) -> Result<Endpoint, EndpointError> {
         let current = self.endpoint(id).await?;
+        if current.managed_by_config && changes.url.is_some() {
+            return Err(EndpointError::ManagedByConfig(
+                "ep_default follows ZAPIER_WEBHOOK_URL; change the variable instead",
+            ));
+        }
         let updated = changes.apply(current, &self.inner.config, self.inner.clock.now_ms())?;
         self.save(updated).await
     }
@@ -363,10 +367,9 @@ impl Relay {
     ) -> Result<(Endpoint, String), EndpointError> {
         let mut endpoint = self.endpoint(id).await?;
         if endpoint.managed_by_config {
-            return Err(EndpointError::Invalid(InvalidEndpoint {
-                field: "secret",
-                detail: "ep_default signs with WEBHOOK_SECRET; change the variable instead".into(),
-            }));
+            return Err(EndpointError::ManagedByConfig(
+                "ep_default signs with WEBHOOK_SECRET; change the variable instead",
+            ));
         }
         let secret = match secret {
             Some(secret) => {

@@ -14,11 +14,94 @@ use serde::Serialize;
 
 use crate::{endpoints::EndpointError, ingest::IngestError, store::StoreError};
 
+/// Every `code` an error body can carry: the stable, machine-readable half of an error that
+/// clients branch on (the `detail` is for people and may change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not JSON.
+    MalformedJson,
+    /// 400: the body is empty.
+    EmptyBody,
+    /// 400: the body could not be read.
+    UnreadableBody,
+    /// 400: a query parameter is missing, of the wrong type or out of range.
+    InvalidQuery,
+    /// 400: a path id is not of the expected kind (`evt_…`, `dlv_…`, `ep_…`).
+    InvalidId,
+    /// 400: purging every dead letter needs `?confirm=true`.
+    ConfirmationRequired,
+    /// 401: management routes need the admin token.
+    Unauthorized,
+    /// 401: signed ingest is on and the request carries no signature.
+    MissingSignature,
+    /// 401: no ingest secret produces the signature sent.
+    InvalidSignature,
+    /// 401: the signature headers cannot be read.
+    MalformedSignature,
+    /// 401: the guide's body-only signature is refused (`HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE=false`).
+    UnsupportedSignatureScheme,
+    /// 401: the `webhook-timestamp` is outside the tolerance.
+    SignatureExpired,
+    /// 401: the `webhook-id` was accepted before.
+    ReplayedRequest,
+    /// 403: the client's address is not allowed, or management is closed to it.
+    Forbidden,
+    /// 404: no such route or resource.
+    NotFound,
+    /// 405: the route does not accept that method.
+    MethodNotAllowed,
+    /// 408: the request took longer than `HOOKRELAY_REQUEST_TIMEOUT_SECONDS`.
+    RequestTimeout,
+    /// 413: the body exceeds `HOOKRELAY_MAX_BODY_BYTES`.
+    BodyTooLarge,
+    /// 415: the content type is not JSON.
+    UnsupportedMediaType,
+    /// 422: a field is missing, of the wrong type or invalid; the detail names it.
+    InvalidField,
+    /// 422: an empty or oversized array of events.
+    InvalidBatch,
+    /// 422: JSON that is neither an event object nor an array of them.
+    InvalidBody,
+    /// 409: the change is to `ep_default`, which follows the configuration.
+    ManagedByConfig,
+    /// 422: the `Idempotency-Key` header is not a valid key.
+    InvalidHeader,
+    /// 422: the endpoint settings are not acceptable; the detail names the field.
+    InvalidEndpoint,
+    /// 422: the idempotency key was used before for a different request.
+    IdempotencyKeyReused,
+    /// 422: the `Idempotency-Key` header and the `idempotency_key` field differ.
+    ConflictingIdempotencyKey,
+    /// 429: over the client's rate limit (`Retry-After` says when to come back).
+    RateLimited,
+    /// 500: an answer the server could not form.
+    Internal,
+    /// 503: too many connections or requests in progress (`Retry-After`).
+    Overloaded,
+    /// 503: the database failed; nothing was stored (`Retry-After`).
+    StorageUnavailable,
+    /// 503: the database does not answer or no worker runs (`/ready`).
+    NotReady,
+    /// 507: the disk holding the database is full; nothing was stored (`Retry-After`).
+    StorageFull,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ApiError)]
+pub struct ErrorBody {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people: names the field, header or limit at fault.
+    pub detail: String,
+}
+
 /// An HTTP error answered as `{"code": "...", "detail": "..."}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     detail: String,
     /// The `WWW-Authenticate` challenge of a 401: how to authenticate.
     challenge: Option<&'static str>,
@@ -27,15 +110,9 @@ pub struct ApiError {
 /// What management routes ask for.
 const BEARER_CHALLENGE: &str = r#"Bearer realm="hookrelay management""#;
 
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    detail: &'a str,
-}
-
 impl ApiError {
     /// An error with a status, a stable machine-readable code and a human-readable detail.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -52,21 +129,22 @@ impl ApiError {
 
     /// 404.
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, detail)
     }
 
     /// 401 from a management route, with its `Bearer` challenge.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail).with_challenge(BEARER_CHALLENGE)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, detail)
+            .with_challenge(BEARER_CHALLENGE)
     }
 
     /// 403.
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, detail)
     }
 
     /// 400 for a request that does not make sense.
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
@@ -80,9 +158,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(Body {
+            Json(ErrorBody {
                 code: self.code,
-                detail: &self.detail,
+                detail: self.detail,
             }),
         )
             .into_response();
@@ -149,12 +227,12 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::Full(_) => Self::new(
                 StatusCode::INSUFFICIENT_STORAGE,
-                "storage_full",
+                ErrorCode::StorageFull,
                 "the disk holding the event store is full; nothing was stored, retry later",
             ),
             _ => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
+                ErrorCode::StorageUnavailable,
                 "the event store is unavailable; nothing was stored, retry later",
             ),
         }
@@ -166,20 +244,22 @@ impl From<IngestError> for ApiError {
         match error {
             IngestError::Invalid(invalid) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
+                ErrorCode::InvalidField,
                 invalid.to_string(),
             ),
-            IngestError::Batch(detail) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch", detail)
-            }
+            IngestError::Batch(detail) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidBatch,
+                detail,
+            ),
             IngestError::KeyReused(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 error.to_string(),
             ),
             IngestError::Replayed => Self::new(
                 StatusCode::UNAUTHORIZED,
-                "replayed_request",
+                ErrorCode::ReplayedRequest,
                 error.to_string(),
             ),
             IngestError::Store(store) => store.into(),
@@ -192,10 +272,13 @@ impl From<EndpointError> for ApiError {
         match error {
             EndpointError::Invalid(invalid) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_endpoint",
+                ErrorCode::InvalidEndpoint,
                 invalid.to_string(),
             ),
             EndpointError::NotFound(id) => Self::not_found(format!("no endpoint {id}")),
+            EndpointError::ManagedByConfig(detail) => {
+                Self::new(StatusCode::CONFLICT, ErrorCode::ManagedByConfig, detail)
+            }
             EndpointError::Store(store) => store.into(),
         }
     }

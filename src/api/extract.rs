@@ -7,7 +7,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use super::{ApiError, ErrorCode};
 
 /// Checks the content type and that the body arrived whole and within the limit.
 pub fn json_body(
@@ -29,7 +29,7 @@ pub fn json_body(
     {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "expected Content-Type: application/json, got {}",
                 if content_type.is_empty() {
@@ -44,21 +44,36 @@ pub fn json_body(
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 "the body exceeds the size limit (HOOKRELAY_MAX_BODY_BYTES)",
             )
         } else {
-            ApiError::bad_request("unreadable_body", rejection.body_text())
+            ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
         }
     })?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("empty_body", "the body is empty"));
+        return Err(ApiError::bad_request(
+            ErrorCode::EmptyBody,
+            "the body is empty",
+        ));
     }
     Ok(body)
 }
 
 /// A query string, parsed like axum's `Query` but with the parameter at fault named in the
 /// error, in plain words (`days: must be a whole number, 0 or more (got the string "abc")`).
+/// A page size within `max`: a larger one is refused, as the OpenAPI document states, rather
+/// than quietly cut.
+pub fn page_limit(limit: usize, max: usize) -> Result<usize, ApiError> {
+    if limit > max {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidQuery,
+            format!("limit: must be at most {max} (got {limit})"),
+        ));
+    }
+    Ok(limit)
+}
+
 pub struct QueryParams<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
@@ -78,15 +93,56 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
                 } else {
                     format!("{path}: {message}")
                 };
-                ApiError::bad_request("invalid_query", detail)
+                ApiError::bad_request(ErrorCode::InvalidQuery, detail)
             })
+    }
+}
+
+/// A struct read from a JSON object only. serde's derived structs also accept an array of
+/// their fields in order (`[null, null]` is a valid `EndpointChanges`), a form no client
+/// means and the API does not document; this refuses it.
+#[repr(transparent)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(MapOnly(deserializer)).map(Object)
+    }
+}
+
+/// Passes a struct request on as a map request, so a JSON array is refused.
+struct MapOnly<D>(D);
+
+impl<'de, D: serde::Deserializer<'de>> serde::Deserializer<'de> for MapOnly<D> {
+    type Error = D::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+        self.0.deserialize_any(visitor)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
+        self.0.deserialize_map(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
     }
 }
 
 /// Deserializes with the path of the offending field in the error.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let malformed = |e: serde_json::Error| {
-        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        ApiError::bad_request(
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        )
     };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -102,7 +158,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 };
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("{field}{message}"),
                 )
             }
@@ -151,7 +207,8 @@ fn in_plain_words(path: &str, message: &str) -> (String, String) {
         let found = found.trim();
         match found.split_once(' ') {
             Some(("string", value)) => format!("the string {value}"),
-            Some((_, value)) => value.trim_matches('`').to_owned(),
+            // `integer `-1``, `floating point `1.5``: the value is the quoted part.
+            Some((_, value)) => value.split('`').nth(1).unwrap_or(value).to_owned(),
             None if found == "sequence" => "an array".to_owned(),
             None if found == "map" => "an object".to_owned(),
             None => found.to_owned(),

@@ -13,8 +13,8 @@ use axum::{
 };
 use tokio::sync::Semaphore;
 
-use super::ApiError;
-use crate::guard::{Guard, RateState, Rejection};
+use super::{ApiError, ErrorCode};
+use crate::guard::{Guard, RateState, Rejection, SignatureError};
 
 /// The ingest guard's checks around the ingest routes; the response carries `RateLimit-*`.
 pub async fn ingest_guard(
@@ -104,7 +104,7 @@ fn rejection_response(rejection: Rejection) -> Response {
         Rejection::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         Rejection::TimedOut(_) => StatusCode::REQUEST_TIMEOUT,
     };
-    let mut error = ApiError::new(status, rejection.code(), rejection.to_string());
+    let mut error = ApiError::new(status, error_code(&rejection), rejection.to_string());
     if let Rejection::Signature(_) = rejection {
         // Not an HTTP authentication scheme, but a 401 says how to authenticate.
         error = error.with_challenge(
@@ -129,6 +129,26 @@ fn rejection_response(rejection: Rejection) -> Response {
     response
 }
 
+/// The code a rejection is answered with; the same words the guard logs (`Rejection::code`).
+fn error_code(rejection: &Rejection) -> ErrorCode {
+    match rejection {
+        Rejection::AddressNotAllowed(_) | Rejection::Unidentified { .. } => ErrorCode::Forbidden,
+        Rejection::BodyTooLarge(_) => ErrorCode::BodyTooLarge,
+        Rejection::Signature(error) => match error {
+            SignatureError::Missing(_) => ErrorCode::MissingSignature,
+            SignatureError::Invalid => ErrorCode::InvalidSignature,
+            SignatureError::Malformed(_) | SignatureError::MalformedLegacy(_) => {
+                ErrorCode::MalformedSignature
+            }
+            SignatureError::BodySchemeRefused(_) => ErrorCode::UnsupportedSignatureScheme,
+            SignatureError::Expired(..) => ErrorCode::SignatureExpired,
+        },
+        Rejection::RateLimited { .. } => ErrorCode::RateLimited,
+        Rejection::Overloaded => ErrorCode::Overloaded,
+        Rejection::TimedOut(_) => ErrorCode::RequestTimeout,
+    }
+}
+
 fn rate_headers(headers: &mut HeaderMap, state: &RateState) {
     let mut put = |name: &'static str, value: u64| {
         headers.insert(name, HeaderValue::from(value));
@@ -144,5 +164,40 @@ fn rate_headers(headers: &mut HeaderMap, state: &RateState) {
 fn policy_header(headers: &mut HeaderMap, requests: u32, window: Duration) {
     if let Ok(value) = HeaderValue::from_str(&format!("{requests};w={}", window.as_secs())) {
         headers.insert("ratelimit-policy", value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::Ipv4Addr, time::Duration};
+
+    use super::*;
+
+    /// The API answers with the code the guard logs, for every kind of rejection.
+    #[test]
+    fn each_rejection_is_answered_with_the_code_the_guard_logs() {
+        let rejections = [
+            Rejection::AddressNotAllowed(Ipv4Addr::LOCALHOST.into()),
+            Rejection::Unidentified {
+                via: Ipv4Addr::LOCALHOST.into(),
+            },
+            Rejection::BodyTooLarge(10),
+            Rejection::Signature(SignatureError::Missing("X-Webhook-Signature".into())),
+            Rejection::Signature(SignatureError::Invalid),
+            Rejection::Signature(SignatureError::Malformed("no timestamp")),
+            Rejection::Signature(SignatureError::MalformedLegacy(
+                "X-Webhook-Signature".into(),
+            )),
+            Rejection::Signature(SignatureError::BodySchemeRefused(
+                "X-Webhook-Signature".into(),
+            )),
+            Rejection::Signature(SignatureError::Expired(400, 300)),
+            Rejection::Overloaded,
+            Rejection::TimedOut(Duration::from_secs(1)),
+        ];
+        for rejection in rejections {
+            let answered = serde_json::to_value(error_code(&rejection)).expect("serializes");
+            assert_eq!(answered, rejection.code(), "{rejection:?}");
+        }
     }
 }

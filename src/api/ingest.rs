@@ -1,25 +1,26 @@
 //! Ingest routes: `POST /api/webhook/usage` (the guide's path) and `POST /api/v1/events`.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
-    routing::post,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::{PartialSchema, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiError, AppState, json_body, parse};
+use super::{ApiError, AppState, ErrorBody, ErrorCode, extract::Object, json_body, parse};
 use crate::{
     domain::{EventType, GenericEvent, IdempotencyKey, UsageEvent},
     store::{InboundMessage, Ingested},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/webhook/usage", post(track_usage))
-        .route("/api/v1/events", post(publish_event))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(track_usage))
+        .routes(routes!(publish_event))
 }
 
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
@@ -30,7 +31,7 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Api
             IdempotencyKey::parse(text).map_err(|e| {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_header",
+                    ErrorCode::InvalidHeader,
                     format!("Idempotency-Key {}", e.detail),
                 )
             })
@@ -38,10 +39,58 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Api
         .transpose()
 }
 
-#[derive(Serialize)]
+/// What `POST /api/webhook/usage` takes: one event, or an array of 1 to 1000 stored all or
+/// nothing. Described by hand because the handler reads it by its first byte.
+struct UsageRequest;
+
+impl utoipa::PartialSchema for UsageRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::{ArrayBuilder, OneOfBuilder, Ref};
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("UsageEvent"))
+            .item(
+                ArrayBuilder::new()
+                    .items(Ref::from_schema_name("UsageEvent"))
+                    .min_items(Some(1))
+                    .max_items(Some(crate::ingest::MAX_BATCH)),
+            )
+            .description(Some(
+                "One usage event, or an array of them stored all or nothing",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for UsageRequest {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((UsageEvent::name().into(), UsageEvent::schema()));
+    }
+}
+
+/// The answer to an array of usage events.
+#[derive(Serialize, ToSchema)]
+#[schema(as = BatchAccepted)]
 struct Batch {
+    /// The events' ids, in the order sent.
     ids: Vec<String>,
+    /// Each event's id and whether it was a duplicate, in the order sent.
     events: Vec<Ingested>,
+}
+
+/// The answer to `POST /api/webhook/usage`: `Accepted` for an object, `BatchAccepted` for an array.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Describes the answer; the handler builds one or the other.
+enum UsageAccepted {
+    /// One event.
+    One(Ingested),
+    /// An array of events.
+    Batch(Batch),
 }
 
 fn accepted<T: Serialize>(body: T, replayed: bool) -> Response {
@@ -54,7 +103,29 @@ fn accepted<T: Serialize>(body: T, replayed: bool) -> Response {
     response
 }
 
-/// One usage event as a JSON object, or an array of them stored all or nothing.
+/// Records usage events.
+///
+/// One usage event as a JSON object, or an array of up to 1000 stored all or nothing. Answered
+/// once the events are durable. A key sent again answers the original events with
+/// `duplicate: true` and `Idempotent-Replayed: true`, and nothing is sent twice.
+#[utoipa::path(
+    post,
+    path = "/api/webhook/usage",
+    tag = "ingest",
+    operation_id = "trackUsage",
+    params(IdempotencyHeader),
+    request_body(content = UsageRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored; delivery follows", body = UsageAccepted, headers(
+            ("Idempotent-Replayed" = String, description = "`true` when every event was a duplicate"),
+        )),
+        (status = 400, description = "`malformed_json`, `empty_body`, `unreadable_body`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field` (the detail names it, `[2].model_name: …`), \
+            `invalid_batch`, `invalid_body`, `invalid_header`, `idempotency_key_reused`", body = ErrorBody),
+        (status = 507, description = "`storage_full`: nothing was stored", body = ErrorBody),
+    ),
+)]
 async fn track_usage(
     State(relay): State<AppState>,
     message: Option<Extension<InboundMessage>>,
@@ -67,7 +138,8 @@ async fn track_usage(
     let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     match first {
         Some(b'[') => {
-            let events: Vec<UsageEvent> = parse(&body)?;
+            let events: Vec<Object<UsageEvent>> = parse(&body)?;
+            let events = events.into_iter().map(|Object(event)| event).collect();
             let stored = relay.track_usage_message(events, key, message).await?;
             let replayed = stored.iter().all(|s| s.duplicate);
             Ok(accepted(
@@ -79,12 +151,12 @@ async fn track_usage(
             ))
         }
         Some(b'{') => {
-            let event: UsageEvent = parse(&body)?;
+            let Object(event): Object<UsageEvent> = parse(&body)?;
             let stored = relay.track_usage_message(vec![event], key, message).await?;
             let stored = stored.into_iter().next().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "no result for a stored event",
                 )
             })?;
@@ -96,23 +168,65 @@ async fn track_usage(
             parse::<serde::de::IgnoredAny>(&body)?;
             Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "expected a usage event object or an array of them",
             ))
         }
     }
 }
 
-#[derive(Deserialize)]
+/// Any event.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = EventRequest)]
 struct EventBody {
+    /// The event type: lowercase letters, digits, `.`, `_` and `-`, e.g. `alert.fired`.
     #[serde(rename = "type")]
+    #[schema(
+        example = "alert.fired",
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+    )]
     event_type: String,
+    /// The payload, delivered as `data`.
     data: serde_json::Value,
+    /// Same as the `Idempotency-Key` header; if both are sent they must agree.
     #[serde(default)]
+    #[schema(pattern = "^[!-~]{1,255}$")]
     idempotency_key: Option<String>,
 }
 
-/// Any event: `{type, data, idempotency_key?}`.
+/// The `Idempotency-Key` header.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Describes the header; handlers read it from the header map.
+struct IdempotencyHeader {
+    /// Makes a retry safe: a key seen before for the same event type answers the original
+    /// event. Printable ASCII, at most 255 characters.
+    #[param(rename = "Idempotency-Key", pattern = "^[!-~]{1,255}$")]
+    idempotency_key: Option<String>,
+}
+
+/// Publishes any event.
+///
+/// Delivered as `{event_id, event_type, timestamp, data}` to every endpoint subscribed to its type.
+#[utoipa::path(
+    post,
+    path = "/api/v1/events",
+    tag = "ingest",
+    operation_id = "sendEvent",
+    params(IdempotencyHeader),
+    request_body(content = EventBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored; delivery follows", body = Ingested, headers(
+            ("Idempotent-Replayed" = String, description = "`true` when the event was a duplicate"),
+        )),
+        (status = 400, description = "`malformed_json`, `empty_body`, `unreadable_body`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_field`, `invalid_header`, `idempotency_key_reused`, \
+            `conflicting_idempotency_key`", body = ErrorBody),
+        (status = 507, description = "`storage_full`: nothing was stored", body = ErrorBody),
+    ),
+)]
 async fn publish_event(
     State(relay): State<AppState>,
     message: Option<Extension<InboundMessage>>,
@@ -121,7 +235,7 @@ async fn publish_event(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body)?;
     let header_key = idempotency_header(&headers)?;
-    let event: EventBody = parse(&body)?;
+    let Object(event): Object<EventBody> = parse(&body)?;
     let invalid =
         |e: crate::domain::InvalidEvent| ApiError::from(crate::ingest::IngestError::Invalid(e));
     let event_type = EventType::parse(&event.event_type).map_err(invalid)?;
@@ -135,7 +249,7 @@ async fn publish_event(
         (Some(header), Some(body)) if header != body => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "conflicting_idempotency_key",
+                ErrorCode::ConflictingIdempotencyKey,
                 "the Idempotency-Key header and the idempotency_key field differ",
             ));
         }

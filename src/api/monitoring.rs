@@ -1,30 +1,44 @@
 //! `GET /metrics` (Prometheus), `GET /api/v1/health` and `GET /api/v1/alerts` (admin).
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::{StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
-    routing::get,
 };
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiError, AppState, extract::QueryParams};
-use crate::{monitor, relay::Relay};
+use super::{
+    ApiError, AppState, ErrorBody,
+    extract::{QueryParams, page_limit},
+};
+use crate::{
+    monitor::{self, Alert},
+    relay::Relay,
+};
 
 /// `/metrics`; the caller decides whether it needs the admin token.
-pub fn metrics_router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn metrics_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
 /// The admin routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/health", get(health))
-        .route("/api/v1/alerts", get(alerts))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(alerts))
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "monitoring",
+    operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)),
+)]
 async fn metrics() -> Response {
     crate::metrics::install();
     (
@@ -35,6 +49,14 @@ async fn metrics() -> Response {
         .into_response()
 }
 
+/// The status report: health verdict with its reasons, queue, delivery figures and alerts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "monitoring",
+    operation_id = "getStatus",
+    responses((status = 200, description = "The status report", body = monitor::StatusReport)),
+)]
 async fn health(State(relay): State<Relay>) -> Json<monitor::StatusReport> {
     // An API-only instance judges the workers by their heartbeats in the database.
     let alive = relay
@@ -46,25 +68,49 @@ async fn health(State(relay): State<Relay>) -> Json<monitor::StatusReport> {
     Json(relay.report(alive).await)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AlertsQuery {
+    /// At most this many recent alerts (at most 1000).
     #[serde(default = "default_limit")]
+    #[param(default = 50, minimum = 0, maximum = 1000)]
     limit: usize,
+}
+
+/// Active and recent alerts.
+#[derive(Serialize, ToSchema)]
+struct Alerts {
+    /// Alerts not yet resolved.
+    active: Vec<Alert>,
+    /// The most recent alerts, resolved or not, newest first.
+    recent: Vec<Alert>,
 }
 
 fn default_limit() -> usize {
     50
 }
 
+/// Active and recent alerts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/alerts",
+    tag = "monitoring",
+    operation_id = "listAlerts",
+    params(AlertsQuery),
+    responses(
+        (status = 200, description = "Alerts", body = Alerts),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+    ),
+)]
 async fn alerts(
     State(relay): State<Relay>,
     QueryParams(query): QueryParams<AlertsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let recent = relay.recent_alerts(query.limit.min(1000)).await?;
+) -> Result<Json<Alerts>, ApiError> {
+    let recent = relay.recent_alerts(page_limit(query.limit, 1000)?).await?;
     let active: Vec<_> = recent
         .iter()
         .filter(|a| a.resolved_at_ms.is_none())
         .cloned()
         .collect();
-    Ok(Json(json!({ "active": active, "recent": recent })))
+    Ok(Json(Alerts { active, recent }))
 }

@@ -5,7 +5,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// How bad.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertLevel {
     /// Someone should look soon.
@@ -40,7 +42,7 @@ impl fmt::Display for AlertLevel {
 }
 
 /// A condition that holds now and should have an active alert.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Condition {
     /// Stable rule key: `success_rate`, `response_time`, `error_rate`, `dlq_size`,
     /// `endpoint:<id>`.
@@ -56,7 +58,7 @@ pub struct Condition {
 }
 
 /// A stored alert.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Alert {
     /// Its id.
     pub id: i64,

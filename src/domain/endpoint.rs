@@ -26,7 +26,7 @@ pub(crate) fn invalid(field: &'static str, detail: impl Into<String>) -> Invalid
 
 /// Which event types an endpoint receives: exact types (`usage.tracked`), prefixes
 /// (`alert.*`), or everything (`*`, or an empty list).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
 pub struct EventFilter(Vec<String>);
 
@@ -86,7 +86,7 @@ impl From<EventFilter> for Vec<String> {
 }
 
 /// An outbound rate limit: `per_second` sustained, up to `burst` at once (GCRA).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RateLimit {
     /// Requests per second, sustained.
     pub per_second: f64,
@@ -122,7 +122,7 @@ impl RateLimit {
 }
 
 /// The circuit breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CircuitState {
     /// Deliveries flow.
@@ -164,7 +164,7 @@ impl fmt::Display for CircuitState {
 }
 
 /// How an endpoint has been doing; written by the worker with every attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 pub struct EndpointHealth {
     /// The circuit breaker.
     pub circuit: CircuitState,
@@ -236,7 +236,7 @@ impl fmt::Debug for Endpoint {
 }
 
 /// An endpoint as shown to people and scripts: everything but its secrets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EndpointView {
     /// Its id.
     pub id: EndpointId,

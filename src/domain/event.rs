@@ -33,23 +33,47 @@ const MAX_ID_LEN: usize = 256;
 const MAX_USER_AGENT_LEN: usize = 1024;
 
 /// One LLM call the gateway made: the guide's `track_usage` arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageEvent {
-    /// The gateway's session this call belongs to (1–256 characters).
+    /// The gateway's session this call belongs to: 1–256 characters, not all blank, no control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$",
+        example = "session_123"
+    )]
     pub session_id: String,
     /// The prompt. Only a summary leaves hookrelay by default (see `HOOKRELAY_QUERY_MODE`).
+    #[schema(example = "Why does this code throw an error?")]
     pub query: String,
-    /// The model that answered, e.g. `gpt-4o-mini` (1–256 characters).
+    /// The model that answered: 1–256 characters, not all blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$",
+        example = "gpt-4o-mini"
+    )]
     pub model_name: String,
-    /// How long the model took to answer, in milliseconds.
+    /// How long the model took to answer, in milliseconds. A whole number; `1000.0` is
+    /// accepted as `1000`, as JSON Schema counts it an integer.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(example = 1000, maximum = 9_007_199_254_740_991_u64)]
     pub response_time_ms: u64,
-    /// Estimated tokens used by the call.
+    /// Estimated tokens used by the call (a whole number, as `response_time_ms`).
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(example = 100, maximum = 9_007_199_254_740_991_u64)]
     pub estimated_tokens: u64,
     /// Whether the call succeeded.
     pub success: bool,
     /// The gateway client's user agent, if known (at most 1024 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1024)]
     pub user_agent: Option<String>,
+}
+
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    super::number::whole(deserializer)
 }
 
 impl UsageEvent {
@@ -57,6 +81,20 @@ impl UsageEvent {
     pub fn validate(&self) -> Result<(), InvalidEvent> {
         check_text("session_id", &self.session_id, MAX_ID_LEN)?;
         check_text("model_name", &self.model_name, MAX_ID_LEN)?;
+        for (field, value) in [
+            ("response_time_ms", self.response_time_ms),
+            ("estimated_tokens", self.estimated_tokens),
+        ] {
+            if value > super::number::MAX_EXACT {
+                return Err(InvalidEvent::new(
+                    field,
+                    format!(
+                        "must be at most {} (2^53 - 1, the largest whole number every JSON reader keeps exactly)",
+                        super::number::MAX_EXACT
+                    ),
+                ));
+            }
+        }
         if let Some(agent) = &self.user_agent
             && agent.chars().count() > MAX_USER_AGENT_LEN
         {
@@ -90,7 +128,7 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), InvalidEvent> 
 
 /// An event type such as `usage.tracked` or `alert.fired`: dot-separated words of letters,
 /// digits, `_` and `-`, at most 128 characters.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct EventType(String);
 
@@ -146,7 +184,7 @@ impl fmt::Debug for EventType {
 }
 
 /// A client's idempotency key: 1–255 visible ASCII characters.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct IdempotencyKey(String);
 
@@ -212,6 +250,27 @@ mod tests {
             estimated_tokens: 100,
             success: true,
             user_agent: None,
+        }
+    }
+
+    #[test]
+    fn counts_may_be_written_as_whole_floats_but_not_as_fractions_or_negatives() {
+        let parse = |tokens: &str| {
+            serde_json::from_str::<UsageEvent>(&format!(
+                r#"{{"session_id":"s","query":"q","model_name":"m","response_time_ms":1000.0,"estimated_tokens":{tokens},"success":true}}"#
+            ))
+            .map(|event| (event.response_time_ms, event.estimated_tokens))
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("100"), Ok((1000, 100)));
+        assert_eq!(parse("100.0"), Ok((1000, 100)));
+        assert_eq!(parse("1e3"), Ok((1000, 1000)));
+        for refused in ["100.5", "-1", "-1.0", "1e300", "\"100\"", "null"] {
+            let error = parse(refused).expect_err(refused);
+            assert!(
+                error.contains("a whole number, 0 or more"),
+                "{refused}: {error}"
+            );
         }
     }
 

@@ -86,6 +86,18 @@ macro_rules! prefixed_id {
                 id.0
             }
         }
+
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(concat!("^", $prefix, "_[A-Za-z0-9_]{1,64}$")))
+                    .description(Some(concat!("A", " ", $kind, " id: `", $prefix, "_` and up to 64 letters, digits or `_`.")))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 

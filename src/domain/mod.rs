@@ -7,6 +7,7 @@ mod alert;
 mod endpoint;
 mod event;
 mod ids;
+pub(crate) mod number;
 mod secret;
 mod signature;
 mod stats;

@@ -16,7 +16,7 @@ pub fn bucket(duration_ms: i64) -> usize {
 }
 
 /// Sums over a window of roll-ups.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WindowTotals {
     /// Events accepted.
     pub ingested: u64,
@@ -47,7 +47,7 @@ pub struct WindowTotals {
 }
 
 /// The figures people and alert rules read.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WindowStats {
     /// Attempts (excluding throttled).
     pub attempts: u64,

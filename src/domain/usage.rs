@@ -20,7 +20,7 @@ pub struct UsageFacts {
 }
 
 /// A model's share of a session or period.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelUsage {
     /// The model.
     pub model: String,
@@ -31,7 +31,7 @@ pub struct ModelUsage {
 }
 
 /// How a session's webhooks are doing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct WebhookCounts {
     /// Deliveries that arrived.
     pub delivered: u64,
@@ -42,7 +42,7 @@ pub struct WebhookCounts {
 }
 
 /// One session's aggregate.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SessionStats {
     /// The gateway's session id.
     pub session_id: String,
@@ -69,7 +69,7 @@ pub struct SessionStats {
 }
 
 /// The guide's `get_analytics_summary` and more, over a period.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Analytics {
     /// Start of the period, unix ms.
     pub since_ms: i64,
@@ -86,7 +86,7 @@ pub struct Analytics {
 }
 
 /// Sessions in a period (the guide's `sessions` block).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SessionsSummary {
     /// Sessions active in the period.
     pub total: u64,
@@ -95,7 +95,7 @@ pub struct SessionsSummary {
 }
 
 /// Tracked calls in a period.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct QueriesSummary {
     /// Calls.
     pub total: u64,
@@ -110,7 +110,7 @@ pub struct QueriesSummary {
 }
 
 /// Webhook deliveries finished in a period (the guide's `webhooks` block).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WebhooksSummary {
     /// Deliveries that arrived.
     pub delivered: u64,
@@ -123,7 +123,7 @@ pub struct WebhooksSummary {
 }
 
 /// What a retention pass removed (or would remove, in a dry run).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CleanupReport {
     /// Events whose every delivery had arrived (or that had none).
     pub events: u64,

@@ -23,6 +23,9 @@ pub enum EndpointError {
     /// No such endpoint.
     #[error("no endpoint {0}")]
     NotFound(EndpointId),
+    /// The change is to `ep_default`, which follows the configuration: change the variable.
+    #[error("{0}")]
+    ManagedByConfig(&'static str),
     /// Storage failed; nothing changed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

@@ -11,41 +11,51 @@ use super::{
 };
 use crate::{
     config::Config,
-    domain::{EndpointId, EndpointUrl},
+    domain::{EndpointId, EndpointUrl, number::optional_whole},
 };
 
 /// A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Where to deliver.
+    #[schema(
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://",
+        example = "https://hooks.zapier.com/hooks/catch/123/abc/"
+    )]
     pub url: String,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: String,
     /// Event-type patterns; empty: every type.
     #[serde(default)]
     pub event_types: Vec<String>,
     /// Signing secret; generated (`whsec_…`) when absent.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub secret: Option<String>,
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Per-request timeout in seconds.
     #[serde(default)]
+    #[schema(minimum = 0.01, maximum = 300)]
     pub timeout_seconds: Option<f64>,
     /// Retry budget.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_whole")]
+    #[schema(maximum = 100)]
     pub max_retries: Option<u32>,
     /// Requests per second.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1000000)]
     pub rate_limit: Option<f64>,
     /// Burst for the rate limit.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_whole")]
+    #[schema(minimum = 1)]
     pub rate_burst: Option<u32>,
     /// Consecutive failures that open the circuit (0: never).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_whole")]
     pub circuit_threshold: Option<u32>,
 }
 
@@ -56,16 +66,25 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// [`present`] for a count: `1000.0` is accepted as `1000` (see [`optional_whole`]).
+fn present_whole<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<u32>>, D::Error> {
+    optional_whole(deserializer).map(Some)
+}
+
 /// A change to an endpoint, as `endpoints update` and `PATCH /api/v1/endpoints/{id}` take it:
 /// absent fields stay as they are; `null` clears an optional setting back to the default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointChanges {
     /// New URL.
     #[serde(default)]
+    #[schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: Option<String>,
     /// New description.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
     /// New event-type patterns.
     #[serde(default)]
@@ -75,18 +94,23 @@ pub struct EndpointChanges {
     pub headers: Option<BTreeMap<String, String>>,
     /// New timeout in seconds, or `null` for the default.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, minimum = 0.01, maximum = 300)]
     pub timeout_seconds: Option<Option<f64>>,
     /// New retry budget, or `null` for the default.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_whole")]
+    #[schema(value_type = Option<u32>, maximum = 100)]
     pub max_retries: Option<Option<u32>>,
     /// New rate limit, or `null` for the default.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0, maximum = 1000000)]
     pub rate_limit: Option<Option<f64>>,
     /// New burst.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_whole")]
+    #[schema(value_type = Option<u32>, minimum = 1)]
     pub rate_burst: Option<Option<u32>>,
     /// New circuit threshold, or `null` for the default.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present_whole")]
+    #[schema(value_type = Option<u32>)]
     pub circuit_threshold: Option<Option<u32>>,
 }
 
@@ -188,12 +212,6 @@ impl EndpointChanges {
         now_ms: i64,
     ) -> Result<Endpoint, InvalidEndpoint> {
         if let Some(url) = self.url {
-            if endpoint.managed_by_config {
-                return Err(invalid(
-                    "url",
-                    "ep_default follows ZAPIER_WEBHOOK_URL; change the variable instead",
-                ));
-            }
             endpoint.url = check_url(&url, config)?;
         }
         if let Some(description) = self.description {

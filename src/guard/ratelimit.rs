@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::domain::{RateLimit, Throttle};
 
 /// Where a client stands.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RateState {
     /// The client key (`key:1` for the first ingest secret, or an IP address).
     pub client: String,

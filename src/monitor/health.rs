@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::domain::{AlertLevel, Condition};
 
 /// The verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     /// All is well.
@@ -48,7 +48,7 @@ pub struct Observations {
 }
 
 /// The verdict and its reasons.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// Healthy, degraded or unhealthy.
     pub status: HealthStatus,

@@ -32,7 +32,7 @@ use crate::{
 };
 
 /// Windowed figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Windows {
     /// The last hour.
     pub last_hour: WindowStats,
@@ -43,7 +43,7 @@ pub struct Windows {
 }
 
 /// The guide's `metrics` block, with its field names.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GuideMetrics {
     /// Attempt success rate over the last hour (null without attempts).
     pub success_rate_1hour: Option<f64>,
@@ -58,7 +58,7 @@ pub struct GuideMetrics {
 }
 
 /// Active and recent alerts, with the guide's field names.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AlertsBlock {
     /// Counts of active alerts.
     pub alert_counts: AlertCounts,
@@ -67,7 +67,7 @@ pub struct AlertsBlock {
 }
 
 /// Counts of active alerts.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct AlertCounts {
     /// All of them.
     pub total: usize,
@@ -78,7 +78,7 @@ pub struct AlertCounts {
 }
 
 /// The queue.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueBlock {
     /// Deliveries waiting for an attempt.
     pub pending: u64,
@@ -92,7 +92,7 @@ pub struct QueueBlock {
 
 /// Everything `status`, `health`, `metrics` and `GET /api/v1/health` show. Its JSON shape is
 /// documented in the README.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     /// The verdict.
     pub health: Health,

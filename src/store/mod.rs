@@ -46,7 +46,7 @@ pub async fn open(
 }
 
 /// One table's share of the database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TableStats {
     /// The table.
     pub name: String,
@@ -57,7 +57,7 @@ pub struct TableStats {
 }
 
 /// The database's vital signs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DbStats {
     /// `sqlite` or `postgres`.
     pub backend: String,
@@ -78,7 +78,7 @@ pub struct DbStats {
 }
 
 /// What `db maintain` did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MaintenanceReport {
     /// `ok`, or the problems `PRAGMA integrity_check` found.
     pub integrity: Vec<String>,
@@ -135,7 +135,8 @@ pub struct NewEvent {
 }
 
 /// The outcome of storing one event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Accepted)]
 pub struct Ingested {
     /// The event's id: the original one when this was a duplicate.
     pub id: EventId,
@@ -227,7 +228,7 @@ pub struct AttemptRecord {
 }
 
 /// The lifecycle state of a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     /// Waiting for (another) attempt.
@@ -258,7 +259,7 @@ impl DeliveryStatus {
 }
 
 /// A delivery as listed by `dlq list` and shown by `dlq show`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliverySummary {
     /// The delivery.
     pub id: DeliveryId,
@@ -291,7 +292,7 @@ pub struct DeliverySummary {
 }
 
 /// One recorded attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// 1 for the first attempt ever made.
     pub attempt_no: u32,
@@ -312,7 +313,7 @@ pub struct AttemptView {
 }
 
 /// A delivery with its payload and every attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeliveryDetail {
     /// The delivery.
     #[serde(flatten)]
@@ -333,7 +334,7 @@ pub enum Selection {
 }
 
 /// Queue sizes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct QueueCounts {
     /// Deliveries waiting for an attempt (including those in flight).
     pub pending: u64,

@@ -12,4 +12,5 @@ mod guard;
 mod helpers;
 mod ingest;
 mod monitor;
+mod openapi;
 mod sessions;
