@@ -96,6 +96,8 @@ def verify_webhook(
         timestamp = int(ts_text.strip())
     except ValueError:
         raise _fail("malformed_signature", "webhook-timestamp is not a number of seconds") from None
+    if not any(entry.startswith("v1,") and len(entry) > 3 for entry in signature.split()):
+        raise _fail("malformed_signature", "webhook-signature holds no v1,<base64> signature")
     current = time.time() if now is None else now
     skew = current - timestamp
     if abs(skew) > tolerance:
