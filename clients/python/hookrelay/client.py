@@ -72,7 +72,11 @@ def _secrets(value: Union[None, str, bytes, Sequence[Union[str, bytes]]]) -> Lis
         return []
     if isinstance(value, bytes):
         return [value]
-    items = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+    items: List[Union[str, bytes]]
+    if isinstance(value, str):
+        items = [s.strip() for s in value.split(",")]
+    else:
+        items = list(value)
     return [secret_key(s) for s in items if s]
 
 
