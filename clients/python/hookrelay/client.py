@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -335,6 +336,10 @@ class HookrelayClient:
         max_retry_wait: seconds of waiting between attempts, in all, for one call; a retry that
             would wait longer is not made and the error is raised with its ``retry_after``.
         transport: an ``httpx`` transport (tests use ``httpx.MockTransport``).
+        verify: TLS verification, as ``httpx`` takes it (``True``, a CA bundle path, an
+            ``ssl.SSLContext``).
+        trust_env: whether ``httpx`` reads proxy and CA settings from the environment
+            (``HTTPS_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``…).
     """
 
     def __init__(
@@ -348,11 +353,15 @@ class HookrelayClient:
         max_retry_wait: float = 30.0,
         user_agent: Optional[str] = None,
         transport: Optional[httpx.BaseTransport] = None,
+        verify: Union[bool, str, ssl.SSLContext] = True,
+        trust_env: bool = True,
     ) -> None:
         self._core = _Core(
             base_url, ingest_secret, admin_token, timeout, max_retries, max_retry_wait, user_agent
         )
-        self._http = httpx.Client(timeout=timeout, transport=transport, trust_env=False)
+        self._http = httpx.Client(
+            timeout=timeout, transport=transport, verify=verify, trust_env=trust_env
+        )
         self._sleep: Callable[[float], None] = time.sleep
 
     @classmethod
@@ -490,11 +499,15 @@ class AsyncHookrelayClient:
         max_retry_wait: float = 30.0,
         user_agent: Optional[str] = None,
         transport: Optional[httpx.AsyncBaseTransport] = None,
+        verify: Union[bool, str, ssl.SSLContext] = True,
+        trust_env: bool = True,
     ) -> None:
         self._core = _Core(
             base_url, ingest_secret, admin_token, timeout, max_retries, max_retry_wait, user_agent
         )
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False)
+        self._http = httpx.AsyncClient(
+            timeout=timeout, transport=transport, verify=verify, trust_env=trust_env
+        )
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     @classmethod
