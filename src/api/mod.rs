@@ -94,10 +94,12 @@ pub fn router(relay: Relay) -> Router {
     document.merge(meta_document);
     openapi::add_responses(&mut document, &openapi::shared_responses());
     document.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    let document: Arc<str> = document
-        .to_pretty_json()
-        .unwrap_or_else(|error| format!(r#"{{"error": "{error}"}}"#))
-        .into();
+    // Serialized once; each request shares the bytes.
+    let document = bytes::Bytes::from(
+        document
+            .to_pretty_json()
+            .unwrap_or_else(|error| format!(r#"{{"error": "{error}"}}"#)),
+    );
 
     Router::new()
         .merge(routes)

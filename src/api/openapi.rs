@@ -3,13 +3,12 @@
 //! load shedding) to exactly the operations that middleware wraps, so the document says what the
 //! server does rather than what someone remembered to write down.
 
-use std::sync::Arc;
-
 use axum::{
     Extension,
     http::header::CONTENT_TYPE,
     response::{IntoResponse, Response},
 };
+use bytes::Bytes;
 use utoipa::{
     Modify, OpenApi,
     openapi::{
@@ -179,6 +178,6 @@ pub fn shared_responses() -> Vec<(&'static str, RefOr<openapi::Response>)> {
     operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)),
 )]
-pub async fn serve_document(Extension(document): Extension<Arc<str>>) -> Response {
-    ([(CONTENT_TYPE, "application/json")], document.to_string()).into_response()
+pub async fn serve_document(Extension(document): Extension<Bytes>) -> Response {
+    ([(CONTENT_TYPE, "application/json")], document).into_response()
 }
