@@ -146,7 +146,7 @@ export async function startHookrelay(receiverUrl: string, extraEnv: Record<strin
     async stop() {
       if (child.exitCode === null) {
         child.kill("SIGTERM");
-        const killed = await Promise.race([exited.then(() => true), sleep(10_000).then(() => false)]);
+        const killed = await Promise.race([exited.then(() => true), sleep(10_000, undefined, { ref: false }).then(() => false)]);
         if (!killed) {
           child.kill("SIGKILL");
           await exited;
