@@ -62,3 +62,13 @@ export function codesAreTyped(error: HookrelayError): string {
       return error.detail;
   }
 }
+
+// Node's own header object is accepted as is (an Express or http handler passes req.headers).
+import type { IncomingMessage } from "node:http";
+import { verifyWebhook, type DeliveredUsageEvent } from "../src/index.js";
+export function nodeHeadersAreAccepted(req: IncomingMessage, body: Buffer): DeliveredUsageEvent {
+  const event = verifyWebhook("secret", req.headers, body);
+  // @ts-expect-error the delivered shape is typed: there is no top-level model_name
+  void event.model_name;
+  return event;
+}
