@@ -56,6 +56,7 @@ export interface SendOptions {
 
 const RETRYABLE_STATUS = new Set([429, 503, 507]);
 const BACKOFF_BASE_MS = 500;
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
 
 /** `Retry-After` in seconds: delay-seconds or an HTTP date (RFC 9110 §10.2.3). */
 export function parseRetryAfter(value: string | null, now: number = Date.now()): number | undefined {
@@ -107,7 +108,8 @@ export class HookrelayClient {
   readonly #fetch: typeof fetch;
 
   constructor(options: HookrelayClientOptions) {
-    this.baseUrl = String(options.baseUrl).replace(/\/+$/, "");
+    // Checked here: fetch would reject a bad URL on every attempt, looking like a network error.
+    this.baseUrl = new URL(String(options.baseUrl)).href.replace(/\/+$/, "");
     this.maxRetries = options.maxRetries ?? 3;
     this.maxRetryWaitMs = options.maxRetryWaitMs ?? 30_000;
     this.timeoutMs = options.timeoutMs ?? 10_000;
@@ -147,8 +149,14 @@ export class HookrelayClient {
     // Serialized once: every retry must send the very same bytes, or hookrelay would see a
     // different request under the same key and refuse it (idempotency_key_reused).
     const body = JSON.stringify(payload);
+    const key = options?.idempotencyKey ?? randomUUID();
+    // hookrelay's rule; checked here because fetch refuses a non-ASCII header value outright,
+    // which would otherwise be retried as if the network had failed.
+    if (!IDEMPOTENCY_KEY.test(key)) {
+      return Promise.reject(new TypeError("idempotencyKey must be 1-255 visible ASCII characters (no spaces)"));
+    }
     // One key for all the attempts of this call: that is what makes retrying safe.
-    const headers = { "idempotency-key": options?.idempotencyKey ?? randomUUID() };
+    const headers = { "idempotency-key": key };
     return this.#request("POST", path, headers, body);
   }
 

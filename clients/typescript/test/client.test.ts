@@ -144,6 +144,24 @@ describe("HookrelayClient retries", () => {
   });
 });
 
+describe("HookrelayClient input checks", () => {
+  test("an idempotency key hookrelay would refuse is refused before sending", async () => {
+    const { calls, fetch } = scripted(accepted());
+    const client = new HookrelayClient({ baseUrl: "http://hookrelay.test", fetch });
+    for (const key of ["", "with space", "ключ", "k".repeat(256)]) {
+      await assert.rejects(client.trackUsage(event, { idempotencyKey: key }), TypeError);
+    }
+    assert.equal(calls.length, 0);
+    await client.trackUsage(event, { idempotencyKey: "k".repeat(255) });
+    assert.equal(calls.length, 1);
+  });
+
+  test("a base URL that is not a URL fails at construction", () => {
+    assert.throws(() => new HookrelayClient({ baseUrl: "127.0.0.1:8000" }), TypeError);
+    assert.equal(new HookrelayClient({ baseUrl: "http://h:1/prefix/" }).baseUrl, "http://h:1/prefix");
+  });
+});
+
 describe("HookrelayClient secrets", () => {
   test("neither the ingest secret nor the admin token shows in inspect, JSON, String or an error", async () => {
     const { fetch } = scripted(refused(401, "invalid_signature"), refused(401, "unauthorized"));
