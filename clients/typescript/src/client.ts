@@ -16,6 +16,8 @@ export type Accepted = components["schemas"]["Accepted"];
 export type BatchAccepted = components["schemas"]["BatchAccepted"];
 /** hookrelay's error body. */
 export type ApiError = components["schemas"]["ApiError"];
+/** `GET /api/v1/health`: the status report. */
+export type StatusReport = components["schemas"]["StatusReport"];
 
 /**
  * The `data` that `sendEvent(type, …)` takes: hookrelay validates a `usage.tracked` event's
@@ -139,7 +141,7 @@ export class HookrelayClient {
   }
 
   /** `GET /api/v1/health` (needs `adminToken`): hookrelay's status report. */
-  health(): Promise<Record<string, unknown>> {
+  health(): Promise<StatusReport> {
     const headers: Record<string, string> = {};
     if (this.#adminToken !== undefined) headers.authorization = `Bearer ${this.#adminToken}`;
     return this.#request("GET", "/api/v1/health", headers, undefined);

@@ -8,6 +8,7 @@ export {
   type EventRequest,
   type HookrelayClientOptions,
   type SendOptions,
+  type StatusReport,
   type UsageEvent,
 } from "./client.js";
 export {

@@ -4,7 +4,76 @@
  */
 
 export interface paths {
-    "/api/webhook/usage": {
+    "/api/openapi.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /api/openapi.json`: this document. */
+        get: operations["openapi"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/alerts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Active and recent alerts. */
+        get: operations["listAlerts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/analytics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Sessions, queries, tokens and delivery over the last days, by model and by day. */
+        get: operations["getAnalytics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/dlq": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists dead letters, newest first. */
+        get: operations["listDeadLetters"];
+        put?: never;
+        post?: never;
+        /** Deletes every dead letter. */
+        delete: operations["purgeAllDeadLetters"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/dlq/replay": {
         parameters: {
             query?: never;
             header?: never;
@@ -13,7 +82,131 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        post: operations["ingest_usage"];
+        /** Puts every dead letter back in the queue. */
+        post: operations["replayAllDeadLetters"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/dlq/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Shows one delivery (dead or not) with its payload and every attempt. */
+        get: operations["getDelivery"];
+        put?: never;
+        post?: never;
+        /** Deletes one dead letter. */
+        delete: operations["purgeDeadLetter"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/dlq/{id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Puts one dead letter back in the queue with a fresh retry budget and the same `webhook-id`. */
+        post: operations["replayDeadLetter"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists every endpoint. */
+        get: operations["listEndpoints"];
+        put?: never;
+        /** Adds an endpoint; its secret is answered this once. */
+        post: operations["createEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/endpoints/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Shows one endpoint. */
+        get: operations["getEndpoint"];
+        put?: never;
+        post?: never;
+        /** Removes an endpoint. */
+        delete: operations["removeEndpoint"];
+        options?: never;
+        head?: never;
+        /** Changes an endpoint: absent fields stay, `null` resets a setting to the default. */
+        patch: operations["updateEndpoint"];
+        trace?: never;
+    };
+    "/api/v1/endpoints/{id}/disable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Disables an endpoint: its events wait, undelivered, until it is enabled. */
+        post: operations["disableEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/endpoints/{id}/enable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Enables an endpoint (and closes its circuit). */
+        post: operations["enableEndpoint"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/endpoints/{id}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Rotates an endpoint's signing secret; the new one is answered this once. */
+        post: operations["rotateEndpointSecret"];
         delete?: never;
         options?: never;
         head?: never;
@@ -29,7 +222,152 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        post: operations["ingest_event"];
+        /**
+         * Publishes any event.
+         * @description Delivered as `{event_id, event_type, timestamp, data}` to every endpoint subscribed to its type.
+         */
+        post: operations["sendEvent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The status report: health verdict with its reasons, queue, delivery figures and alerts. */
+        get: operations["getStatus"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/ratelimit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Where ingest clients stand against the rate limit. */
+        get: operations["getRateLimits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Lists sessions, most recently active first. */
+        get: operations["listSessions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/sessions/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One session's figures: the guide's `get_session_stats`. */
+        get: operations["getSession"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/webhook/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Records usage events.
+         * @description One usage event as a JSON object, or an array of up to 1000 stored all or nothing. Answered
+         *     once the events are durable. A key sent again answers the original events with
+         *     `duplicate: true` and `Idempotent-Replayed: true`, and nothing is sent twice.
+         */
+        post: operations["trackUsage"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/health": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Liveness: the process answers. Cheap enough for a probe every second. */
+        get: operations["liveness"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Prometheus metrics. */
+        get: operations["metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ready": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Readiness: the database answers and the delivery worker is running. */
+        get: operations["readiness"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -40,34 +378,952 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
-        UsageEvent: {
-            session_id: string;
-            query: string;
-            model_name: string;
-            /** Format: int64 */
-            response_time_ms: number;
-            /** Format: int64 */
+        /** @description The outcome of storing one event. */
+        Accepted: {
+            /** @description True when the idempotency key had been seen: nothing new was stored or will be sent. */
+            duplicate: boolean;
+            /** @description The event's id: the original one when this was a duplicate. */
+            id: components["schemas"]["EventId"];
+        };
+        /** @description A stored alert. */
+        Alert: {
+            /**
+             * Format: int64
+             * @description When it fired, unix ms.
+             */
+            fired_at_ms: number;
+            /**
+             * Format: int64
+             * @description Its id.
+             */
+            id: number;
+            /** @description How bad. */
+            level: components["schemas"]["AlertLevel"];
+            /** @description What a person reads. */
+            message: string;
+            /**
+             * Format: int64
+             * @description When it resolved, unix ms.
+             */
+            resolved_at_ms?: number | null;
+            /** @description The rule key. */
+            rule: string;
+            /**
+             * Format: double
+             * @description The threshold crossed.
+             */
+            threshold?: number | null;
+            /**
+             * Format: double
+             * @description The measured value when it fired.
+             */
+            value?: number | null;
+        };
+        /** @description Counts of active alerts. */
+        AlertCounts: {
+            /** @description Critical ones. */
+            critical: number;
+            /** @description All of them. */
+            total: number;
+            /** @description Warnings. */
+            warning: number;
+        };
+        /**
+         * @description How bad.
+         * @enum {string}
+         */
+        AlertLevel: "warning" | "critical";
+        /** @description Active and recent alerts. */
+        Alerts: {
+            /** @description Alerts not yet resolved. */
+            active: components["schemas"]["Alert"][];
+            /** @description The most recent alerts, resolved or not, newest first. */
+            recent: components["schemas"]["Alert"][];
+        };
+        /** @description Active and recent alerts, with the guide's field names. */
+        AlertsBlock: {
+            /** @description Active alerts: the conditions holding now. */
+            active_alerts: components["schemas"]["Condition"][];
+            /** @description Counts of active alerts. */
+            alert_counts: components["schemas"]["AlertCounts"];
+        };
+        /** @description The process answers. */
+        Alive: {
+            /**
+             * @description Always `ok`.
+             * @example ok
+             */
+            status: string;
+            /** @description hookrelay's version. */
+            version: string;
+        };
+        /** @description The guide's `get_analytics_summary` and more, over a period. */
+        Analytics: {
+            /**
+             * Format: u-int32
+             * @description Days covered.
+             */
+            days: number;
+            /** @description Tokens by model, most first. */
+            models: components["schemas"]["ModelUsage"][];
+            /** @description Tracked LLM calls. */
+            queries: components["schemas"]["QueriesSummary"];
+            /** @description Sessions. */
+            sessions: components["schemas"]["SessionsSummary"];
+            /**
+             * Format: int64
+             * @description Start of the period, unix ms.
+             */
+            since_ms: number;
+            /** @description Webhook deliveries. */
+            webhooks: components["schemas"]["WebhooksSummary"];
+        };
+        /** @description The body of every error answer. */
+        ApiError: {
+            /** @description What went wrong, for programs. */
+            code: components["schemas"]["ErrorCode"];
+            /** @description What went wrong, for people: names the field, header or limit at fault. */
+            detail: string;
+        };
+        /** @description One recorded attempt. */
+        AttemptView: {
+            /**
+             * Format: u-int32
+             * @description 1 for the first attempt ever made.
+             */
+            attempt_no: number;
+            /**
+             * Format: int64
+             * @description How long it took.
+             */
+            duration_ms: number;
+            /** @description Failure reason. */
+            error_detail?: string | null;
+            /** @description Failure kind, when it failed. */
+            error_kind?: string | null;
+            /** @description `delivered`, `retry` or `dead`. */
+            outcome: string;
+            /** @description First bytes of the response body. */
+            response_snippet?: string | null;
+            /**
+             * Format: int64
+             * @description When it started, unix ms.
+             */
+            started_at_ms: number;
+            /**
+             * Format: u-int16
+             * @description HTTP status, when a response arrived.
+             */
+            status_code?: number | null;
+        };
+        /** @description The answer to an array of usage events. */
+        BatchAccepted: {
+            /** @description Each event's id and whether it was a duplicate, in the order sent. */
+            events: components["schemas"]["Accepted"][];
+            /** @description The events' ids, in the order sent. */
+            ids: string[];
+        };
+        /**
+         * @description The circuit breaker's state.
+         * @enum {string}
+         */
+        CircuitState: "closed" | "open" | "half_open";
+        /** @description A condition that holds now and should have an active alert. */
+        Condition: {
+            /** @description How bad. */
+            level: components["schemas"]["AlertLevel"];
+            /** @description What a person reads. */
+            message: string;
+            /**
+             * @description Stable rule key: `success_rate`, `response_time`, `error_rate`, `dlq_size`,
+             *     `endpoint:<id>`.
+             */
+            rule: string;
+            /**
+             * Format: double
+             * @description The threshold crossed.
+             */
+            threshold?: number | null;
+            /**
+             * Format: double
+             * @description The measured value.
+             */
+            value?: number | null;
+        };
+        /** @description A page of dead letters, newest first. */
+        DeadLetters: {
+            /** @description How many are on this page. */
+            count: number;
+            /** @description The dead letters. */
+            dead_letters: components["schemas"]["DeliverySummary"][];
+        };
+        /** @description A delivery with its payload and every attempt. */
+        DeliveryDetail: components["schemas"]["DeliverySummary"] & {
+            /** @description Every attempt, oldest first. */
+            attempts_log: components["schemas"]["AttemptView"][];
+            /** @description The payload as sent (JSON). */
+            payload: unknown;
+        };
+        /** @description A delivery id: `dlv_` and up to 64 letters, digits or `_`. */
+        DeliveryId: string;
+        /**
+         * @description The lifecycle state of a delivery.
+         * @enum {string}
+         */
+        DeliveryStatus: "pending" | "delivered" | "dead";
+        /** @description A delivery as listed by `dlq list` and shown by `dlq show`. */
+        DeliverySummary: {
+            /**
+             * Format: u-int32
+             * @description Attempts spent from the current retry budget.
+             */
+            attempts: number;
+            /**
+             * Format: int64
+             * @description When the event was accepted, unix ms.
+             */
+            created_at_ms: number;
+            /** @description Where it goes. */
+            endpoint_id: components["schemas"]["EndpointId"];
+            /** @description Its event (and `webhook-id`). */
+            event_id: components["schemas"]["EventId"];
+            /** @description The event's type. */
+            event_type: string;
+            /**
+             * Format: int64
+             * @description When it was delivered or dead-lettered, unix ms.
+             */
+            finished_at_ms?: number | null;
+            /** @description The delivery. */
+            id: components["schemas"]["DeliveryId"];
+            /** @description Last failure reason. */
+            last_error?: string | null;
+            /**
+             * Format: u-int16
+             * @description Last HTTP status received.
+             */
+            last_status?: number | null;
+            /**
+             * Format: int64
+             * @description When the next attempt is due, unix ms (pending only).
+             */
+            next_attempt_at_ms?: number | null;
+            /** @description The usage event's session, if any. */
+            session_id?: string | null;
+            /** @description Where it stands. */
+            status: components["schemas"]["DeliveryStatus"];
+            /**
+             * Format: u-int32
+             * @description Attempts rescheduled because the receiver was busy (429) or a circuit probe failed.
+             */
+            throttled: number;
+            /**
+             * Format: u-int32
+             * @description Attempts ever made.
+             */
+            total_attempts: number;
+        };
+        /** @description Why an endpoint is disabled (the body is optional). */
+        DisableBody: {
+            /** @description Shown with the endpoint. */
+            reason?: string | null;
+        };
+        /**
+         * @description A change to an endpoint, as `endpoints update` and `PATCH /api/v1/endpoints/{id}` take it:
+         *     absent fields stay as they are; `null` clears an optional setting back to the default.
+         */
+        EndpointChanges: {
+            /**
+             * Format: u-int32
+             * @description New circuit threshold, or `null` for the default.
+             */
+            circuit_threshold?: number | null;
+            /** @description New description. */
+            description?: string | null;
+            /** @description New event-type patterns. */
+            event_types?: string[] | null;
+            /** @description New extra headers (replacing all of them). */
+            headers?: {
+                [key: string]: string;
+            } | null;
+            /**
+             * Format: u-int32
+             * @description New retry budget, or `null` for the default.
+             */
+            max_retries?: number | null;
+            /**
+             * Format: u-int32
+             * @description New burst.
+             */
+            rate_burst?: number | null;
+            /**
+             * Format: double
+             * @description New rate limit, or `null` for the default.
+             */
+            rate_limit?: number | null;
+            /**
+             * Format: double
+             * @description New timeout in seconds, or `null` for the default.
+             */
+            timeout_seconds?: number | null;
+            /** @description New URL. */
+            url?: string | null;
+        };
+        /** @description How an endpoint has been doing; written by the worker with every attempt. */
+        EndpointHealth: {
+            /** @description The circuit breaker. */
+            circuit: components["schemas"]["CircuitState"];
+            /**
+             * Format: int64
+             * @description When the circuit last changed state, unix ms.
+             */
+            circuit_changed_at_ms?: number | null;
+            /**
+             * Format: u-int32
+             * @description Failed attempts in a row.
+             */
+            consecutive_failures: number;
+            /**
+             * Format: int64
+             * @description Start of the current run of failures, unix ms.
+             */
+            failing_since_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Last attempt, unix ms.
+             */
+            last_attempt_at_ms?: number | null;
+            /**
+             * Format: int64
+             * @description Last success, unix ms.
+             */
+            last_success_at_ms?: number | null;
+        };
+        /** @description A endpoint id: `ep_` and up to 64 letters, digits or `_`. */
+        EndpointId: string;
+        /** @description A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it. */
+        EndpointSpec: {
+            /**
+             * Format: u-int32
+             * @description Consecutive failures that open the circuit (0: never).
+             */
+            circuit_threshold?: number | null;
+            /** @description Free text. */
+            description?: string;
+            /** @description Event-type patterns; empty: every type. */
+            event_types?: string[];
+            /** @description Extra request headers. */
+            headers?: {
+                [key: string]: string;
+            };
+            /**
+             * Format: u-int32
+             * @description Retry budget.
+             */
+            max_retries?: number | null;
+            /**
+             * Format: u-int32
+             * @description Burst for the rate limit.
+             */
+            rate_burst?: number | null;
+            /**
+             * Format: double
+             * @description Requests per second.
+             */
+            rate_limit?: number | null;
+            /** @description Signing secret; generated (`whsec_…`) when absent. */
+            secret?: string | null;
+            /**
+             * Format: double
+             * @description Per-request timeout in seconds.
+             */
+            timeout_seconds?: number | null;
+            /**
+             * @description Where to deliver.
+             * @example https://hooks.zapier.com/hooks/catch/123/abc/
+             */
+            url: string;
+        };
+        /** @description An endpoint as shown to people and scripts: everything but its secrets. */
+        EndpointView: {
+            /**
+             * Format: u-int32
+             * @description Circuit threshold, when set.
+             */
+            circuit_threshold?: number | null;
+            /**
+             * Format: int64
+             * @description Created, unix ms.
+             */
+            created_at_ms: number;
+            /** @description Free text. */
+            description: string;
+            /** @description Why it was disabled. */
+            disabled_reason?: string | null;
+            /** @description Whether it is enabled. */
+            enabled: boolean;
+            /** @description Event-type patterns; empty means every type. */
+            event_types: string[];
+            /** @description Names of extra headers (values may be credentials and are not shown). */
+            header_names: string[];
+            /** @description Health. */
+            health: components["schemas"]["EndpointHealth"];
+            /** @description Its id. */
+            id: components["schemas"]["EndpointId"];
+            /** @description Whether it mirrors `ZAPIER_WEBHOOK_URL`. */
+            managed_by_config: boolean;
+            /**
+             * Format: u-int32
+             * @description Retry budget, when set.
+             */
+            max_retries?: number | null;
+            /**
+             * Format: int64
+             * @description While a rotation overlap runs: until when the previous secret still signs, unix ms.
+             */
+            previous_secret_until_ms?: number | null;
+            rate_limit?: components["schemas"]["RateLimit"] | null;
+            /** @description Whether it signs (always, except an unsigned `ep_default`). */
+            signed: boolean;
+            /**
+             * Format: double
+             * @description Per-request timeout in seconds, when set.
+             */
+            timeout_seconds?: number | null;
+            /**
+             * Format: int64
+             * @description Last changed, unix ms.
+             */
+            updated_at_ms: number;
+            /** @description The full URL (management output is admin-only). */
+            url: string;
+        };
+        /** @description An endpoint with its signing secret, shown this once. */
+        EndpointWithSecret: {
+            /** @description The endpoint. */
+            endpoint: components["schemas"]["EndpointView"];
+            /** @description Its signing secret (`whsec_…` when generated): store it now, it is not shown again. */
+            secret: string;
+        };
+        /** @description Every endpoint. */
+        Endpoints: {
+            /** @description How many. */
+            count: number;
+            /** @description The endpoints, without their secrets. */
+            endpoints: components["schemas"]["EndpointView"][];
+        };
+        /**
+         * @description Every `code` an error body can carry: the stable, machine-readable half of an error that
+         *     clients branch on (the `detail` is for people and may change).
+         * @enum {string}
+         */
+        ErrorCode: "malformed_json" | "empty_body" | "unreadable_body" | "invalid_query" | "invalid_id" | "confirmation_required" | "unauthorized" | "missing_signature" | "invalid_signature" | "malformed_signature" | "unsupported_signature_scheme" | "signature_expired" | "replayed_request" | "forbidden" | "not_found" | "method_not_allowed" | "request_timeout" | "body_too_large" | "unsupported_media_type" | "invalid_field" | "invalid_batch" | "invalid_body" | "managed_by_config" | "invalid_header" | "invalid_endpoint" | "idempotency_key_reused" | "conflicting_idempotency_key" | "rate_limited" | "internal" | "overloaded" | "storage_unavailable" | "not_ready" | "storage_full";
+        /** @description A event id: `evt_` and up to 64 letters, digits or `_`. */
+        EventId: string;
+        /** @description Any event. */
+        EventRequest: {
+            /** @description The payload, delivered as `data`. */
+            data: unknown;
+            /** @description Same as the `Idempotency-Key` header; if both are sent they must agree. */
+            idempotency_key?: string | null;
+            /**
+             * @description The event type: lowercase letters, digits, `.`, `_` and `-`, e.g. `alert.fired`.
+             * @example alert.fired
+             */
+            type: string;
+        };
+        /** @description The guide's `metrics` block, with its field names. */
+        GuideMetrics: {
+            /**
+             * Format: double
+             * @description Average attempt duration over the last hour.
+             */
+            avg_response_time_ms?: number | null;
+            /**
+             * Format: double
+             * @description 95th percentile attempt duration over the last hour.
+             */
+            p95_response_time_ms?: number | null;
+            /**
+             * Format: double
+             * @description All-time attempt success rate.
+             */
+            success_rate?: number | null;
+            /**
+             * Format: double
+             * @description Attempt success rate over the last hour (null without attempts).
+             */
+            success_rate_1hour?: number | null;
+            /**
+             * Format: u-int64
+             * @description All-time attempts.
+             */
+            total_sent: number;
+        };
+        /** @description The verdict and its reasons. */
+        Health: {
+            /** @description Why, most serious first; empty when healthy. */
+            reasons: string[];
+            /** @description Healthy, degraded or unhealthy. */
+            status: components["schemas"]["HealthStatus"];
+        };
+        /**
+         * @description The verdict.
+         * @enum {string}
+         */
+        HealthStatus: "healthy" | "degraded" | "unhealthy";
+        /** @description A model's share of a session or period. */
+        ModelUsage: {
+            /** @description The model. */
+            model: string;
+            /**
+             * Format: u-int64
+             * @description Calls answered by it.
+             */
+            queries: number;
+            /**
+             * Format: u-int64
+             * @description Tokens (periods only; 0 in sessions).
+             */
+            tokens: number;
+        };
+        /** @description How many dead letters were deleted. */
+        Purged: {
+            /**
+             * Format: u-int64
+             * @description Deliveries deleted.
+             */
+            purged: number;
+        };
+        /** @description Tracked calls in a period. */
+        QueriesSummary: {
+            /**
+             * Format: double
+             * @description Mean model response time.
+             */
+            avg_response_time_ms?: number | null;
+            /**
+             * Format: double
+             * @description Share of calls that succeeded.
+             */
+            success_rate?: number | null;
+            /**
+             * Format: u-int64
+             * @description Successful calls.
+             */
+            successes: number;
+            /**
+             * Format: u-int64
+             * @description Estimated tokens.
+             */
+            tokens: number;
+            /**
+             * Format: u-int64
+             * @description Calls.
+             */
+            total: number;
+        };
+        /** @description The queue. */
+        QueueBlock: {
+            /**
+             * Format: u-int64
+             * @description Deliveries in the dead-letter queue.
+             */
+            dead_letters: number;
+            /**
+             * Format: double
+             * @description Age of the oldest undelivered event, seconds.
+             */
+            oldest_pending_age_seconds?: number | null;
+            /**
+             * Format: double
+             * @description How long the earliest due delivery has waited past its due time, seconds.
+             */
+            overdue_seconds?: number | null;
+            /**
+             * Format: u-int64
+             * @description Deliveries waiting for an attempt.
+             */
+            pending: number;
+        };
+        /** @description An outbound rate limit: `per_second` sustained, up to `burst` at once (GCRA). */
+        RateLimit: {
+            /**
+             * Format: u-int32
+             * @description Requests allowed back to back.
+             */
+            burst: number;
+            /**
+             * Format: double
+             * @description Requests per second, sustained.
+             */
+            per_second: number;
+        };
+        /** @description The ingest rate limit and where clients stand against it. */
+        RateLimitStatus: {
+            /** @description The clients. */
+            clients: components["schemas"]["RateState"][];
+            /**
+             * Format: u-int32
+             * @description Requests a client may make at once, burst included.
+             */
+            limit: number;
+            /**
+             * Format: double
+             * @description The refill rate.
+             */
+            requests_per_second: number;
+            /**
+             * Format: double
+             * @description `WEBHOOK_RATE_WINDOW`, in seconds.
+             */
+            window_seconds: number;
+        };
+        /** @description Where a client stands. */
+        RateState: {
+            /** @description The client key (`key:1` for the first ingest secret, or an IP address). */
+            client: string;
+            /**
+             * Format: u-int32
+             * @description Requests allowed in a full window, burst included.
+             */
+            limit: number;
+            /**
+             * Format: u-int32
+             * @description Requests the client may make right now.
+             */
+            remaining: number;
+            /**
+             * Format: u-int64
+             * @description Seconds until the full allowance is back.
+             */
+            reset_seconds: number;
+            /**
+             * Format: u-int64
+             * @description Seconds until the next request is allowed (0 when one is allowed now).
+             */
+            retry_after_seconds: number;
+        };
+        /** @description The instance can do its job. */
+        Ready: {
+            /**
+             * @description Always `ready`.
+             * @example ready
+             */
+            status: string;
+        };
+        /** @description The endpoint that was removed. */
+        Removed: {
+            /** @description Its id. */
+            removed: components["schemas"]["EndpointId"];
+        };
+        /** @description How many dead letters went back to the queue. */
+        Replayed: {
+            /**
+             * Format: u-int64
+             * @description Deliveries replayed.
+             */
+            replayed: number;
+        };
+        /** @description A secret rotation (the body is optional). */
+        RotateBody: {
+            /**
+             * Format: double
+             * @description How long the previous secret keeps signing beside the new one, in hours (0–8760).
+             */
+            overlap_hours?: number | null;
+            /** @description The new secret; generated (`whsec_…`) when absent. */
+            secret?: string | null;
+        };
+        /** @description One session's aggregate. */
+        SessionStats: {
+            /**
+             * Format: double
+             * @description Mean response time.
+             */
+            avg_response_time_ms?: number | null;
+            /**
+             * Format: u-int64
+             * @description Estimated tokens.
+             */
             estimated_tokens: number;
+            /**
+             * Format: u-int64
+             * @description Of which failed.
+             */
+            failures: number;
+            /**
+             * Format: int64
+             * @description First event, unix ms.
+             */
+            first_seen_ms: number;
+            /**
+             * Format: int64
+             * @description Last event, unix ms.
+             */
+            last_seen_ms: number;
+            /** @description Models used, most used first. */
+            models: components["schemas"]["ModelUsage"][];
+            /**
+             * Format: u-int64
+             * @description LLM calls recorded.
+             */
+            queries: number;
+            /** @description The gateway's session id. */
+            session_id: string;
+            /**
+             * Format: u-int64
+             * @description Of which succeeded.
+             */
+            successes: number;
+            /**
+             * Format: u-int64
+             * @description Sum of response times.
+             */
+            total_response_time_ms: number;
+            /** @description Its webhooks. */
+            webhooks: components["schemas"]["WebhookCounts"];
+        };
+        /** @description Sessions, most recently active first. */
+        Sessions: {
+            /** @description How many on this page. */
+            count: number;
+            /** @description The sessions. */
+            sessions: components["schemas"]["SessionStats"][];
+        };
+        /** @description Sessions in a period (the guide's `sessions` block). */
+        SessionsSummary: {
+            /**
+             * Format: u-int64
+             * @description Sessions active in the period.
+             */
+            total: number;
+            /**
+             * Format: u-int64
+             * @description Calls in the period.
+             */
+            total_queries: number;
+        };
+        /**
+         * @description Everything `status`, `health`, `metrics` and `GET /api/v1/health` show. Its JSON shape is
+         *     documented in the README.
+         */
+        StatusReport: {
+            /** @description Alerts. */
+            alerts: components["schemas"]["AlertsBlock"];
+            /** @description Endpoints. */
+            endpoints: components["schemas"]["EndpointView"][];
+            /**
+             * Format: int64
+             * @description When the report was made, unix ms.
+             */
+            generated_at_ms: number;
+            /** @description The verdict. */
+            health: components["schemas"]["Health"];
+            /** @description The guide's figures. */
+            metrics: components["schemas"]["GuideMetrics"];
+            /** @description The queue. */
+            queue: components["schemas"]["QueueBlock"];
+            /** @description Windowed figures. */
+            windows: components["schemas"]["Windows"];
+            /** @description Whether a delivery worker reported in recently. */
+            worker_alive: boolean;
+        };
+        /** @description The answer to `POST /api/webhook/usage`: `Accepted` for an object, `BatchAccepted` for an array. */
+        UsageAccepted: components["schemas"]["Accepted"] | components["schemas"]["BatchAccepted"];
+        /** @description One LLM call the gateway made: the guide's `track_usage` arguments. */
+        UsageEvent: {
+            /**
+             * Format: u-int64
+             * @description Estimated tokens used by the call (a whole number, as `response_time_ms`).
+             * @example 100
+             */
+            estimated_tokens: number;
+            /**
+             * @description The model that answered: 1–256 characters, not all blank, no control characters.
+             * @example gpt-4o-mini
+             */
+            model_name: string;
+            /**
+             * @description The prompt. Only a summary leaves hookrelay by default (see `HOOKRELAY_QUERY_MODE`).
+             * @example Why does this code throw an error?
+             */
+            query: string;
+            /**
+             * Format: u-int64
+             * @description How long the model took to answer, in milliseconds. A whole number; `1000.0` is
+             *     accepted as `1000`, as JSON Schema counts it an integer.
+             * @example 1000
+             */
+            response_time_ms: number;
+            /**
+             * @description The gateway's session this call belongs to: 1–256 characters, not all blank, no control
+             *     characters.
+             * @example session_123
+             */
+            session_id: string;
+            /** @description Whether the call succeeded. */
             success: boolean;
+            /** @description The gateway client's user agent, if known (at most 1024 characters). */
             user_agent?: string | null;
         };
-        EventRequest: {
-            type: string;
-            data: unknown;
-            idempotency_key?: string | null;
+        /** @description One usage event, or an array of them stored all or nothing */
+        UsageRequest: components["schemas"]["UsageEvent"] | components["schemas"]["UsageEvent"][];
+        /** @description How a session's webhooks are doing. */
+        WebhookCounts: {
+            /**
+             * Format: u-int64
+             * @description Deliveries in the dead-letter queue.
+             */
+            dead: number;
+            /**
+             * Format: u-int64
+             * @description Deliveries that arrived.
+             */
+            delivered: number;
+            /**
+             * Format: u-int64
+             * @description Deliveries still to go.
+             */
+            pending: number;
         };
-        Accepted: {
-            id: string;
-            duplicate: boolean;
+        /** @description Webhook deliveries finished in a period (the guide's `webhooks` block). */
+        WebhooksSummary: {
+            /**
+             * Format: u-int64
+             * @description Delivery attempts.
+             */
+            attempts: number;
+            /**
+             * Format: u-int64
+             * @description Deliveries dead-lettered.
+             */
+            dead_lettered: number;
+            /**
+             * Format: u-int64
+             * @description Deliveries that arrived.
+             */
+            delivered: number;
+            /**
+             * Format: double
+             * @description Share of finished deliveries that arrived.
+             */
+            success_rate?: number | null;
         };
-        BatchAccepted: {
-            ids: string[];
-            events: components["schemas"]["Accepted"][];
+        /** @description The figures people and alert rules read. */
+        WindowStats: {
+            /**
+             * Format: u-int64
+             * @description Attempts (excluding throttled).
+             */
+            attempts: number;
+            /**
+             * Format: double
+             * @description Mean ingest-to-delivery time.
+             */
+            avg_delivery_latency_ms?: number | null;
+            /**
+             * Format: double
+             * @description Mean attempt duration.
+             */
+            avg_response_time_ms?: number | null;
+            /**
+             * Format: double
+             * @description Share of ingest requests that were duplicates.
+             */
+            duplicate_rate?: number | null;
+            /**
+             * Format: double
+             * @description Share of finished deliveries that were dead-lettered.
+             */
+            error_rate?: number | null;
+            /**
+             * Format: double
+             * @description 95th percentile of attempt duration, estimated from the duration buckets: linear within
+             *     the bucket it falls in, and never above the slowest attempt.
+             */
+            p95_response_time_ms?: number | null;
+            /**
+             * Format: double
+             * @description Share of attempts that succeeded, if there were any.
+             */
+            success_rate?: number | null;
+            /** @description Raw sums. */
+            totals: components["schemas"]["WindowTotals"];
         };
-        ApiError: {
-            /** @enum {string} */
-            code: "malformed_json" | "empty_body" | "body_too_large" | "unsupported_media_type" | "invalid_field" | "invalid_batch" | "invalid_body" | "idempotency_key_reused" | "conflicting_idempotency_key" | "missing_signature" | "invalid_signature" | "malformed_signature" | "unsupported_signature_scheme" | "signature_expired" | "replayed_request" | "unauthorized" | "forbidden" | "request_timeout" | "rate_limited" | "overloaded" | "storage_unavailable" | "storage_full" | "not_found" | "method_not_allowed" | "internal";
-            detail: string;
+        /** @description Sums over a window of roll-ups. */
+        WindowTotals: {
+            /**
+             * Format: u-int64
+             * @description Attempts, excluding throttled ones.
+             */
+            attempts: number;
+            /** @description Attempts per duration bucket. */
+            buckets: number[];
+            /**
+             * Format: u-int64
+             * @description Deliveries that ended in the dead-letter queue.
+             */
+            dead_lettered: number;
+            /**
+             * Format: u-int64
+             * @description Deliveries that ended delivered.
+             */
+            delivered: number;
+            /**
+             * Format: u-int64
+             * @description Requests answered as duplicates.
+             */
+            duplicates: number;
+            /**
+             * Format: u-int64
+             * @description The slowest attempt.
+             */
+            duration_max_ms: number;
+            /**
+             * Format: u-int64
+             * @description Total attempt time.
+             */
+            duration_sum_ms: number;
+            /**
+             * Format: u-int64
+             * @description Failed attempts.
+             */
+            failures: number;
+            /**
+             * Format: u-int64
+             * @description Events accepted.
+             */
+            ingested: number;
+            /**
+             * Format: u-int64
+             * @description Total ingest-to-delivery time of delivered ones.
+             */
+            latency_sum_ms: number;
+            /**
+             * Format: u-int64
+             * @description Failed attempts that were rescheduled.
+             */
+            retries: number;
+            /**
+             * Format: u-int64
+             * @description Successful attempts.
+             */
+            successes: number;
+            /**
+             * Format: u-int64
+             * @description Attempts answered 429 or sent back by a circuit probe.
+             */
+            throttled: number;
+        };
+        /** @description Windowed figures. */
+        Windows: {
+            /** @description Since the data began (or the last retention pass). */
+            all_time: components["schemas"]["WindowStats"];
+            /** @description The last 24 hours. */
+            last_day: components["schemas"]["WindowStats"];
+            /** @description The last hour. */
+            last_hour: components["schemas"]["WindowStats"];
         };
     };
     responses: never;
@@ -78,31 +1334,38 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
-    ingest_usage: {
+    openapi: {
         parameters: {
             query?: never;
             header?: never;
             path?: never;
             cookie?: never;
         };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["UsageEvent"] | components["schemas"]["UsageEvent"][];
-            };
-        };
+        requestBody?: never;
         responses: {
-            /** @description stored */
-            202: {
+            /** @description The OpenAPI 3.1 document of this API */
+            200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Accepted"] | components["schemas"]["BatchAccepted"];
+                    "application/json": Record<string, never>;
                 };
             };
-            /** @description error */
-            default: {
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
                     [name: string]: unknown;
                 };
                 content: {
@@ -111,10 +1374,1364 @@ export interface operations {
             };
         };
     };
-    ingest_event: {
+    listAlerts: {
+        parameters: {
+            query?: {
+                /** @description At most this many recent alerts (at most 1000). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Alerts */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Alerts"];
+                };
+            };
+            /** @description `invalid_query` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    getAnalytics: {
+        parameters: {
+            query?: {
+                /** @description How many days back, 1–3650. */
+                days?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The summary */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Analytics"];
+                };
+            };
+            /** @description `invalid_query` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    listDeadLetters: {
+        parameters: {
+            query?: {
+                /** @description At most this many (at most 10000). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Dead letters, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeadLetters"];
+                };
+            };
+            /** @description `invalid_query` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    purgeAllDeadLetters: {
+        parameters: {
+            query: {
+                /** @description Must be `true`: purging every dead letter cannot be undone. */
+                confirm: "true";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Purged"];
+                };
+            };
+            /** @description `confirmation_required` without `?confirm=true`; `invalid_query` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    replayAllDeadLetters: {
         parameters: {
             query?: never;
             header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Back in the queue */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Replayed"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    getDelivery: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The delivery */
+                id: components["schemas"]["DeliveryId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The delivery */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveryDetail"];
+                };
+            };
+            /** @description `invalid_id` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    purgeDeadLetter: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The dead letter */
+                id: components["schemas"]["DeliveryId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Purged"];
+                };
+            };
+            /** @description `invalid_id` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found`: no dead letter with that id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    replayDeadLetter: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The dead letter */
+                id: components["schemas"]["DeliveryId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Back in the queue */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Replayed"];
+                };
+            };
+            /** @description `invalid_id` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found`: no dead letter with that id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    listEndpoints: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every endpoint */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Endpoints"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    createEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EndpointSpec"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointWithSecret"];
+                };
+            };
+            /** @description `malformed_json`, `empty_body`, `unreadable_body` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `body_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `invalid_field`, `invalid_endpoint` (the detail names the field) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    getEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint */
+                id: components["schemas"]["EndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointView"];
+                };
+            };
+            /** @description `invalid_id` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    removeEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint */
+                id: components["schemas"]["EndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Removed"];
+                };
+            };
+            /** @description `invalid_id` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    updateEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint */
+                id: components["schemas"]["EndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EndpointChanges"];
+            };
+        };
+        responses: {
+            /** @description The endpoint as changed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointView"];
+                };
+            };
+            /** @description `invalid_id`, `malformed_json`, `empty_body`, `unreadable_body` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `managed_by_config`: `ep_default`'s URL follows ZAPIER_WEBHOOK_URL */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `body_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `invalid_field`, `invalid_endpoint` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    disableEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint */
+                id: components["schemas"]["EndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["DisableBody"] | null;
+            };
+        };
+        responses: {
+            /** @description The endpoint */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointView"];
+                };
+            };
+            /** @description `invalid_id`, `malformed_json`, `unreadable_body` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `body_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `invalid_field` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    enableEndpoint: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint */
+                id: components["schemas"]["EndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointView"];
+                };
+            };
+            /** @description `invalid_id` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    rotateEndpointSecret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The endpoint */
+                id: components["schemas"]["EndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RotateBody"] | null;
+            };
+        };
+        responses: {
+            /** @description The endpoint and its new secret */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EndpointWithSecret"];
+                };
+            };
+            /** @description `invalid_id`, `malformed_json`, `unreadable_body` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `managed_by_config`: `ep_default` signs with WEBHOOK_SECRET */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `body_too_large` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `invalid_field`, `invalid_endpoint` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    sendEvent: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: a key seen before for the same event type answers the original
+                 *     event. Printable ASCII, at most 255 characters.
+                 */
+                "Idempotency-Key"?: string | null;
+            };
             path?: never;
             cookie?: never;
         };
@@ -124,17 +2741,651 @@ export interface operations {
             };
         };
         responses: {
-            /** @description stored */
+            /** @description Stored; delivery follows */
             202: {
                 headers: {
+                    /** @description `true` when the event was a duplicate */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Accepted"];
                 };
             };
-            /** @description error */
-            default: {
+            /** @description `malformed_json`, `empty_body`, `unreadable_body` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `missing_signature`, `invalid_signature`, `malformed_signature`, `unsupported_signature_scheme`, `signature_expired`, `replayed_request`: signed ingest is on and the signature is missing, wrong, of a refused scheme, stale or replayed */
+            401: {
+                headers: {
+                    /** @description The signature schemes accepted */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: the client's address is not in WEBHOOK_ALLOWED_IPS */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `body_too_large`: the body exceeds HOOKRELAY_MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `invalid_field`, `invalid_header`, `idempotency_key_reused`, `conflicting_idempotency_key` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `rate_limited`: over the client's allowance */
+            429: {
+                headers: {
+                    /** @description Requests the client may make at once, burst included */
+                    "RateLimit-Limit"?: string;
+                    /** @description The configured quota: `N;w=SECONDS` */
+                    "RateLimit-Policy"?: string;
+                    /** @description Requests left */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the full allowance is back */
+                    "RateLimit-Reset"?: string;
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `storage_full`: nothing was stored */
+            507: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    getStatus: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The status report */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StatusReport"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    getRateLimits: {
+        parameters: {
+            query?: {
+                /**
+                 * @description One client (`203.0.113.7`, `2001:db8::/64`, `key:1`); without it, every client with a
+                 *     request in the current window.
+                 */
+                client?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The limit and the clients */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RateLimitStatus"];
+                };
+            };
+            /** @description `invalid_query` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    listSessions: {
+        parameters: {
+            query?: {
+                /** @description Only sessions active at or after this time, unix ms. */
+                since?: number;
+                /** @description Only sessions active before this time, unix ms. */
+                until?: number;
+                /** @description At most this many (at most 1000). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Sessions */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sessions"];
+                };
+            };
+            /** @description `invalid_query` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    getSession: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The gateway's session id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The session */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionStats"];
+                };
+            };
+            /** @description `unauthorized`: the admin token is missing or wrong */
+            401: {
+                headers: {
+                    /** @description The Bearer challenge */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: no admin token is configured and the client is not on loopback */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_found` */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    trackUsage: {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: a key seen before for the same event type answers the original
+                 *     event. Printable ASCII, at most 255 characters.
+                 */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UsageRequest"];
+            };
+        };
+        responses: {
+            /** @description Stored; delivery follows */
+            202: {
+                headers: {
+                    /** @description `true` when every event was a duplicate */
+                    "Idempotent-Replayed"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageAccepted"];
+                };
+            };
+            /** @description `malformed_json`, `empty_body`, `unreadable_body` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `missing_signature`, `invalid_signature`, `malformed_signature`, `unsupported_signature_scheme`, `signature_expired`, `replayed_request`: signed ingest is on and the signature is missing, wrong, of a refused scheme, stale or replayed */
+            401: {
+                headers: {
+                    /** @description The signature schemes accepted */
+                    "WWW-Authenticate"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `forbidden`: the client's address is not in WEBHOOK_ALLOWED_IPS */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `body_too_large`: the body exceeds HOOKRELAY_MAX_BODY_BYTES */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `unsupported_media_type` */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `invalid_field` (the detail names it, `[2].model_name: …`), `invalid_batch`, `invalid_body`, `invalid_header`, `idempotency_key_reused` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `rate_limited`: over the client's allowance */
+            429: {
+                headers: {
+                    /** @description Requests the client may make at once, burst included */
+                    "RateLimit-Limit"?: string;
+                    /** @description The configured quota: `N;w=SECONDS` */
+                    "RateLimit-Policy"?: string;
+                    /** @description Requests left */
+                    "RateLimit-Remaining"?: string;
+                    /** @description Seconds until the full allowance is back */
+                    "RateLimit-Reset"?: string;
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `storage_full`: nothing was stored */
+            507: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    liveness: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Alive */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Alive"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    metrics: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Prometheus text exposition format */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain; version=0.0.4; charset=utf-8": string;
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `overloaded`: too many connections or requests in progress; `storage_unavailable`: the database failed and nothing was stored */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+        };
+    };
+    readiness: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Ready */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Ready"];
+                };
+            };
+            /** @description `request_timeout`: the request took longer than HOOKRELAY_REQUEST_TIMEOUT_SECONDS */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiError"];
+                };
+            };
+            /** @description `not_ready`: the detail says what is missing */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
