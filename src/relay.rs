@@ -43,8 +43,8 @@ use crate::{
     },
     ingest::{IngestError, Ingestor},
     store::{
-        DeliveryDetail, DeliverySummary, InboundMessage, Ingested, QueueCounts, Selection, Store,
-        StoreError,
+        DeliveryDetail, DeliverySummary, InboundMessage, Ingested, OnProgress, Progress,
+        QueueCounts, Selection, Store, StoreError,
     },
 };
 
@@ -284,6 +284,46 @@ impl Relay {
         Ok(replayed)
     }
 
+    /// Returns every dead letter to the queue as [`Relay::replay`] does, in transactions of a
+    /// thousand, so ingest and delivery go on meanwhile (one statement would hold the write
+    /// lock for the whole queue); reports the count replayed against the queue's size, counted
+    /// first when `progress` is watched. Returns how many.
+    pub async fn replay_all_with_progress(&self, progress: OnProgress) -> Result<u64, StoreError> {
+        const PHASE: &str = "replaying dead letters";
+        const BATCH: usize = 1000;
+        let total = if progress.is_watched() {
+            Some(self.counts().await?.dead)
+        } else {
+            None
+        };
+        let report = |done: u64| {
+            progress.report(Progress {
+                phase: PHASE,
+                done,
+                // Letters that die meanwhile are replayed too: the end moves out.
+                total: total.map(|t| t.max(done)),
+            });
+        };
+        report(0);
+        let mut replayed = 0;
+        let mut after = None;
+        loop {
+            let (count, last) = self
+                .inner
+                .store
+                .replay_batch(after, BATCH, self.inner.clock.now_ms())
+                .await?;
+            if count == 0 {
+                break;
+            }
+            replayed += count;
+            self.inner.wake.notify_one();
+            report(replayed);
+            after = last;
+        }
+        Ok(replayed)
+    }
+
     /// Deletes dead letters and their attempt logs.
     pub async fn purge(&self, which: Selection) -> Result<u64, StoreError> {
         self.inner.store.purge(which).await
@@ -458,8 +498,19 @@ impl Relay {
         days: u32,
         dry_run: bool,
     ) -> Result<crate::domain::CleanupReport, StoreError> {
+        self.cleanup_with_progress(days, dry_run, OnProgress::none())
+            .await
+    }
+
+    /// [`Relay::cleanup`], reporting each batch to `progress`.
+    pub async fn cleanup_with_progress(
+        &self,
+        days: u32,
+        dry_run: bool,
+        progress: OnProgress,
+    ) -> Result<crate::domain::CleanupReport, StoreError> {
         let cutoff = self.inner.clock.now_ms() - i64::from(days) * 86_400_000;
-        self.inner.store.cleanup(cutoff, dry_run).await
+        self.inner.store.cleanup(cutoff, dry_run, progress).await
     }
 
     /// Database sizes and counts.
@@ -472,12 +523,31 @@ impl Relay {
         &self,
         full: bool,
     ) -> Result<crate::store::MaintenanceReport, StoreError> {
-        self.inner.store.maintain(full).await
+        self.maintain_with_progress(full, OnProgress::none()).await
+    }
+
+    /// [`Relay::maintain`], reporting each phase (and the steps of those that have steps) to
+    /// `progress`.
+    pub async fn maintain_with_progress(
+        &self,
+        full: bool,
+        progress: OnProgress,
+    ) -> Result<crate::store::MaintenanceReport, StoreError> {
+        self.inner.store.maintain(full, progress).await
     }
 
     /// A consistent copy of the database at `path`, taken while it is in use.
     pub async fn backup(&self, path: std::path::PathBuf) -> Result<(), StoreError> {
-        self.inner.store.backup(path).await
+        self.backup_with_progress(path, OnProgress::none()).await
+    }
+
+    /// [`Relay::backup`], reporting the pages copied to `progress`.
+    pub async fn backup_with_progress(
+        &self,
+        path: std::path::PathBuf,
+        progress: OnProgress,
+    ) -> Result<(), StoreError> {
+        self.inner.store.backup(path, progress).await
     }
 
     /// Clears this instance's worker heartbeat after a clean stop.

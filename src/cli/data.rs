@@ -6,7 +6,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::output::{confirm, json, table, time};
+use super::{
+    output::{confirm, json, table, time},
+    progress::ProgressLine,
+};
 use crate::{
     clock::{Clock, SystemClock},
     config::{Config, DatabaseLocation},
@@ -219,7 +222,11 @@ pub async fn cleanup(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let report = relay.cleanup(days, dry_run).await?;
+    let progress = ProgressLine::start(as_json);
+    let report = relay
+        .cleanup_with_progress(days, dry_run, progress.on_progress())
+        .await?;
+    progress.finish();
     if as_json {
         json(&report);
     } else {
@@ -281,7 +288,11 @@ pub async fn db(relay: Relay, command: DbCommand) -> anyhow::Result<ExitCode> {
             full,
             json: as_json,
         } => {
-            let report = relay.maintain(full).await?;
+            let progress = ProgressLine::start(as_json);
+            let report = relay
+                .maintain_with_progress(full, progress.on_progress())
+                .await?;
+            progress.finish();
             let ok = report.integrity == ["ok"];
             if as_json {
                 json(&report);
@@ -321,10 +332,12 @@ pub async fn db(relay: Relay, command: DbCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn backup(relay: Relay, path: PathBuf, as_json: bool) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let progress = ProgressLine::start(as_json);
     relay
-        .backup(path.clone())
+        .backup_with_progress(path.clone(), progress.on_progress())
         .await
         .context("taking the backup")?;
+    progress.finish();
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
     if as_json {
         json(&serde_json::json!({
@@ -387,9 +400,14 @@ pub async fn restore(
     }
     let target = target.clone();
     let restored = target.clone();
-    let kept = tokio::task::spawn_blocking(move || crate::store::restore(&backup, &restored))
-        .await
-        .context("restoring")??;
+    let progress = ProgressLine::start(as_json);
+    let on_progress = progress.on_progress();
+    let kept = tokio::task::spawn_blocking(move || {
+        crate::store::restore_with_progress(&backup, &restored, &on_progress)
+    })
+    .await
+    .context("restoring")??;
+    progress.finish();
     if as_json {
         json(&serde_json::json!({ "restored": target, "replaced_kept_at": kept }));
     } else {

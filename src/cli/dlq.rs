@@ -6,7 +6,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::output::{confirm, cut, json, table, time};
+use super::{
+    output::{confirm, cut, json, table, time},
+    progress::ProgressLine,
+};
 use crate::{domain::DeliveryId, relay::Relay, store::Selection};
 
 /// Dead-letter queue commands.
@@ -177,7 +180,18 @@ pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Replay(target) => {
-            let replayed = relay.replay(target.selection()?).await?;
+            let replayed = match target.selection()? {
+                // Many, in batches, with a progress line.
+                Selection::All => {
+                    let progress = ProgressLine::start(target.json);
+                    let replayed = relay
+                        .replay_all_with_progress(progress.on_progress())
+                        .await?;
+                    progress.finish();
+                    replayed
+                }
+                one => relay.replay(one).await?,
+            };
             let why_not = if replayed == 0 {
                 why_not(&relay, &target).await?
             } else {

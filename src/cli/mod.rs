@@ -8,6 +8,7 @@ mod dlq;
 mod endpoints;
 mod monitor;
 mod output;
+mod progress;
 
 use std::{net::SocketAddr, process::ExitCode};
 

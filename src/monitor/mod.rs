@@ -28,7 +28,7 @@ use crate::{
     config::Config,
     delivery::HttpSender,
     domain::{CircuitState, EndpointView},
-    store::{QueueCounts, Store, StoreError},
+    store::{OnProgress, QueueCounts, Store, StoreError},
 };
 
 /// Windowed figures.
@@ -293,7 +293,7 @@ async fn run_retention(
     clock: &dyn Clock,
 ) -> Result<crate::domain::CleanupReport, StoreError> {
     let cutoff = clock.now_ms() - i64::from(config.database.retention_days) * 86_400_000;
-    let report = store.cleanup(cutoff, false).await?;
+    let report = store.cleanup(cutoff, false, OnProgress::none()).await?;
     info!(
         events = report.events,
         attempts = report.attempts,

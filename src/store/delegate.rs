@@ -20,7 +20,7 @@ macro_rules! delegate_store {
                 },
                 store::{
                     AttemptRecord, ClaimedDelivery, DbStats, DeliveryDetail, DeliverySummary,
-                    HealthUpdate, InboundMessage, Ingested, LeaseToken, MaintenanceReport, NewEvent, QueueCounts,
+                    HealthUpdate, InboundMessage, Ingested, LeaseToken, MaintenanceReport, NewEvent, OnProgress, QueueCounts,
                     Selection, Store, StoreError,
                 },
             };
@@ -144,6 +144,15 @@ macro_rules! delegate_store {
                     self.requeue_dead(which, now_ms).await
                 }
 
+                async fn replay_batch(
+                    &self,
+                    after: Option<DeliveryId>,
+                    limit: usize,
+                    now_ms: i64,
+                ) -> Result<(u64, Option<DeliveryId>), StoreError> {
+                    self.requeue_dead_batch(after, limit, now_ms).await
+                }
+
                 async fn purge(&self, which: Selection) -> Result<u64, StoreError> {
                     self.delete_dead(which).await
                 }
@@ -238,20 +247,29 @@ macro_rules! delegate_store {
                     self.usage_summary(now_ms, days).await
                 }
 
-                async fn cleanup(&self, cutoff_ms: i64, dry_run: bool) -> Result<CleanupReport, StoreError> {
-                    self.remove_expired(cutoff_ms, dry_run).await
+                async fn cleanup(
+                    &self,
+                    cutoff_ms: i64,
+                    dry_run: bool,
+                    progress: OnProgress,
+                ) -> Result<CleanupReport, StoreError> {
+                    self.remove_expired(cutoff_ms, dry_run, progress).await
                 }
 
                 async fn db_stats(&self) -> Result<DbStats, StoreError> {
                     self.stats().await
                 }
 
-                async fn maintain(&self, full: bool) -> Result<MaintenanceReport, StoreError> {
-                    self.maintain_database(full).await
+                async fn maintain(
+                    &self,
+                    full: bool,
+                    progress: OnProgress,
+                ) -> Result<MaintenanceReport, StoreError> {
+                    self.maintain_database(full, progress).await
                 }
 
-                async fn backup(&self, target: PathBuf) -> Result<(), StoreError> {
-                    self.copy_database(target).await
+                async fn backup(&self, target: PathBuf, progress: OnProgress) -> Result<(), StoreError> {
+                    self.copy_database(target, progress).await
                 }
 
                 $($($extra)*)?

@@ -11,6 +11,7 @@
 mod delegate;
 mod error;
 mod postgres;
+mod progress;
 mod rows;
 mod shared;
 mod sqlite;
@@ -23,7 +24,8 @@ use serde::Serialize;
 pub use self::{
     error::{Cause, StoreError},
     postgres::PgStore,
-    sqlite::{SqliteStore, restore},
+    progress::{OnProgress, Progress},
+    sqlite::{SqliteStore, restore, restore_with_progress},
 };
 use crate::{
     config::{DatabaseLocation, SqliteSync},
@@ -458,6 +460,17 @@ pub trait Store: Send + Sync + 'static {
     /// Puts dead letters back in the queue with a fresh retry budget; returns how many.
     async fn replay(&self, which: Selection, now_ms: i64) -> Result<u64, StoreError>;
 
+    /// Puts up to `limit` dead letters back in the queue as [`Store::replay`] does: those whose
+    /// id sorts after `after` (all with `None`), in id order, in one short transaction. Returns
+    /// how many, and the last id replayed: the `after` of the next batch. Walking the ids
+    /// forward replays each dead letter at most once, even one that dies again meanwhile.
+    async fn replay_batch(
+        &self,
+        after: Option<DeliveryId>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(u64, Option<DeliveryId>), StoreError>;
+
     /// Deletes dead letters and their attempts; returns how many.
     async fn purge(&self, which: Selection) -> Result<u64, StoreError>;
 
@@ -547,15 +560,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes, in small transactions, delivered events older than `cutoff_ms` with their
     /// deliveries and attempts, idle sessions, resolved alerts and roll-ups; never pending or
-    /// dead-lettered work. With `dry_run`, only counts.
-    async fn cleanup(&self, cutoff_ms: i64, dry_run: bool) -> Result<CleanupReport, StoreError>;
+    /// dead-lettered work. With `dry_run`, only counts. Each batch is reported to `progress`
+    /// (against a total counted first when it is watched).
+    async fn cleanup(
+        &self,
+        cutoff_ms: i64,
+        dry_run: bool,
+        progress: OnProgress,
+    ) -> Result<CleanupReport, StoreError>;
 
     /// Sizes and counts.
     async fn db_stats(&self) -> Result<DbStats, StoreError>;
 
-    /// Integrity check, `ANALYZE`, and an incremental (or, with `full`, complete) vacuum.
-    async fn maintain(&self, full: bool) -> Result<MaintenanceReport, StoreError>;
+    /// Integrity check, `ANALYZE`, and an incremental (or, with `full`, complete) vacuum;
+    /// each phase, and the steps of those that have steps, reported to `progress`.
+    async fn maintain(
+        &self,
+        full: bool,
+        progress: OnProgress,
+    ) -> Result<MaintenanceReport, StoreError>;
 
-    /// Writes a consistent copy of the database to `path` while it is in use.
-    async fn backup(&self, path: std::path::PathBuf) -> Result<(), StoreError>;
+    /// Writes a consistent copy of the database to `path` while it is in use, reporting the
+    /// pages copied to `progress`.
+    async fn backup(
+        &self,
+        path: std::path::PathBuf,
+        progress: OnProgress,
+    ) -> Result<(), StoreError>;
 }

@@ -128,6 +128,41 @@ pub async fn replaying_all_requeues_every_dead_letter(backend: Backend) {
     );
 }
 
+pub async fn replaying_in_batches_walks_every_dead_letter_once_in_id_order(backend: Backend) {
+    let store = &backend.store;
+    let mut dead = dead_letters(store, 5).await;
+    dead.sort();
+
+    let (first, last) = store
+        .replay_batch(None, 2, START + 50_000)
+        .await
+        .expect("replay_batch");
+    assert_eq!((first, last.as_ref()), (2, Some(&dead[1])));
+    // What is replayed and dies again behind the cursor is not replayed a second time.
+    let again = claim(store, START + 50_000, &ep_default(), ALL).await;
+    record_all(store, &again, NextState::DeadLetter, START + 50_000).await;
+    let (second, last) = store
+        .replay_batch(last, 2, START + 60_000)
+        .await
+        .expect("replay_batch");
+    assert_eq!((second, last.as_ref()), (2, Some(&dead[3])));
+    let (third, last) = store
+        .replay_batch(last, 2, START + 60_000)
+        .await
+        .expect("replay_batch");
+    assert_eq!((third, last.as_ref()), (1, Some(&dead[4])));
+    let (none, end) = store
+        .replay_batch(last, 2, START + 60_000)
+        .await
+        .expect("replay_batch");
+    assert_eq!((none, end), (0, None));
+    let counts = store.counts().await.expect("counts");
+    assert_eq!((counts.pending, counts.dead), (3, 2));
+    let pending = claim(store, START + 60_000, &ep_default(), ALL).await;
+    assert!(pending.iter().all(|c| c.attempts == 0), "a fresh budget");
+    assert_eq!(ids(&pending), dead[2..].to_vec());
+}
+
 pub async fn purging_one_dead_letter_deletes_only_it(backend: Backend) {
     let store = &backend.store;
     let dead = dead_letters(store, 2).await;

@@ -35,8 +35,24 @@ pub async fn maintenance_checks_vacuums_and_keeps_every_row(backend: Backend) {
     with_default_endpoint(store).await;
     ingest(store, vec![event("order.created", START)]).await;
     for full in [false, true] {
-        let report = store.maintain(full).await.expect("maintain");
+        let (progress, reports) = recorded_progress();
+        let report = store.maintain(full, progress).await.expect("maintain");
         assert_eq!(report.integrity, ["ok"]);
+        // Phases by name; steps never past their total, which is never invented.
+        let reports = reports.lock().expect("reports").clone();
+        assert_eq!(
+            reports.first().map(|p| p.phase),
+            Some("integrity check"),
+            "{reports:?}"
+        );
+        assert!(
+            reports.iter().any(|p| p.phase.contains("VACUUM")) || !full,
+            "{reports:?}"
+        );
+        assert!(
+            reports.iter().all(|p| p.total.is_none_or(|t| p.done <= t)),
+            "{reports:?}"
+        );
         assert_eq!(report.vacuum, if full { "full" } else { "incremental" });
     }
     assert_eq!(store.counts().await.expect("counts").pending, 1);

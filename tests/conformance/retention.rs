@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use hookrelay::{
     domain::{AlertLevel, CleanupReport, Condition, DeliveryId, EventId},
-    store::{DeliveryStatus, NextState, Store},
+    store::{DeliveryStatus, NextState, OnProgress, Store},
 };
 
 use crate::{backends::Backend, support::*};
@@ -164,7 +164,10 @@ pub async fn a_dry_run_counts_without_deleting(backend: Backend) {
     let scene = scene(store).await;
     let totals_before = store.window_totals(None).await.expect("window_totals");
 
-    let report = store.cleanup(CUTOFF, true).await.expect("cleanup");
+    let report = store
+        .cleanup(CUTOFF, true, OnProgress::none())
+        .await
+        .expect("cleanup");
 
     assert_eq!(
         report,
@@ -195,9 +198,18 @@ pub async fn a_dry_run_counts_without_deleting(backend: Backend) {
         totals_before
     );
     // Nothing changed, so a second dry run says the same, and the real run does what it said.
-    assert_eq!(store.cleanup(CUTOFF, true).await.expect("cleanup"), report);
     assert_eq!(
-        store.cleanup(CUTOFF, false).await.expect("cleanup"),
+        store
+            .cleanup(CUTOFF, true, OnProgress::none())
+            .await
+            .expect("cleanup"),
+        report
+    );
+    assert_eq!(
+        store
+            .cleanup(CUTOFF, false, OnProgress::none())
+            .await
+            .expect("cleanup"),
         EXPECTED
     );
 }
@@ -206,7 +218,10 @@ pub async fn cleanup_removes_old_finished_work_and_reports_it(backend: Backend) 
     let store = &backend.store;
     let scene = scene(store).await;
 
-    let report = store.cleanup(CUTOFF, false).await.expect("cleanup");
+    let report = store
+        .cleanup(CUTOFF, false, OnProgress::none())
+        .await
+        .expect("cleanup");
 
     assert_eq!(report, EXPECTED);
     for id in &scene.gone {
@@ -239,7 +254,10 @@ pub async fn cleanup_removes_old_finished_work_and_reports_it(backend: Backend) 
     assert_eq!(totals.attempts, 3, "only the new minute's roll-up is left");
     // Nothing old and finished is left.
     assert_eq!(
-        store.cleanup(CUTOFF, false).await.expect("cleanup"),
+        store
+            .cleanup(CUTOFF, false, OnProgress::none())
+            .await
+            .expect("cleanup"),
         CleanupReport::default()
     );
 }
@@ -248,7 +266,10 @@ pub async fn cleanup_never_removes_pending_dead_or_newer_work(backend: Backend) 
     let store = &backend.store;
     let scene = scene(store).await;
 
-    store.cleanup(CUTOFF, false).await.expect("cleanup");
+    store
+        .cleanup(CUTOFF, false, OnProgress::none())
+        .await
+        .expect("cleanup");
 
     for (id, status) in &scene.kept {
         assert_eq!(
@@ -340,8 +361,27 @@ pub async fn cleanup_works_through_more_than_one_batch(backend: Backend) {
     let expected = delivered.len() as u64;
     assert_eq!(expected, 2_499);
 
-    let dry = store.cleanup(CUTOFF, true).await.expect("cleanup");
-    let report = store.cleanup(CUTOFF, false).await.expect("cleanup");
+    let dry = store
+        .cleanup(CUTOFF, true, OnProgress::none())
+        .await
+        .expect("cleanup");
+    let (progress, reports) = recorded_progress();
+    let report = store
+        .cleanup(CUTOFF, false, progress)
+        .await
+        .expect("cleanup");
+    // The events phase counts its total first, then reports each batch of a thousand.
+    let events: Vec<_> = reports
+        .lock()
+        .expect("reports")
+        .iter()
+        .filter(|p| p.phase == "removing delivered events")
+        .map(|p| (p.done, p.total))
+        .collect();
+    assert_eq!(
+        events,
+        [0, 1_000, 2_000, expected].map(|done| (done, Some(expected)))
+    );
 
     assert_eq!(
         (dry.events, dry.deliveries, dry.attempts),
@@ -380,7 +420,11 @@ pub async fn cleanup_works_through_more_than_one_batch(backend: Backend) {
     );
     assert_eq!(pending.len(), 31);
     assert_eq!(
-        store.cleanup(CUTOFF, false).await.expect("cleanup").events,
+        store
+            .cleanup(CUTOFF, false, OnProgress::none())
+            .await
+            .expect("cleanup")
+            .events,
         0
     );
 }

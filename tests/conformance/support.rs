@@ -287,3 +287,16 @@ pub fn ids(claimed: &[ClaimedDelivery]) -> Vec<DeliveryId> {
     ids.sort();
     ids
 }
+
+/// A progress callback that keeps every report, and the reports.
+pub fn recorded_progress() -> (
+    hookrelay::store::OnProgress,
+    Arc<std::sync::Mutex<Vec<hookrelay::store::Progress>>>,
+) {
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = Arc::clone(&reports);
+    let on_progress = hookrelay::store::OnProgress::new(move |progress| {
+        kept.lock().expect("reports").push(progress);
+    });
+    (on_progress, reports)
+}

@@ -757,3 +757,133 @@ fn config_check_reports_an_unreachable_database_without_echoing_its_url() {
         "{report}"
     );
 }
+
+/// What a progress bar draws with: carriage returns and CSI escape sequences.
+fn terminal_controls(bytes: &[u8]) -> bool {
+    bytes.contains(&b'\r') || bytes.windows(2).any(|pair| pair == b"\x1b[")
+}
+
+/// A database in `dir` with a dead letter and a few MiB of events (a backup of it takes
+/// several steps).
+async fn busy_database(dir: &Path) {
+    let relay = Relay::open(config(
+        dir,
+        &[("ZAPIER_WEBHOOK_URL", "http://127.0.0.1:9/h")],
+    ))
+    .await
+    .expect("open");
+    let long = hookrelay::domain::UsageEvent {
+        query: "q".repeat(2_000),
+        ..usage("big")
+    };
+    for _ in 0..12 {
+        relay
+            .track_usage_batch(vec![long.clone(); 500], None)
+            .await
+            .expect("track");
+    }
+    drop(relay);
+    crate::helpers::execute_sql(
+        dir,
+        "UPDATE deliveries SET status = 'dead', finished_at = 1 WHERE id = (SELECT MIN(id) FROM deliveries)",
+        "UPDATE deliveries SET status = 'dead', finished_at = 1 WHERE id = (SELECT MIN(id) FROM deliveries)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn long_commands_draw_no_progress_into_pipes_nor_into_json() {
+    let dir = tempfile::tempdir().expect("dir");
+    busy_database(dir.path()).await;
+    let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (copy, json_copy) = (path("piped.db"), path("piped-json.db"));
+    let mut commands: Vec<Vec<&str>> = vec![
+        vec!["cleanup", "--dry-run"],
+        vec!["cleanup", "--json"],
+        vec!["cleanup"],
+        vec!["dlq", "replay", "--all"],
+        vec!["dlq", "replay", "--all", "--json"],
+        vec!["db", "maintain"],
+        vec!["db", "maintain", "--full", "--json"],
+    ];
+    if !crate::helpers::sqlite_only("backup and restore copy the SQLite file") {
+        commands.extend([
+            vec!["backup", &copy],
+            vec!["backup", &json_copy, "--json"],
+            vec!["restore", "--yes", &copy],
+            vec!["restore", "--yes", "--json", &json_copy],
+        ]);
+    }
+    for args in commands {
+        // A terminal type that could draw, so only the pipe keeps the bar away.
+        let output = hookrelay(dir.path(), &[("TERM", "xterm")])
+            .args(&args)
+            .output()
+            .expect("run");
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        assert!(
+            !terminal_controls(&output.stdout) && !terminal_controls(&output.stderr),
+            "{args:?} drew into a pipe: {output:?}"
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if args.contains(&"--json") {
+            serde_json::from_slice::<Value>(&output.stdout)
+                .unwrap_or_else(|e| panic!("{args:?}: {e}: {stdout}"));
+        } else {
+            let summary = match args[0] {
+                "cleanup" => "delivered event(s) older than",
+                "dlq" => "dead letter(s); a running server delivers them",
+                "db" => "integrity check  ok",
+                "backup" => "Backup written to",
+                _ => "Restored.",
+            };
+            assert!(stdout.contains(summary), "{args:?}: {stdout}");
+        }
+        if args == ["dlq", "replay", "--all"] {
+            assert!(stdout.starts_with("Replayed 1 dead letter(s)"), "{stdout}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_backup_on_a_terminal_shows_its_progress_then_only_its_summary() {
+    if crate::helpers::sqlite_only("backup copies the SQLite file") {
+        return;
+    }
+    // util-linux `script` runs a command on a pseudo-terminal and copies what it draws.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to give hookrelay a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    busy_database(dir.path()).await;
+    let backup = dir.path().join("on-a-terminal.db");
+    let base = hookrelay(dir.path(), &[("TERM", "xterm")]);
+    let line = format!(
+        "'{}' backup '{}'",
+        env!("CARGO_BIN_EXE_hookrelay"),
+        backup.display()
+    );
+    let output = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_clear()
+        .envs(
+            base.get_envs()
+                .filter_map(|(name, value)| Some((name, value?))),
+        )
+        .current_dir(dir.path())
+        .output()
+        .expect("run script");
+    let drawn = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(drawn.contains("copying pages ["), "{drawn:?}");
+    // Pages against the total (frames between draws are dropped, so not necessarily 100%).
+    assert!(drawn.contains("% ") && drawn.contains("1,"), "{drawn:?}");
+    // The bar is cleared, and the summary follows it alone on its line.
+    let (_, summary) = drawn.rsplit_once("\x1b[2K").expect("a cleared line");
+    assert!(
+        summary.starts_with("Backup written to") && !summary.contains('['),
+        "{summary:?}"
+    );
+    assert!(backup.is_file());
+}

@@ -335,6 +335,80 @@ async fn a_backup_taken_under_load_holds_every_event_acknowledged_before_it() {
     assert!(restored.counts().await.expect("counts").pending >= before.len() as u64);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_copies_one_snapshot_in_steps_while_writes_commit_between_them() {
+    if sqlite_only("backup copies the SQLite file") {
+        return;
+    }
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    // A few MiB, so the copy takes several steps.
+    let long = UsageEvent {
+        query: "q".repeat(2_000),
+        ..call("big", "m", 1, 1, true)
+    };
+    for _ in 0..12 {
+        app.relay
+            .track_usage_batch(vec![long.clone(); 500], None)
+            .await
+            .expect("track");
+    }
+    let stored = app.relay.db_stats().await.expect("stats");
+    let events_before = stored
+        .tables
+        .iter()
+        .find(|t| t.name == "events")
+        .map(|t| t.rows);
+    assert_eq!(events_before, Some(6_000));
+
+    // Between steps, events commit (one per report, the first few).
+    let handle = tokio::runtime::Handle::current();
+    let relay = app.relay.clone();
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (kept_written, kept_reports) = (Arc::clone(&written), Arc::clone(&reports));
+    let on_progress = hookrelay::store::OnProgress::new(move |progress| {
+        kept_reports.lock().expect("lock").push(progress);
+        let mut written = kept_written.lock().expect("lock");
+        if written.len() < 3 {
+            let id = handle
+                .block_on(relay.track_usage(call("during", "m", 1, 1, true)))
+                .expect("track during the backup");
+            written.push(id.to_string());
+        }
+    });
+    let backup = app.dir.path().join("stepped.db");
+    app.relay
+        .backup_with_progress(backup.clone(), on_progress)
+        .await
+        .expect("backup");
+
+    // Pages only ever forward, to the end: no write sent the copy back to its start.
+    let reports = reports.lock().expect("lock").clone();
+    assert!(reports.len() >= 4, "several steps: {reports:?}");
+    assert!(
+        reports.windows(2).all(|w| w[0].done < w[1].done),
+        "{reports:?}"
+    );
+    let last = reports.last().expect("a report");
+    assert_eq!((last.phase, Some(last.done)), ("copying pages", last.total));
+    assert_eq!(written.lock().expect("lock").len(), 3);
+    // The copy is the snapshot the backup began with: complete, without what came later.
+    let conn = rusqlite::Connection::open(&backup).expect("open");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(integrity, "ok");
+    let events: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(events, 6_000);
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("journal mode");
+    assert_eq!(journal, "delete", "one self-contained file");
+}
+
 #[tokio::test]
 async fn restore_refuses_while_a_server_uses_the_database_and_stats_and_maintenance_work() {
     let receiver = TestReceiver::start().await;

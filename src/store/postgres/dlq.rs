@@ -105,6 +105,40 @@ impl PgStore {
         Ok(changed.rows_affected())
     }
 
+    /// Backs `Store::replay_batch`.
+    pub(super) async fn requeue_dead_batch(
+        &self,
+        after: Option<DeliveryId>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(u64, Option<DeliveryId>), StoreError> {
+        let row = sqlx::query(
+            "WITH batch AS (
+                 SELECT id FROM deliveries WHERE status = 'dead' AND id > $2 ORDER BY id LIMIT $3 FOR UPDATE),
+             replayed AS (
+                 UPDATE deliveries d SET status = 'pending', attempts = 0, next_attempt_at = $1,
+                     lease_token = NULL, finished_at = NULL, updated_at = $1
+                 FROM batch WHERE d.id = batch.id AND d.status = 'dead'
+                 RETURNING d.id)
+             SELECT COUNT(*), MAX(id) FROM replayed",
+        )
+        .bind(now_ms)
+        .bind(after.as_ref().map_or("", DeliveryId::as_str))
+        .bind(limit as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        let replayed = count(&row, 0)?;
+        let last: Option<String> = row.try_get(1)?;
+        if replayed > 0 {
+            let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(WORK_CHANNEL)
+                .bind(&self.schema)
+                .execute(&self.pool)
+                .await;
+        }
+        Ok((replayed, last.map(DeliveryId::from_trusted)))
+    }
+
     /// Backs `Store::purge`.
     pub(super) async fn delete_dead(&self, which: Selection) -> Result<u64, StoreError> {
         let one = match &which {

@@ -5,7 +5,10 @@ use sqlx::{Row, postgres::PgPool};
 use super::{PgStore, commit::retrying, count, quoted};
 use crate::{
     domain::CleanupReport,
-    store::{DbStats, MaintenanceReport, StoreError, TableStats, shared::RETENTION_BATCH},
+    store::{
+        DbStats, MaintenanceReport, OnProgress, Progress, StoreError, TableStats,
+        shared::RETENTION_BATCH,
+    },
 };
 
 impl PgStore {
@@ -20,8 +23,12 @@ impl PgStore {
         &self,
         cutoff_ms: i64,
         dry_run: bool,
+        progress: OnProgress,
     ) -> Result<CleanupReport, StoreError> {
+        const EVENTS: &str = "removing delivered events";
+        const SESSIONS: &str = "removing idle sessions";
         if dry_run {
+            progress.report(Progress::phase("counting what would go"));
             let row = sqlx::query(
                 "WITH finished AS (
                      SELECT id FROM events e WHERE created_at < $1
@@ -47,7 +54,35 @@ impl PgStore {
                 dry_run: true,
             });
         }
+        // Totals for the progress bar, counted only when somebody watches it: more events may
+        // finish meanwhile, so the bar's end moves out if the batches pass it.
+        let count_first = |sql: &'static str| {
+            let watched = progress.is_watched();
+            async move {
+                if !watched {
+                    return Ok::<_, StoreError>(None);
+                }
+                let n: i64 = sqlx::query_scalar(sql)
+                    .bind(cutoff_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(Some(n.unsigned_abs()))
+            }
+        };
+        let report_step = |phase, done: u64, total: Option<u64>| {
+            progress.report(Progress {
+                phase,
+                done,
+                total: total.map(|t| t.max(done)),
+            });
+        };
         let mut report = CleanupReport::default();
+        let events_total = count_first(
+            "SELECT COUNT(*) FROM events e WHERE created_at < $1
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered')",
+        )
+        .await?;
+        report_step(EVENTS, 0, events_total);
         // Each batch starts where the last one stopped, so old events that must stay (pending,
         // dead-lettered) are walked past once per pass, not once per batch.
         let mut cursor = i64::MIN;
@@ -57,11 +92,15 @@ impl PgStore {
             report.events += events;
             report.deliveries += deliveries;
             report.attempts += attempts;
+            report_step(EVENTS, report.events, events_total);
             match last {
                 Some(last) if events == RETENTION_BATCH => cursor = last,
                 _ => break,
             }
         }
+        let sessions_total =
+            count_first("SELECT COUNT(*) FROM sessions WHERE last_seen < $1").await?;
+        report_step(SESSIONS, 0, sessions_total);
         loop {
             let removed = retrying(|| {
                 sqlx::query(
@@ -75,10 +114,12 @@ impl PgStore {
             .await?
             .rows_affected();
             report.sessions += removed;
+            report_step(SESSIONS, report.sessions, sessions_total);
             if removed < RETENTION_BATCH {
                 break;
             }
         }
+        progress.report(Progress::phase("removing resolved alerts and roll-ups"));
         // Deliveries whose endpoint is gone (an ingest that raced the endpoint's deletion):
         // nothing would ever claim them.
         report.deliveries += sqlx::query(
@@ -152,7 +193,9 @@ impl PgStore {
     pub(super) async fn maintain_database(
         &self,
         full: bool,
+        progress: OnProgress,
     ) -> Result<MaintenanceReport, StoreError> {
+        progress.report(Progress::phase("integrity check"));
         // What the server knows of corrupt pages (counted when data checksums are on).
         let failures: Option<i64> = sqlx::query_scalar(
             "SELECT checksum_failures FROM pg_stat_database WHERE datname = current_database()",
@@ -176,7 +219,7 @@ impl PgStore {
         } else {
             "VACUUM (ANALYZE)"
         };
-        vacuum(&self.pool, verb, &tables).await?;
+        vacuum(&self.pool, verb, &tables, &progress).await?;
         Ok(MaintenanceReport {
             integrity,
             free_pages_before: 0,
@@ -190,7 +233,11 @@ impl PgStore {
     }
 
     /// Backs `Store::backup`.
-    pub(super) async fn copy_database(&self, _path: std::path::PathBuf) -> Result<(), StoreError> {
+    pub(super) async fn copy_database(
+        &self,
+        _path: std::path::PathBuf,
+        _progress: OnProgress,
+    ) -> Result<(), StoreError> {
         Err(StoreError::Unsupported(
             "`hookrelay backup` copies the SQLite file; back up a PostgreSQL database with pg_dump \
              (e.g. pg_dump --schema=SCHEMA DATABASE_URL)"
@@ -233,13 +280,21 @@ async fn retention_batch(
 
 /// Runs `verb` (a VACUUM) on each table, on one connection without the statement timeout: a
 /// large table's VACUUM FULL may rightly take longer than any statement of the relay's own.
-async fn vacuum(pool: &PgPool, verb: &str, tables: &[String]) -> Result<(), sqlx::Error> {
+/// Reports the tables done to `progress`.
+async fn vacuum(
+    pool: &PgPool,
+    verb: &'static str,
+    tables: &[String],
+    progress: &OnProgress,
+) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
     sqlx::query("SET statement_timeout = 0")
         .execute(&mut *conn)
         .await?;
     let mut vacuumed = Ok(());
-    for table in tables {
+    let total = tables.len() as u64;
+    for (done, table) in (0..).zip(tables) {
+        progress.report(Progress::step(verb, done, total));
         let statement = format!("{verb} {}", quoted(table));
         vacuumed = sqlx::query(&statement)
             .persistent(false)
@@ -249,6 +304,7 @@ async fn vacuum(pool: &PgPool, verb: &str, tables: &[String]) -> Result<(), sqlx
         if vacuumed.is_err() {
             break;
         }
+        progress.report(Progress::step(verb, done + 1, total));
     }
     sqlx::query("RESET statement_timeout")
         .execute(&mut *conn)

@@ -101,6 +101,40 @@ impl SqliteStore {
         .await
     }
 
+    /// Backs `Store::replay_batch`.
+    pub(super) async fn requeue_dead_batch(
+        &self,
+        after: Option<DeliveryId>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<(u64, Option<DeliveryId>), StoreError> {
+        self.write(move |conn| {
+            let ids: Vec<String> = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
+                         lease_token = NULL, finished_at = NULL, updated_at = ?1
+                     WHERE id IN (SELECT id FROM deliveries WHERE status = 'dead' AND id > ?2
+                                  ORDER BY id LIMIT ?3)
+                     RETURNING id",
+                )?
+                .query_map(
+                    params![
+                        now_ms,
+                        after.as_ref().map_or("", DeliveryId::as_str),
+                        limit as i64
+                    ],
+                    |row| row.get(0),
+                )?
+                .collect::<Result<_, _>>()?;
+            let replayed = ids.len() as u64;
+            Ok((
+                replayed,
+                ids.into_iter().max().map(DeliveryId::from_trusted),
+            ))
+        })
+        .await
+    }
+
     /// Backs `Store::purge`.
     pub(super) async fn delete_dead(&self, which: Selection) -> Result<u64, StoreError> {
         self.write(move |conn| {

@@ -2,14 +2,24 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{
+    Connection, OpenFlags,
+    backup::{Backup, StepResult},
+};
 
 use super::{SqliteStore, connections::open_connection};
 use crate::{
     config::SqliteSync,
     domain::CleanupReport,
-    store::{DbStats, MaintenanceReport, StoreError, TableStats, shared::RETENTION_BATCH},
+    store::{
+        DbStats, MaintenanceReport, OnProgress, Progress, StoreError, TableStats,
+        shared::RETENTION_BATCH,
+    },
 };
+
+/// Pages a backup (or restore) copies per step between two progress reports: 1 MiB of 4 KiB
+/// pages, a millisecond or two of work.
+const PAGES_PER_STEP: i32 = 256;
 
 impl SqliteStore {
     /// Backs `Store::ping`.
@@ -26,11 +36,15 @@ impl SqliteStore {
         &self,
         cutoff_ms: i64,
         dry_run: bool,
+        progress: OnProgress,
     ) -> Result<CleanupReport, StoreError> {
         // Old events whose every delivery arrived (or that have none left).
         const FINISHED: &str = "SELECT id FROM events e WHERE created_at < ?1
              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered')";
+        const EVENTS: &str = "removing delivered events";
+        const SESSIONS: &str = "removing idle sessions";
         if dry_run {
+            progress.report(Progress::phase("counting what would go"));
             return self
                 .read(move |conn| {
                     let count = |sql: &str| -> Result<u64, StoreError> {
@@ -56,7 +70,35 @@ impl SqliteStore {
                 })
                 .await;
         }
+        // Totals for the progress bar, counted only when somebody watches it: more events may
+        // finish meanwhile, so the bar's end moves out if the batches pass it.
+        let count_first = |sql: &'static str| {
+            let watched = progress.is_watched();
+            async move {
+                if !watched {
+                    return Ok(None);
+                }
+                self.read(move |conn| {
+                    let n: i64 = conn.prepare(sql)?.query_row([cutoff_ms], |r| r.get(0))?;
+                    Ok(Some(n.unsigned_abs()))
+                })
+                .await
+            }
+        };
         let mut report = CleanupReport::default();
+        let events_total = count_first(
+            "SELECT COUNT(*) FROM events e WHERE created_at < ?1
+             AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.status <> 'delivered')",
+        )
+        .await?;
+        let report_step = |phase, done: u64, total: Option<u64>| {
+            progress.report(Progress {
+                phase,
+                done,
+                total: total.map(|t| t.max(done)),
+            });
+        };
+        report_step(EVENTS, 0, events_total);
         // Each batch starts where the last one stopped, so old events that must stay (pending,
         // dead-lettered) are walked past once per pass, not once per batch.
         let mut cursor = i64::MIN;
@@ -95,11 +137,15 @@ impl SqliteStore {
             report.events += batch.0;
             report.deliveries += batch.1;
             report.attempts += batch.2;
+            report_step(EVENTS, report.events, events_total);
             match batch.3 {
                 Some(last) if batch.0 == RETENTION_BATCH => cursor = last,
                 _ => break,
             }
         }
+        let sessions_total =
+            count_first("SELECT COUNT(*) FROM sessions WHERE last_seen < ?1").await?;
+        report_step(SESSIONS, 0, sessions_total);
         loop {
             let removed = self
                 .write(move |conn| {
@@ -113,10 +159,12 @@ impl SqliteStore {
                 })
                 .await?;
             report.sessions += removed;
+            report_step(SESSIONS, report.sessions, sessions_total);
             if removed < RETENTION_BATCH {
                 break;
             }
         }
+        progress.report(Progress::phase("removing resolved alerts and roll-ups"));
         let (alerts, rollups) = self
             .write(move |conn| {
                 let alerts = conn
@@ -185,7 +233,11 @@ impl SqliteStore {
     pub(super) async fn maintain_database(
         &self,
         full: bool,
+        progress: OnProgress,
     ) -> Result<MaintenanceReport, StoreError> {
+        // The integrity check, ANALYZE, VACUUM and checkpoints are single statements that
+        // cannot say how far they are: reported as phases. The incremental vacuum has steps.
+        progress.report(Progress::phase("integrity check"));
         let integrity = self
             .read(|conn| {
                 let problems: Vec<String> = conn
@@ -196,6 +248,7 @@ impl SqliteStore {
             })
             .await?;
         let free_pages_before = self.stats().await?.free_pages;
+        progress.report(Progress::phase("ANALYZE"));
         // ANALYZE and the incremental vacuum go through the writer, the vacuum in steps of a
         // thousand pages per group commit, so ingest and delivery never wait long for them.
         self.write(|conn| {
@@ -206,6 +259,7 @@ impl SqliteStore {
         if full {
             // A full VACUUM rewrites the file outside any transaction: it holds the write lock
             // for its whole run (documented; `--full` is for quiet hours).
+            progress.report(Progress::phase("VACUUM (rewriting the whole file)"));
             let path = self.readers.path.clone();
             tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
                 let conn = open_connection(&path, SqliteSync::Full)?;
@@ -215,6 +269,8 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)??;
         } else {
+            const PHASE: &str = "returning free pages";
+            progress.report(Progress::step(PHASE, 0, free_pages_before));
             loop {
                 let remaining = self
                     .write(|conn| {
@@ -231,11 +287,16 @@ impl SqliteStore {
                 // Copy the moved pages back between steps, so the log does not grow by the
                 // whole file's worth (seen: 2.6 GiB of WAL for a 650 MiB database).
                 self.checkpoint(false).await?;
+                // Pages freed meanwhile by other writers move the end out.
+                let remaining = remaining.unsigned_abs();
+                let total = free_pages_before.max(remaining);
+                progress.report(Progress::step(PHASE, total - remaining, total));
                 if remaining == 0 {
                     break;
                 }
             }
         }
+        progress.report(Progress::phase("checkpoint"));
         self.checkpoint(true).await?;
         let free_pages_after = self.stats().await?.free_pages;
         Ok(MaintenanceReport {
@@ -251,20 +312,94 @@ impl SqliteStore {
     }
 
     /// Backs `Store::backup`.
-    pub(super) async fn copy_database(&self, target: std::path::PathBuf) -> Result<(), StoreError> {
+    pub(super) async fn copy_database(
+        &self,
+        target: std::path::PathBuf,
+        progress: OnProgress,
+    ) -> Result<(), StoreError> {
         self.read(move |conn| {
-            if target.exists() {
-                return Err(StoreError::database(format!(
-                    "{} already exists; choose a new file",
-                    target.display()
-                )));
+            create_new(&target)?;
+            let copied = (|| {
+                // One read transaction around every step: they all copy the same snapshot, so
+                // writers go on meanwhile (WAL) and their commits never send the copy back to
+                // its first page, as they would between steps that each read afresh.
+                let snapshot = conn.unchecked_transaction()?;
+                snapshot.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))?;
+                copy_pages(&snapshot, &target, &progress)?;
+                snapshot.rollback()?;
+                Ok(())
+            })();
+            if copied.is_err() {
+                let _ = std::fs::remove_file(&target);
             }
-            // VACUUM INTO reads one consistent snapshot while writers go on (WAL).
-            conn.execute("VACUUM INTO ?1", [target.to_string_lossy()])?;
-            Ok(())
+            copied
         })
         .await
     }
+}
+
+/// Creates `path`, which must not exist (a backup never overwrites a file), readable by the
+/// owner only whatever the umask: a copy holds what the database holds.
+fn create_new(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => StoreError::database(format!(
+                "{} already exists; choose a new file",
+                path.display()
+            )),
+            _ => StoreError::caused(format!("cannot create {}", path.display()), e),
+        })
+}
+
+/// Copies the database `source` reads into the empty file `target` with SQLite's online backup,
+/// [`PAGES_PER_STEP`] pages at a time, reporting the pages copied to `progress`; then makes the
+/// copy one self-contained file (rollback journal, no write-ahead log beside it) on disk.
+fn copy_pages(source: &Connection, target: &Path, progress: &OnProgress) -> Result<(), StoreError> {
+    const PHASE: &str = "copying pages";
+    let mut copy = Connection::open(target)?;
+    {
+        let backup = Backup::new(source, &mut copy)?;
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let step = backup.step(PAGES_PER_STEP)?;
+            let pages = backup.progress();
+            let total = u64::from(pages.pagecount.unsigned_abs());
+            let remaining = u64::from(pages.remaining.unsigned_abs());
+            progress.report(Progress::step(
+                PHASE,
+                total.saturating_sub(remaining),
+                total,
+            ));
+            match step {
+                StepResult::Done => break,
+                StepResult::More => waited = std::time::Duration::ZERO,
+                // Locks held elsewhere (not expected: the source is read from a snapshot and
+                // the target is new): wait a little, a bounded number of times.
+                _ => {
+                    if waited >= std::time::Duration::from_secs(10) {
+                        return Err(StoreError::database(
+                            "the backup waited 10 s for a lock; try again",
+                        ));
+                    }
+                    let pause = std::time::Duration::from_millis(20);
+                    std::thread::sleep(pause);
+                    waited += pause;
+                }
+            }
+        }
+    }
+    // The copied header says WAL if the source is; a backup is one file, complete by itself.
+    copy.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))?;
+    drop(copy);
+    std::fs::File::open(target)
+        .and_then(|file| file.sync_all())
+        .map_err(|e| StoreError::caused(format!("cannot flush {}", target.display()), e))
 }
 
 /// Replaces the database at `target` with the backup at `backup`, after checking the backup.
@@ -272,6 +407,16 @@ impl SqliteStore {
 /// `<target>.replaced-<unix ms>` (returned), never deleted. The caller makes sure no process
 /// has the database open.
 pub fn restore(backup: &Path, target: &Path) -> Result<Option<PathBuf>, StoreError> {
+    restore_with_progress(backup, target, &OnProgress::none())
+}
+
+/// [`restore`], reporting its phases and the pages copied to `progress`.
+pub fn restore_with_progress(
+    backup: &Path,
+    target: &Path,
+    progress: &OnProgress,
+) -> Result<Option<PathBuf>, StoreError> {
+    progress.report(Progress::phase("checking the backup's integrity"));
     let check = Connection::open_with_flags(backup, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let verdict: String = check.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
     if verdict != "ok" {
@@ -291,17 +436,19 @@ pub fn restore(backup: &Path, target: &Path) -> Result<Option<PathBuf>, StoreErr
     let mut staging = target.as_os_str().to_owned();
     staging.push(".restoring");
     let staging = std::path::PathBuf::from(staging);
-    let _ = std::fs::remove_file(&staging);
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let mut name = staging.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
+    create_new(&staging)?;
     // Through SQLite, not a file copy: a backup with a write-ahead log of its own (a kept
-    // `.replaced-…` database, say) comes across whole, log included.
-    check
-        .execute("VACUUM INTO ?1", [staging.to_string_lossy()])
+    // `.replaced-…` database, say) comes across whole, log included. The copy is on disk
+    // before it replaces anything.
+    copy_pages(&check, &staging, progress)
         .map_err(|e| StoreError::caused("cannot copy the backup", e))?;
     drop(check);
-    // On disk before it replaces anything.
-    std::fs::File::open(&staging)
-        .and_then(|file| file.sync_all())
-        .map_err(|e| StoreError::caused("cannot flush the copy", e))?;
+    progress.report(Progress::phase("putting the backup in place"));
     if target.exists() {
         // Everything the replaced database holds into its main file first, so setting that
         // file aside keeps it whole, whatever happens between the renames below.

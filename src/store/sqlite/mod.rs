@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use self::connections::{
     Job, ReaderPool, WRITE_QUEUE, checkpoint_loop, open_connection, writer_loop,
 };
-pub use self::maintenance::restore;
+pub use self::maintenance::{restore, restore_with_progress};
 use super::{
     StoreError,
     shared::{Migration, pending_migrations},
