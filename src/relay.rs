@@ -37,14 +37,15 @@ use crate::{
     delivery::{HttpSender, Worker, WorkerSettings},
     domain::{
         DeliveryId, EndpointId, EventId, GenericEvent, IdempotencyKey, SigningSecret, UsageEvent,
+        WindowTotals,
     },
     endpoints::{
         Endpoint, EndpointChanges, EndpointError, EndpointSpec, generate_secret, validate_secret,
     },
     ingest::{IngestError, Ingestor},
     store::{
-        DeliveryDetail, DeliverySummary, InboundMessage, Ingested, OnProgress, Progress,
-        QueueCounts, Selection, Store, StoreError,
+        DeliveryDetail, DeliveryFilter, DeliveryPage, DeliverySummary, EndpointActivity,
+        InboundMessage, Ingested, OnProgress, Progress, QueueCounts, Selection, Store, StoreError,
     },
 };
 
@@ -327,6 +328,45 @@ impl Relay {
     /// Deletes dead letters and their attempt logs.
     pub async fn purge(&self, which: Selection) -> Result<u64, StoreError> {
         self.inner.store.purge(which).await
+    }
+
+    /// One page of the deliveries that match `filter`, newest first, older than `before` (the
+    /// previous page's `next_before`); `limit` is at least 1 and at most
+    /// [`MAX_PAGE`](crate::store::MAX_PAGE).
+    pub async fn search_deliveries(
+        &self,
+        filter: DeliveryFilter,
+        before: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<DeliveryPage, StoreError> {
+        self.inner
+            .store
+            .search_deliveries(filter, before, limit)
+            .await
+    }
+
+    /// How many deliveries match `filter`.
+    pub async fn count_deliveries(&self, filter: DeliveryFilter) -> Result<u64, StoreError> {
+        self.inner.store.count_deliveries(filter).await
+    }
+
+    /// The roll-ups from `since_ms` in buckets of `step_ms`, oldest first (see
+    /// [`Store::series`](crate::store::Store::series)).
+    pub async fn series(
+        &self,
+        since_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<(i64, WindowTotals)>, StoreError> {
+        self.inner.store.series(since_ms, step_ms).await
+    }
+
+    /// Each endpoint's attempts since `since_ms`, with its `errors` latest failures.
+    pub async fn endpoint_activity(
+        &self,
+        since_ms: i64,
+        errors: usize,
+    ) -> Result<Vec<EndpointActivity>, StoreError> {
+        self.inner.store.endpoint_activity(since_ms, errors).await
     }
 
     /// Queue sizes.

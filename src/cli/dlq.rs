@@ -211,6 +211,8 @@ pub async fn run(relay: Relay, command: DlqCommand) -> anyhow::Result<ExitCode> 
             let what = match &selection {
                 Selection::One(id) => format!("dead letter {id}"),
                 Selection::All => "EVERY dead letter".to_owned(),
+                Selection::Ids(ids) => format!("{} dead letter(s)", ids.len()),
+                Selection::Matching(_) => "every matching dead letter".to_owned(),
             };
             if !yes
                 && !confirm(&format!(

@@ -121,6 +121,60 @@ prefixed_id!(
     "endpoint"
 );
 
+impl DeliveryId {
+    /// A fresh id whose UUIDv7 timestamp is `at_ms`, the moment its event was accepted (the
+    /// delivery's `created_at`), rather than the moment the id is made. So a delivery's id sorts
+    /// by, and its first 12 hex digits spell, its `created_at` on every clock (a test's manual
+    /// clock included): a time range is a range of the primary key. Ids made in this process
+    /// for the same millisecond still sort in the order they were made.
+    pub fn generate_at(at_ms: i64) -> Self {
+        let ms = u64::try_from(at_ms).unwrap_or(0);
+        let timestamp = uuid::Timestamp::from_unix(
+            &SAME_MILLISECOND,
+            ms / 1000,
+            u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+        );
+        Self(format!(
+            "{}_{}",
+            Self::PREFIX,
+            Uuid::new_v7(timestamp).simple()
+        ))
+    }
+}
+
+/// The counter behind [`DeliveryId::generate_at`]: reseeded at random for each new millisecond
+/// and counting up within one, like the `uuid` crate's own context, but never moving the
+/// timestamp it is given (that context keeps the latest one seen, which would stamp an event
+/// accepted earlier with a later time).
+struct SameMillisecond(std::sync::Mutex<(u64, u64)>);
+
+static SAME_MILLISECOND: SameMillisecond = SameMillisecond(std::sync::Mutex::new((0, 0)));
+
+/// The counter's width: 42 bits, seeded below 2^41 so it cannot wrap within a millisecond.
+const COUNTER_BITS: usize = 42;
+
+impl uuid::ClockSequence for SameMillisecond {
+    type Output = u64;
+
+    fn generate_sequence(&self, seconds: u64, subsec_nanos: u32) -> u64 {
+        let ms = seconds * 1000 + u64::from(subsec_nanos / 1_000_000);
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *last = if last.0 == ms {
+            (ms, last.1 + 1)
+        } else {
+            (ms, rand::random::<u64>() >> (64 - COUNTER_BITS + 1))
+        };
+        last.1
+    }
+
+    fn usable_bits(&self) -> usize {
+        COUNTER_BITS
+    }
+}
+
 impl EndpointId {
     /// The endpoint configured by `ZAPIER_WEBHOOK_URL`.
     pub fn default_endpoint() -> Self {
@@ -139,6 +193,21 @@ mod tests {
         assert_eq!(EventId::parse(first.as_str()), Ok(first.clone()));
         assert!(first < second);
         assert!(first.as_str().starts_with("evt_"));
+    }
+
+    #[test]
+    fn a_delivery_id_spells_its_time_and_sorts_within_a_millisecond() {
+        let at = 1_800_000_000_123_i64;
+        let ids: Vec<DeliveryId> = (0..50).map(|_| DeliveryId::generate_at(at)).collect();
+        for id in &ids {
+            assert_eq!(&id.as_str()[4..16], format!("{at:012x}"), "{id}");
+            assert_eq!(DeliveryId::parse(id.as_str()), Ok(id.clone()));
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        // An earlier time after a later one keeps its own timestamp.
+        let earlier = DeliveryId::generate_at(at - 5_000);
+        assert_eq!(&earlier.as_str()[4..16], format!("{:012x}", at - 5_000));
+        assert!(earlier < ids[0]);
     }
 
     #[test]

@@ -19,9 +19,9 @@ macro_rules! delegate_store {
                     EndpointUrl, SessionStats, WindowTotals,
                 },
                 store::{
-                    AttemptRecord, ClaimedDelivery, DbStats, DeliveryDetail, DeliverySummary,
-                    HealthUpdate, InboundMessage, Ingested, LeaseToken, MaintenanceReport, NewEvent, OnProgress, QueueCounts,
-                    Selection, Store, StoreError,
+                    AttemptRecord, ClaimedDelivery, DbStats, DeliveryDetail, DeliveryFilter, DeliveryPage,
+                    DeliverySummary, EndpointActivity, HealthUpdate, InboundMessage, Ingested, LeaseToken,
+                    MaintenanceReport, NewEvent, OnProgress, QueueCounts, Selection, Store, StoreError,
                 },
             };
 
@@ -155,6 +155,35 @@ macro_rules! delegate_store {
 
                 async fn purge(&self, which: Selection) -> Result<u64, StoreError> {
                     self.delete_dead(which).await
+                }
+
+                async fn search_deliveries(
+                    &self,
+                    filter: DeliveryFilter,
+                    before: Option<DeliveryId>,
+                    limit: usize,
+                ) -> Result<DeliveryPage, StoreError> {
+                    self.find_deliveries(filter, before, limit).await
+                }
+
+                async fn count_deliveries(&self, filter: DeliveryFilter) -> Result<u64, StoreError> {
+                    self.count_matching(filter).await
+                }
+
+                async fn series(
+                    &self,
+                    since_ms: i64,
+                    step_ms: i64,
+                ) -> Result<Vec<(i64, WindowTotals)>, StoreError> {
+                    self.rollup_series(since_ms, step_ms).await
+                }
+
+                async fn endpoint_activity(
+                    &self,
+                    since_ms: i64,
+                    errors: usize,
+                ) -> Result<Vec<EndpointActivity>, StoreError> {
+                    self.activity_by_endpoint(since_ms, errors).await
                 }
 
                 async fn counts(&self) -> Result<QueueCounts, StoreError> {

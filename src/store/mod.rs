@@ -10,6 +10,7 @@
 
 mod delegate;
 mod error;
+mod filter;
 mod postgres;
 mod progress;
 mod rows;
@@ -333,6 +334,77 @@ pub enum Selection {
     One(DeliveryId),
     /// Every dead letter.
     All,
+    /// These deliveries (those that are dead letters; others are left alone). Any number may be
+    /// given; each statement takes at most [`IDS_PER_STATEMENT`] of them, so a long list runs
+    /// as several statements (in one transaction). Callers taking ids from outside should cap
+    /// how many they accept.
+    Ids(Vec<DeliveryId>),
+    /// Every dead letter that matches (the filter's status is ignored: replay and purge act on
+    /// dead letters only). Done in transactions of at most [`IDS_PER_STATEMENT`] deliveries,
+    /// so a large selection never holds the database for long; not all or nothing.
+    Matching(DeliveryFilter),
+}
+
+/// The most deliveries one replay or purge statement names or touches (see [`Selection`]).
+pub const IDS_PER_STATEMENT: usize = 1000;
+
+/// Which deliveries a search, a count, a replay or a purge acts on. Every field narrows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    /// The usage event's session (exact).
+    pub session_id: Option<String>,
+    /// One event's deliveries.
+    pub event_id: Option<EventId>,
+    /// One endpoint's deliveries.
+    pub endpoint_id: Option<EndpointId>,
+    /// Deliveries in this state.
+    pub status: Option<DeliveryStatus>,
+    /// Deliveries created (their event accepted) at or after this time, unix ms.
+    pub since_ms: Option<i64>,
+    /// Deliveries created before this time, unix ms.
+    pub until_ms: Option<i64>,
+}
+
+/// One page of deliveries, newest first (by id: UUIDv7, so creation order).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryPage {
+    /// The deliveries, newest first.
+    pub deliveries: Vec<DeliverySummary>,
+    /// Pass as `before` for the next (older) page; None on the last page.
+    pub next_before: Option<DeliveryId>,
+}
+
+/// The most deliveries one page holds: larger `limit`s are cut to this.
+pub const MAX_PAGE: usize = 1000;
+
+/// One endpoint's attempts over a period, for the endpoints page.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointActivity {
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Attempts, excluding throttled ones (429s and circuit probes sent back).
+    pub attempts: u64,
+    /// Attempts that delivered.
+    pub successes: u64,
+    /// Attempts that failed (retried or dead-lettered).
+    pub failures: u64,
+    /// The latest failed attempts, newest first.
+    pub last_errors: Vec<AttemptError>,
+}
+
+/// A failed attempt, as the endpoints page lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptError {
+    /// The delivery attempted.
+    pub delivery_id: DeliveryId,
+    /// When the attempt started, unix ms.
+    pub at_ms: i64,
+    /// The HTTP status, when a response arrived.
+    pub status_code: Option<u16>,
+    /// `timeout`, `connect`, `status`, … .
+    pub error_kind: Option<String>,
+    /// A human-readable reason.
+    pub error_detail: Option<String>,
 }
 
 /// Queue sizes.
@@ -473,6 +545,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes dead letters and their attempts; returns how many.
     async fn purge(&self, which: Selection) -> Result<u64, StoreError>;
+
+    /// One page of the deliveries that match `filter`, newest first, older than `before` (the
+    /// previous page's `next_before`) when given. `limit` is at least 1 and at most
+    /// [`MAX_PAGE`].
+    async fn search_deliveries(
+        &self,
+        filter: DeliveryFilter,
+        before: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<DeliveryPage, StoreError>;
+
+    /// How many deliveries match `filter`.
+    async fn count_deliveries(&self, filter: DeliveryFilter) -> Result<u64, StoreError>;
+
+    /// The roll-ups from `since_ms` grouped into buckets of `step_ms` (a multiple of 60_000;
+    /// other values are rounded down to whole minutes, at least one), oldest first; buckets
+    /// with no rows are absent. Bucket `k` starts at the minute holding `since_ms` plus `k`
+    /// steps (pass a `since_ms` that is a multiple of `step_ms` for buckets that stay put as
+    /// time passes); the buckets sum to [`Store::window_totals`] from `since_ms`.
+    async fn series(
+        &self,
+        since_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<(i64, WindowTotals)>, StoreError>;
+
+    /// Each endpoint's attempts started at or after `since_ms`, with its `errors` latest failed
+    /// ones; endpoints with no attempts in that time are absent. Sorted by endpoint id.
+    async fn endpoint_activity(
+        &self,
+        since_ms: i64,
+        errors: usize,
+    ) -> Result<Vec<EndpointActivity>, StoreError>;
 
     /// Queue sizes.
     async fn counts(&self) -> Result<QueueCounts, StoreError>;

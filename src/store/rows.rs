@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use super::{AttemptView, DeliveryStatus, DeliverySummary, StoreError};
+use super::{
+    AttemptError, AttemptView, DeliveryPage, DeliveryStatus, DeliverySummary, EndpointActivity,
+    StoreError,
+};
 use crate::domain::{
     Alert, AlertLevel, CircuitState, DeliveryId, Endpoint, EndpointHealth, EndpointId, EndpointUrl,
     EventFilter, EventId, RateLimit, SessionStats, WebhookCounts, WindowTotals,
@@ -233,6 +236,65 @@ pub(super) fn set_webhook_count(counts: &mut WebhookCounts, status: &str, n: u64
         DeliveryStatus::Dead => counts.dead = n,
         DeliveryStatus::Pending => counts.pending = n,
     }
+}
+
+/// A page from the rows a search read: up to `limit + 1` deliveries, newest first. The extra
+/// row only says that an older page exists; it is dropped, and the page's last delivery becomes
+/// the cursor for the next.
+pub(super) fn page(mut rows: Vec<DeliverySummary>, limit: usize) -> DeliveryPage {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    DeliveryPage {
+        next_before: more.then(|| rows.last().map(|d| d.id.clone())).flatten(),
+        deliveries: rows,
+    }
+}
+
+/// One endpoint's attempt counts over a period.
+pub(super) struct ActivityRow {
+    pub(super) endpoint_id: String,
+    pub(super) attempts: i64,
+    pub(super) successes: i64,
+    pub(super) failures: i64,
+}
+
+/// A failed attempt with its delivery's endpoint.
+pub(super) struct ErrorRow {
+    pub(super) endpoint_id: String,
+    pub(super) delivery_id: String,
+    pub(super) started_at: i64,
+    pub(super) status_code: Option<i64>,
+    pub(super) error_kind: Option<String>,
+    pub(super) error_detail: Option<String>,
+}
+
+/// Each endpoint's counts with its failed attempts (`errors` in the order read: newest first
+/// within an endpoint).
+pub(super) fn activity(counts: Vec<ActivityRow>, errors: Vec<ErrorRow>) -> Vec<EndpointActivity> {
+    let mut by_endpoint: std::collections::HashMap<String, Vec<AttemptError>> =
+        std::collections::HashMap::new();
+    for error in errors {
+        by_endpoint
+            .entry(error.endpoint_id)
+            .or_default()
+            .push(AttemptError {
+                delivery_id: DeliveryId::from_trusted(error.delivery_id),
+                at_ms: error.started_at,
+                status_code: http_status(error.status_code),
+                error_kind: error.error_kind,
+                error_detail: error.error_detail,
+            });
+    }
+    counts
+        .into_iter()
+        .map(|row| EndpointActivity {
+            last_errors: by_endpoint.remove(&row.endpoint_id).unwrap_or_default(),
+            endpoint_id: EndpointId::from_trusted(row.endpoint_id),
+            attempts: row.attempts.unsigned_abs(),
+            successes: row.successes.unsigned_abs(),
+            failures: row.failures.unsigned_abs(),
+        })
+        .collect()
 }
 
 /// A delivery joined with its event (`SUMMARY_COLUMNS`, in that order).

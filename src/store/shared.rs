@@ -76,6 +76,25 @@ pub(super) const SUMMARY_COLUMNS: &str = "d.id, d.event_id, d.endpoint_id, e.eve
      d.attempts, d.total_attempts, d.last_status, d.last_error, e.created_at, d.next_attempt_at, d.finished_at, \
      d.throttled";
 
+/// Attempts started since `$1`, per endpoint (the same statement on both backends, as are
+/// [`ERRORS_SQL`] and `LEAD_SQL`). `attempts_started_at` bounds what is read; each
+/// attempt finds its delivery's endpoint by the delivery's primary key.
+pub(super) const ACTIVITY_SQL: &str = "SELECT d.endpoint_id,
+         SUM(CASE WHEN a.outcome <> 'throttled' THEN 1 ELSE 0 END),
+         SUM(CASE WHEN a.outcome = 'delivered' THEN 1 ELSE 0 END),
+         SUM(CASE WHEN a.outcome IN ('retry', 'dead') THEN 1 ELSE 0 END)
+     FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+     WHERE a.started_at >= $1
+     GROUP BY d.endpoint_id ORDER BY d.endpoint_id";
+
+/// The `$2` latest failed attempts of each endpoint since `$1`, newest first.
+pub(super) const ERRORS_SQL: &str = "SELECT endpoint_id, delivery_id, started_at, status_code, error_kind, error_detail
+     FROM (SELECT d.endpoint_id, a.delivery_id, a.started_at, a.status_code, a.error_kind, a.error_detail,
+                  ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY a.started_at DESC, a.id DESC) AS n
+           FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+           WHERE a.started_at >= $1 AND a.outcome IN ('retry', 'dead')) AS failed
+     WHERE n <= $2 ORDER BY endpoint_id, n";
+
 pub(super) const ALERT_COLUMNS: &str =
     "id, rule, level, message, value, threshold, fired_at, resolved_at";
 

@@ -16,6 +16,7 @@ mod maintenance;
 mod metrics;
 mod queue;
 mod retention;
+mod search;
 mod sessions;
 
 /// `conformance!(module::behaviour, …)`: a `sqlite` and a `postgres` test for each.
@@ -91,6 +92,16 @@ conformance!(
     dlq::purging_one_dead_letter_deletes_only_it,
     dlq::purging_all_deletes_every_dead_letter,
     dlq::replaying_or_purging_work_that_is_not_dead_does_nothing,
+    // the dashboard's reads: search, count, chosen replays and purges, series, endpoint activity
+    search::each_filter_alone_narrows_the_search_and_the_count,
+    search::filters_combine,
+    search::paging_returns_every_delivery_once_newest_first,
+    search::since_is_inclusive_and_until_exclusive,
+    search::replaying_or_purging_ids_acts_only_on_dead_letters,
+    search::replaying_or_purging_matching_acts_only_on_matching_dead_letters,
+    search::matching_works_through_more_dead_letters_than_one_batch,
+    search::series_buckets_sum_to_the_window_totals,
+    search::endpoint_activity_counts_attempts_and_lists_the_latest_errors,
     // sessions and analytics
     sessions::usage_events_aggregate_per_session,
     sessions::events_without_usage_facts_aggregate_nothing,

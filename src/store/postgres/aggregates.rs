@@ -18,6 +18,16 @@ use crate::{
     },
 };
 
+/// The 24 sums `RollupSums` reads, in its order.
+const ROLLUP_SUMS: &str = "COALESCE(SUM(ingested), 0)::int8, COALESCE(SUM(duplicates), 0)::int8, COALESCE(SUM(attempts), 0)::int8, \
+     COALESCE(SUM(successes), 0)::int8, COALESCE(SUM(failures), 0)::int8, COALESCE(SUM(throttled), 0)::int8, \
+     COALESCE(SUM(retries), 0)::int8, COALESCE(SUM(delivered), 0)::int8, COALESCE(SUM(dead_lettered), 0)::int8, \
+     COALESCE(SUM(duration_sum_ms), 0)::int8, COALESCE(SUM(latency_sum_ms), 0)::int8, \
+     COALESCE(SUM(d0), 0)::int8, COALESCE(SUM(d1), 0)::int8, COALESCE(SUM(d2), 0)::int8, COALESCE(SUM(d3), 0)::int8, \
+     COALESCE(SUM(d4), 0)::int8, COALESCE(SUM(d5), 0)::int8, COALESCE(SUM(d6), 0)::int8, COALESCE(SUM(d7), 0)::int8, \
+     COALESCE(SUM(d8), 0)::int8, COALESCE(SUM(d9), 0)::int8, COALESCE(SUM(d10), 0)::int8, COALESCE(SUM(d11), 0)::int8, \
+     COALESCE(MAX(duration_max_ms), 0)::int8";
+
 impl PgStore {
     /// Backs `Store::window_totals`.
     pub(super) async fn sum_rollups(
@@ -25,17 +35,9 @@ impl PgStore {
         since_ms: Option<i64>,
     ) -> Result<WindowTotals, StoreError> {
         let since = since_ms.map_or(i64::MIN, |ms| ms.div_euclid(60_000));
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(ingested), 0)::int8, COALESCE(SUM(duplicates), 0)::int8, COALESCE(SUM(attempts), 0)::int8,
-                 COALESCE(SUM(successes), 0)::int8, COALESCE(SUM(failures), 0)::int8, COALESCE(SUM(throttled), 0)::int8,
-                 COALESCE(SUM(retries), 0)::int8, COALESCE(SUM(delivered), 0)::int8, COALESCE(SUM(dead_lettered), 0)::int8,
-                 COALESCE(SUM(duration_sum_ms), 0)::int8, COALESCE(SUM(latency_sum_ms), 0)::int8,
-                 COALESCE(SUM(d0), 0)::int8, COALESCE(SUM(d1), 0)::int8, COALESCE(SUM(d2), 0)::int8, COALESCE(SUM(d3), 0)::int8,
-                 COALESCE(SUM(d4), 0)::int8, COALESCE(SUM(d5), 0)::int8, COALESCE(SUM(d6), 0)::int8, COALESCE(SUM(d7), 0)::int8,
-                 COALESCE(SUM(d8), 0)::int8, COALESCE(SUM(d9), 0)::int8, COALESCE(SUM(d10), 0)::int8, COALESCE(SUM(d11), 0)::int8,
-                 COALESCE(MAX(duration_max_ms), 0)::int8
-             FROM rollups WHERE minute >= $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {ROLLUP_SUMS} FROM rollups WHERE minute >= $1"
+        ))
         .bind(since)
         .fetch_one(&self.pool)
         .await?;
@@ -44,6 +46,34 @@ impl PgStore {
             *sum = row.try_get(i)?;
         }
         Ok(RollupSums(sums).into())
+    }
+
+    /// Backs `Store::series`.
+    pub(super) async fn rollup_series(
+        &self,
+        since_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<(i64, WindowTotals)>, StoreError> {
+        let since = since_ms.max(0).div_euclid(60_000);
+        let step = (step_ms / 60_000).max(1);
+        let rows = sqlx::query(&format!(
+            "SELECT (minute - $1) / $2 AS bucket, {ROLLUP_SUMS} FROM rollups WHERE minute >= $1
+             GROUP BY bucket ORDER BY bucket"
+        ))
+        .bind(since)
+        .bind(step)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut buckets = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut sums = [0; 24];
+            for (i, sum) in sums.iter_mut().enumerate() {
+                *sum = row.try_get(i + 1)?;
+            }
+            let bucket: i64 = row.try_get(0)?;
+            buckets.push(((since + bucket * step) * 60_000, RollupSums(sums).into()));
+        }
+        Ok(buckets)
     }
 
     /// Backs `Store::session`.

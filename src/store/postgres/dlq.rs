@@ -3,11 +3,13 @@
 
 use sqlx::{Row, postgres::PgRow};
 
-use super::{PgStore, count, notify::WORK_CHANNEL};
+use super::{PgStore, count, notify::WORK_CHANNEL, search::bind};
 use crate::{
     domain::DeliveryId,
     store::{
-        AttemptView, DeliveryDetail, DeliverySummary, QueueCounts, Selection, StoreError,
+        AttemptView, DeliveryDetail, DeliverySummary, IDS_PER_STATEMENT, QueueCounts, Selection,
+        StoreError,
+        filter::{Arg, Dialect, Predicates},
         rows::{self, AttemptRow, SummaryRow},
         shared::{ATTEMPT_COLUMNS, SUMMARY_COLUMNS},
     },
@@ -82,27 +84,26 @@ impl PgStore {
         which: Selection,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        let one = match &which {
-            Selection::One(id) => Some(id.as_str().to_owned()),
-            Selection::All => None,
-        };
-        let changed = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,
-                 lease_token = NULL, finished_at = NULL, updated_at = $1
-             WHERE status = 'dead' AND ($2::text IS NULL OR id = $2)",
-        )
-        .bind(now_ms)
-        .bind(one)
-        .execute(&self.pool)
-        .await?;
-        if changed.rows_affected() > 0 {
+        let changed = self
+            .act_on_dead(which, move |target, mut args| {
+                args.push(Arg::Int(now_ms));
+                let now = args.len();
+                let sql = format!(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ${now},
+                         lease_token = NULL, finished_at = NULL, updated_at = ${now}
+                     WHERE status = 'dead' AND {target}"
+                );
+                (sql, args)
+            })
+            .await?;
+        if changed > 0 {
             let _ = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(WORK_CHANNEL)
                 .bind(&self.schema)
                 .execute(&self.pool)
                 .await;
         }
-        Ok(changed.rows_affected())
+        Ok(changed)
     }
 
     /// Backs `Store::replay_batch`.
@@ -141,17 +142,76 @@ impl PgStore {
 
     /// Backs `Store::purge`.
     pub(super) async fn delete_dead(&self, which: Selection) -> Result<u64, StoreError> {
-        let one = match &which {
-            Selection::One(id) => Some(id.as_str().to_owned()),
-            Selection::All => None,
-        };
-        let changed = sqlx::query(
-            "DELETE FROM deliveries WHERE status = 'dead' AND ($1::text IS NULL OR id = $1)",
-        )
-        .bind(one)
-        .execute(&self.pool)
-        .await?;
-        Ok(changed.rows_affected())
+        self.act_on_dead(which, |target, args| {
+            let sql = format!("DELETE FROM deliveries WHERE status = 'dead' AND {target}");
+            (sql, args)
+        })
+        .await
+    }
+
+    /// Runs a replay or a purge of dead letters on the selection, in bounded steps. `statement`
+    /// writes it from the condition naming the deliveries (placeholders `$1`…) and their values.
+    async fn act_on_dead<F>(&self, which: Selection, statement: F) -> Result<u64, StoreError>
+    where
+        F: Fn(&str, Vec<Arg>) -> (String, Vec<Arg>),
+    {
+        Ok(match which {
+            Selection::One(id) => {
+                let (sql, args) = statement("id = $1", vec![Arg::Text(id.as_str().to_owned())]);
+                bind(sqlx::query(&sql), args)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+            }
+            Selection::All => {
+                let (sql, args) = statement("TRUE", vec![]);
+                bind(sqlx::query(&sql), args)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+            }
+            Selection::Ids(ids) => {
+                // One transaction; each statement names at most IDS_PER_STATEMENT ids.
+                let mut tx = self.pool.begin().await?;
+                let mut changed = 0;
+                for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                    let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let values = chunk
+                        .iter()
+                        .map(|id| Arg::Text(id.as_str().to_owned()))
+                        .collect();
+                    let (sql, args) = statement(&format!("id IN ({})", list.join(", ")), values);
+                    changed += bind(sqlx::query(&sql), args)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                changed
+            }
+            Selection::Matching(filter) => {
+                // Batches in statements of their own, so a large selection never holds its
+                // rows locked for long. A replayed or purged delivery is no longer a dead
+                // letter, so each batch finds the next ones.
+                let mut changed = 0;
+                loop {
+                    let p = Predicates::new(Dialect::Postgres, &filter, None, true);
+                    let target = format!(
+                        "id IN (SELECT d.id FROM deliveries d {} LIMIT {IDS_PER_STATEMENT})",
+                        p.where_clause()
+                    );
+                    let (sql, args) = statement(&target, p.args);
+                    let n = bind(sqlx::query(&sql), args)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                    changed += n;
+                    if n < IDS_PER_STATEMENT as u64 {
+                        break changed;
+                    }
+                }
+            }
+        })
     }
 
     /// Backs `Store::counts`.
@@ -171,7 +231,7 @@ impl PgStore {
     }
 }
 
-fn summary_row(row: &PgRow) -> Result<SummaryRow, sqlx::Error> {
+pub(super) fn summary_row(row: &PgRow) -> Result<SummaryRow, sqlx::Error> {
     Ok(SummaryRow {
         id: row.try_get("id")?,
         event_id: row.try_get("event_id")?,

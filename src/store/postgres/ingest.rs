@@ -298,8 +298,14 @@ async fn ingest_tx(
         let matching = destinations
             .iter()
             .filter(|(_, filter)| filter.matches(event.event_type.as_str()));
+        // Each id carries the event's acceptance time (`DeliveryId::generate_at`), so a time
+        // range of deliveries is a range of the primary key.
         for (endpoint, _) in matching {
-            delivery_ids.push(DeliveryId::generate().as_str().to_owned());
+            delivery_ids.push(
+                DeliveryId::generate_at(event.created_at_ms)
+                    .as_str()
+                    .to_owned(),
+            );
             delivery_events.push(event.id.as_str().to_owned());
             delivery_endpoints.push(endpoint.as_str().to_owned());
             delivery_times.push(event.created_at_ms);

@@ -16,8 +16,9 @@
 //! This file connects (with migrations) and implements `Store` (through `delegate_store!`).
 //! Group commit and retries are in `commit`, the cross-instance wake-ups in `notify`, and each
 //! concern's SQL in a file of its own: `ingest`, `queue` (claims and attempt results), `dlq`,
-//! `endpoints`, `alerts` (with heartbeats and leader leases), `aggregates` (roll-ups, sessions,
-//! analytics) and `maintenance` (retention, statistics, vacuum).
+//! `search` (deliveries by filter, endpoint activity), `endpoints`, `alerts` (with heartbeats
+//! and leader leases), `aggregates` (roll-ups, series, sessions, analytics) and `maintenance`
+//! (retention, statistics, vacuum).
 
 mod aggregates;
 mod alerts;
@@ -28,6 +29,7 @@ mod ingest;
 mod maintenance;
 mod notify;
 mod queue;
+mod search;
 
 use std::{sync::Arc, time::Duration};
 

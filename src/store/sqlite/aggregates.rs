@@ -15,6 +15,16 @@ use crate::{
     },
 };
 
+/// The 24 sums `RollupSums` reads, in its order.
+const ROLLUP_SUMS: &str = "COALESCE(SUM(ingested), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(attempts), 0), \
+     COALESCE(SUM(successes), 0), COALESCE(SUM(failures), 0), COALESCE(SUM(throttled), 0), \
+     COALESCE(SUM(retries), 0), COALESCE(SUM(delivered), 0), COALESCE(SUM(dead_lettered), 0), \
+     COALESCE(SUM(duration_sum_ms), 0), COALESCE(SUM(latency_sum_ms), 0), \
+     COALESCE(SUM(d0), 0), COALESCE(SUM(d1), 0), COALESCE(SUM(d2), 0), COALESCE(SUM(d3), 0), \
+     COALESCE(SUM(d4), 0), COALESCE(SUM(d5), 0), COALESCE(SUM(d6), 0), COALESCE(SUM(d7), 0), \
+     COALESCE(SUM(d8), 0), COALESCE(SUM(d9), 0), COALESCE(SUM(d10), 0), COALESCE(SUM(d11), \
+     0), COALESCE(MAX(duration_max_ms), 0)";
+
 impl SqliteStore {
     /// Backs `Store::window_totals`.
     pub(super) async fn sum_rollups(
@@ -23,25 +33,46 @@ impl SqliteStore {
     ) -> Result<WindowTotals, StoreError> {
         self.read(move |conn| {
             let since = since_ms.map_or(i64::MIN, |ms| ms.div_euclid(60_000));
-            let totals = conn.prepare_cached(
-                "SELECT COALESCE(SUM(ingested), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(attempts), 0),
-                     COALESCE(SUM(successes), 0), COALESCE(SUM(failures), 0), COALESCE(SUM(throttled), 0),
-                     COALESCE(SUM(retries), 0), COALESCE(SUM(delivered), 0), COALESCE(SUM(dead_lettered), 0),
-                     COALESCE(SUM(duration_sum_ms), 0), COALESCE(SUM(latency_sum_ms), 0),
-                     COALESCE(SUM(d0), 0), COALESCE(SUM(d1), 0), COALESCE(SUM(d2), 0), COALESCE(SUM(d3), 0),
-                     COALESCE(SUM(d4), 0), COALESCE(SUM(d5), 0), COALESCE(SUM(d6), 0), COALESCE(SUM(d7), 0),
-                     COALESCE(SUM(d8), 0), COALESCE(SUM(d9), 0), COALESCE(SUM(d10), 0), COALESCE(SUM(d11), 0),
-                     COALESCE(MAX(duration_max_ms), 0)
-                 FROM rollups WHERE minute >= ?1",
-            )?
-            .query_row([since], |row| {
-                let mut sums = [0; 24];
-                for (i, sum) in sums.iter_mut().enumerate() {
-                    *sum = row.get(i)?;
-                }
-                Ok(RollupSums(sums))
-            })?;
+            let totals = conn
+                .prepare_cached(&format!(
+                    "SELECT {ROLLUP_SUMS} FROM rollups WHERE minute >= ?1"
+                ))?
+                .query_row([since], |row| {
+                    let mut sums = [0; 24];
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        *sum = row.get(i)?;
+                    }
+                    Ok(RollupSums(sums))
+                })?;
             Ok(totals.into())
+        })
+        .await
+    }
+
+    /// Backs `Store::series`.
+    pub(super) async fn rollup_series(
+        &self,
+        since_ms: i64,
+        step_ms: i64,
+    ) -> Result<Vec<(i64, WindowTotals)>, StoreError> {
+        let since = since_ms.max(0).div_euclid(60_000);
+        let step = (step_ms / 60_000).max(1);
+        self.read(move |conn| {
+            let buckets = conn
+                .prepare_cached(&format!(
+                    "SELECT (minute - ?1) / ?2 AS bucket, {ROLLUP_SUMS} FROM rollups WHERE minute >= ?1
+                     GROUP BY bucket ORDER BY bucket"
+                ))?
+                .query_map([since, step], |row| {
+                    let mut sums = [0; 24];
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        *sum = row.get(i + 1)?;
+                    }
+                    let bucket: i64 = row.get(0)?;
+                    Ok(((since + bucket * step) * 60_000, RollupSums(sums).into()))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(buckets)
         })
         .await
     }

@@ -1,13 +1,17 @@
 //! The dead-letter queue on SQLite: listing, one delivery with its attempts, replay, purge and
 //! the queue's counts.
 
-use rusqlite::{OptionalExtension, Row, params};
+use std::sync::Arc;
 
-use super::SqliteStore;
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter, types::Value};
+
+use super::{SqliteStore, search::values};
 use crate::{
     domain::DeliveryId,
     store::{
-        AttemptView, DeliveryDetail, DeliverySummary, QueueCounts, Selection, StoreError,
+        AttemptView, DeliveryDetail, DeliverySummary, IDS_PER_STATEMENT, QueueCounts, Selection,
+        StoreError,
+        filter::{Dialect, Predicates},
         rows::{self, AttemptRow, SummaryRow},
         shared::{ATTEMPT_COLUMNS, SUMMARY_COLUMNS},
     },
@@ -85,18 +89,15 @@ impl SqliteStore {
         which: Selection,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        self.write(move |conn| {
-            let sql =
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
-                           lease_token = NULL, finished_at = NULL, updated_at = ?1
-                       WHERE status = 'dead'";
-            let changed = match which {
-                Selection::One(id) => {
-                    conn.execute(&format!("{sql} AND id = ?2"), params![now_ms, id.as_str()])?
-                }
-                Selection::All => conn.execute(sql, params![now_ms])?,
-            };
-            Ok(changed as u64)
+        self.act_on_dead(which, move |conn, target, mut args| {
+            args.push(Value::Integer(now_ms));
+            let now = args.len();
+            let sql = format!(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?{now},
+                     lease_token = NULL, finished_at = NULL, updated_at = ?{now}
+                 WHERE status = 'dead' AND {target}"
+            );
+            Ok(conn.prepare_cached(&sql)?.execute(params_from_iter(args))?)
         })
         .await
     }
@@ -137,19 +138,73 @@ impl SqliteStore {
 
     /// Backs `Store::purge`.
     pub(super) async fn delete_dead(&self, which: Selection) -> Result<u64, StoreError> {
-        self.write(move |conn| {
-            let changed = match which {
-                Selection::One(id) => conn.execute(
-                    "DELETE FROM deliveries WHERE status = 'dead' AND id = ?1",
-                    [id.as_str()],
-                )?,
-                Selection::All => {
-                    conn.execute("DELETE FROM deliveries WHERE status = 'dead'", [])?
-                }
-            };
-            Ok(changed as u64)
+        self.act_on_dead(which, |conn, target, args| {
+            let sql = format!("DELETE FROM deliveries WHERE status = 'dead' AND {target}");
+            Ok(conn.prepare_cached(&sql)?.execute(params_from_iter(args))?)
         })
         .await
+    }
+
+    /// Runs `statement` (a replay or a purge of dead letters) on the selection, in bounded
+    /// steps. It gets the condition naming the deliveries (placeholders `?1`…) and their
+    /// values, and returns how many rows it changed.
+    async fn act_on_dead<F>(&self, which: Selection, statement: F) -> Result<u64, StoreError>
+    where
+        F: Fn(&Connection, &str, Vec<Value>) -> Result<usize, StoreError> + Send + Sync + 'static,
+    {
+        let statement = Arc::new(statement);
+        let changed = match which {
+            Selection::One(id) => {
+                let id = Value::Text(id.as_str().to_owned());
+                self.write(move |conn| statement(conn, "id = ?1", vec![id]))
+                    .await?
+            }
+            Selection::All => {
+                self.write(move |conn| statement(conn, "TRUE", vec![]))
+                    .await?
+            }
+            Selection::Ids(ids) => {
+                // One transaction; each statement names at most IDS_PER_STATEMENT ids.
+                self.write(move |conn| {
+                    let mut changed = 0;
+                    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                        let list: Vec<String> =
+                            (1..=chunk.len()).map(|i| format!("?{i}")).collect();
+                        let values = chunk
+                            .iter()
+                            .map(|id| Value::Text(id.as_str().to_owned()))
+                            .collect();
+                        changed +=
+                            statement(conn, &format!("id IN ({})", list.join(", ")), values)?;
+                    }
+                    Ok(changed)
+                })
+                .await?
+            }
+            Selection::Matching(filter) => {
+                // Batches in transactions of their own, so a large selection never holds the
+                // writer (and every ingest queued behind it) for long. A replayed or purged
+                // delivery is no longer a dead letter, so each batch finds the next ones.
+                let mut changed = 0;
+                loop {
+                    let statement = Arc::clone(&statement);
+                    let p = Predicates::new(Dialect::Sqlite, &filter, None, true);
+                    let target = format!(
+                        "id IN (SELECT d.id FROM deliveries d {} LIMIT {IDS_PER_STATEMENT})",
+                        p.where_clause()
+                    );
+                    let args = values(p.args);
+                    let n = self
+                        .write(move |conn| statement(conn, &target, args))
+                        .await?;
+                    changed += n;
+                    if n < IDS_PER_STATEMENT {
+                        break changed;
+                    }
+                }
+            }
+        };
+        Ok(changed as u64)
     }
 
     /// Backs `Store::counts`.
@@ -176,7 +231,7 @@ impl SqliteStore {
     }
 }
 
-fn summary_row(row: &Row<'_>) -> rusqlite::Result<SummaryRow> {
+pub(super) fn summary_row(row: &Row<'_>) -> rusqlite::Result<SummaryRow> {
     Ok(SummaryRow {
         id: row.get(0)?,
         event_id: row.get(1)?,

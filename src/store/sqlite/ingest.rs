@@ -72,9 +72,11 @@ impl SqliteStore {
                     .iter()
                     .filter(|(_, filter)| filter.matches(event.event_type.as_str()))
                     .map(|(endpoint, _)| endpoint);
+                // Each id carries the event's acceptance time (`DeliveryId::generate_at`), so a time
+                // range of deliveries is a range of the primary key.
                 for endpoint in matching {
                     insert_delivery.execute(params![
-                        DeliveryId::generate().as_str(),
+                        DeliveryId::generate_at(event.created_at_ms).as_str(),
                         event.id.as_str(),
                         endpoint.as_str(),
                         event.created_at_ms,

@@ -9,8 +9,8 @@
 //! This file opens the store (migrations, the writer and checkpoint threads) and implements
 //! `Store` (through `delegate_store!`). The machinery for writes and reads is in `connections`,
 //! and each concern's SQL in a file of its own: `ingest`, `queue` (claims and attempt results),
-//! `dlq`, `endpoints`, `alerts` (with heartbeats and leader leases), `aggregates` (roll-ups,
-//! sessions, analytics) and `maintenance` (retention, statistics, vacuum, backup and restore).
+//! `dlq`, `search` (deliveries by filter, endpoint activity), `endpoints`, `alerts` (with
+//! heartbeats and leader leases), `aggregates` (roll-ups, series, sessions, analytics) and `maintenance` (retention, statistics, vacuum, backup and restore).
 
 mod aggregates;
 mod alerts;
@@ -20,6 +20,7 @@ mod endpoints;
 mod ingest;
 mod maintenance;
 mod queue;
+mod search;
 
 use std::{
     path::{Path, PathBuf},
