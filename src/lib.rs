@@ -24,9 +24,10 @@
 //!
 //! | layer | module | owns |
 //! | --- | --- | --- |
-//! | 10 | [`cli`] | the `hookrelay` commands; each calls library functions |
-//! | 9 | [`app`] | `serve`: the listener, the worker, the monitor and shutdown |
-//! | 8 | [`api`] | the HTTP routes, [`api::ApiError`], the guard middleware |
+//! | 11 | [`cli`] | the `hookrelay` commands; each calls library functions |
+//! | 10 | [`app`] | `serve`: the listener, the worker, the monitor and shutdown |
+//! | 9 | [`api`] | the HTTP routes, [`api::ApiError`], the guard middleware, the OpenAPI document |
+//! | 8 | [`dashboard`] | the operator dashboard's pages, sessions and charts |
 //! | 7 | [`relay`] | [`Relay`], the facade to embed |
 //! | 6 | [`monitor`] | windowed figures, alert rules, the health verdict, alert notifications |
 //! | 5 | [`delivery`] | the worker (claim → prepare → send → decide → record), HTTP client, retry policy, circuit breaker, endpoint probe |
@@ -41,6 +42,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod delivery;
 pub mod domain;
 pub mod endpoints;

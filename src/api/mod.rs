@@ -21,8 +21,6 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use utoipa::{OpenApi, openapi::security::SecurityRequirement};
@@ -33,7 +31,10 @@ use self::{
     extract::{json_body, parse},
     guard::{Limits, ingest_guard, request_limits},
 };
-use crate::{guard::Guard, relay::Relay};
+use crate::{
+    guard::{Guard, admin},
+    relay::Relay,
+};
 
 /// What every handler can reach.
 pub type AppState = Relay;
@@ -104,6 +105,7 @@ pub fn router(relay: Relay) -> Router {
     Router::new()
         .merge(routes)
         .merge(meta.layer(Extension(document)))
+        .merge(crate::dashboard::router(&relay))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -191,22 +193,9 @@ fn guard_responses() -> Vec<(
     ]
 }
 
-/// Headers a proxy sets: their presence means the request did not come from this host.
-const PROXY_HEADERS: [&str; 7] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "via",
-];
-
-/// Whether management routes may answer at all without an admin token: only on a loopback
-/// listener with no trusted proxies, where a loopback peer is someone on this host.
+/// Whether management routes may answer at all without an admin token.
 pub fn management_without_token(config: &crate::Config) -> bool {
-    config.server.listen.ip().to_canonical().is_loopback()
-        && config.ingest.trusted_proxies.is_empty()
+    admin::open_without_token(config)
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
@@ -234,29 +223,12 @@ async fn require_admin(
                 .ok_or_else(|| {
                     ApiError::unauthorized("send Authorization: Bearer <HOOKRELAY_ADMIN_TOKEN>")
                 })?;
-            // Comparing digests keeps the comparison constant-time whatever the lengths.
-            let expected = Sha256::digest(token.expose().as_bytes());
-            let given = Sha256::digest(presented.trim().as_bytes());
-            if !bool::from(expected.ct_eq(&given)) {
+            if !admin::token_matches(token.expose(), presented) {
                 return Err(ApiError::unauthorized("the admin token is not valid"));
             }
         }
-        None if !management_without_token(relay.config()) => {
-            return Err(ApiError::forbidden(
-                "management routes need HOOKRELAY_ADMIN_TOKEN when HOOKRELAY_TRUSTED_PROXIES is set or the listener is not on loopback",
-            ));
-        }
-        // Loopback only, and only when no proxy is in front: behind a proxy on the same host
-        // every request comes from loopback.
-        None if peer.ip().to_canonical().is_loopback()
-            && !PROXY_HEADERS
-                .iter()
-                .any(|name| request.headers().contains_key(*name)) => {}
-        None => {
-            return Err(ApiError::forbidden(
-                "management routes answer only loopback clients while HOOKRELAY_ADMIN_TOKEN is unset",
-            ));
-        }
+        None => admin::local_without_token(relay.config(), peer, request.headers())
+            .map_err(|refusal| ApiError::forbidden(refusal.to_string()))?,
     }
     Ok(next.run(request).await)
 }

@@ -31,6 +31,6 @@ pub use throttle::Throttle;
 pub use time::rfc3339;
 pub use url::{EndpointUrl, UrlError};
 pub use usage::{
-    Analytics, CleanupReport, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
+    Analytics, CleanupReport, DayUsage, ModelUsage, QueriesSummary, SessionStats, SessionsSummary,
     UsageFacts, WebhookCounts, WebhooksSummary,
 };

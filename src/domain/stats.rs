@@ -106,6 +106,26 @@ fn bucket_percentile(buckets: &[u64; 12], p: f64) -> Option<f64> {
 }
 
 impl WindowTotals {
+    /// The totals of two periods together.
+    pub fn merged(mut self, other: &Self) -> Self {
+        self.ingested += other.ingested;
+        self.duplicates += other.duplicates;
+        self.attempts += other.attempts;
+        self.successes += other.successes;
+        self.failures += other.failures;
+        self.throttled += other.throttled;
+        self.retries += other.retries;
+        self.delivered += other.delivered;
+        self.dead_lettered += other.dead_lettered;
+        self.duration_sum_ms += other.duration_sum_ms;
+        self.latency_sum_ms += other.latency_sum_ms;
+        for (sum, add) in self.buckets.iter_mut().zip(other.buckets) {
+            *sum += add;
+        }
+        self.duration_max_ms = self.duration_max_ms.max(other.duration_max_ms);
+        self
+    }
+
     /// The derived figures.
     pub fn stats(self) -> WindowStats {
         WindowStats {
@@ -133,6 +153,28 @@ impl WindowTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_totals_add_up_and_keep_the_slowest() {
+        let a = WindowTotals {
+            attempts: 3,
+            successes: 2,
+            buckets: [1; 12],
+            duration_max_ms: 40,
+            ..WindowTotals::default()
+        };
+        let b = WindowTotals {
+            attempts: 5,
+            delivered: 4,
+            buckets: [2; 12],
+            duration_max_ms: 25,
+            ..WindowTotals::default()
+        };
+        let sum = a.merged(&b);
+        assert_eq!((sum.attempts, sum.successes, sum.delivered), (8, 2, 4));
+        assert_eq!(sum.buckets, [3; 12]);
+        assert_eq!(sum.duration_max_ms, 40);
+    }
 
     #[test]
     fn durations_fall_in_the_right_bucket() {

@@ -81,8 +81,23 @@ pub struct Analytics {
     pub queries: QueriesSummary,
     /// Tokens by model, most first.
     pub models: Vec<ModelUsage>,
+    /// Calls and tokens by UTC day, oldest first, every day of the period (zeros included).
+    pub daily: Vec<DayUsage>,
     /// Webhook deliveries.
     pub webhooks: WebhooksSummary,
+}
+
+/// One UTC day's tracked calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DayUsage {
+    /// Start of the day, unix ms.
+    pub day_start_ms: i64,
+    /// Calls.
+    pub queries: u64,
+    /// Successful calls.
+    pub successes: u64,
+    /// Estimated tokens.
+    pub tokens: u64,
 }
 
 /// Sessions in a period (the guide's `sessions` block).

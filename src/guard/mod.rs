@@ -1,8 +1,10 @@
 //! Inbound protection for ingest, as pure decisions: IP allowlist (with forwarded headers
 //! believed only from trusted proxies), signature verification, per-client rate limiting.
 //! Each check answers `Ok` or a typed [`Rejection`]; the axum middleware that runs them in
-//! order and turns a rejection into a response lives in `api::guard`.
+//! order and turns a rejection into a response lives in `api::guard`. [`admin`] decides who may
+//! manage hookrelay, for the management API and the dashboard alike.
 
+pub mod admin;
 mod client;
 mod ratelimit;
 mod signature;

@@ -4,7 +4,7 @@
 
 use super::{DeliveryStatus, NewEvent, NextState, StoreError};
 use crate::domain::{
-    Analytics, EndpointUrl, ModelUsage, QueriesSummary, SessionsSummary, WebhooksSummary,
+    Analytics, DayUsage, EndpointUrl, ModelUsage, QueriesSummary, SessionsSummary, WebhooksSummary,
 };
 
 /// One schema migration: its version, name and SQL.
@@ -163,14 +163,36 @@ pub(super) struct ModelSums {
     pub(super) response_time_sum_ms: u64,
 }
 
+/// One UTC day's sums (`day`: unix day), read in the same statement as [`ModelSums`].
+pub(super) struct DaySums {
+    pub(super) day: i64,
+    pub(super) queries: u64,
+    pub(super) successes: u64,
+    pub(super) tokens: u64,
+}
+
 /// The analytics summary from what a store summed for the period.
 pub(super) fn analytics(
     since_ms: i64,
     days: u32,
     sessions: u64,
     models: Vec<ModelSums>,
+    daily: Vec<DaySums>,
     (delivered, dead, attempts): (u64, u64, u64),
 ) -> Analytics {
+    let first_day = since_ms.div_euclid(86_400_000);
+    let daily = (0..i64::from(days))
+        .map(|offset| {
+            let day = first_day + offset;
+            let found = daily.iter().find(|d| d.day == day);
+            DayUsage {
+                day_start_ms: day * 86_400_000,
+                queries: found.map_or(0, |d| d.queries),
+                successes: found.map_or(0, |d| d.successes),
+                tokens: found.map_or(0, |d| d.tokens),
+            }
+        })
+        .collect();
     let queries: u64 = models.iter().map(|m| m.queries).sum();
     let successes: u64 = models.iter().map(|m| m.successes).sum();
     let tokens: u64 = models.iter().map(|m| m.tokens).sum();
@@ -198,6 +220,7 @@ pub(super) fn analytics(
                 tokens: m.tokens,
             })
             .collect(),
+        daily,
         webhooks: WebhooksSummary {
             delivered,
             dead_lettered: dead,

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["delivery"],
     &["monitor"],
     &["relay"],
+    &["dashboard"],
     &["api"],
     &["app"],
     &["cli"],

@@ -3,6 +3,7 @@
 
 mod architecture;
 mod binary;
+mod dashboard;
 mod delivery;
 mod dlq;
 mod docs;

@@ -151,6 +151,23 @@ impl PgStore {
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let daily = sqlx::query(
+            "SELECT day, SUM(queries)::int8, SUM(successes)::int8, SUM(tokens)::int8
+             FROM usage_daily WHERE day >= $1 GROUP BY day ORDER BY day",
+        )
+        .bind(first_day)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(shared::DaySums {
+                day: row.try_get(0)?,
+                queries: count(row, 1)?,
+                successes: count(row, 2)?,
+                tokens: count(row, 3)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let row = sqlx::query(
             "SELECT COALESCE(SUM(delivered), 0)::int8, COALESCE(SUM(dead_lettered), 0)::int8,
                  COALESCE(SUM(attempts), 0)::int8
@@ -164,6 +181,7 @@ impl PgStore {
             days,
             sessions.unsigned_abs(),
             models,
+            daily,
             (count(&row, 0)?, count(&row, 1)?, count(&row, 2)?),
         ))
     }

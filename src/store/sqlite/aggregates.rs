@@ -147,6 +147,21 @@ impl SqliteStore {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            let daily = conn
+                .prepare_cached(
+                    "SELECT day, SUM(queries), SUM(successes), SUM(tokens)
+                     FROM usage_daily WHERE day >= ?1 GROUP BY day ORDER BY day",
+                )?
+                .query_map([first_day], |row| {
+                    let n = |i: usize| row.get::<_, i64>(i).map(i64::unsigned_abs);
+                    Ok(shared::DaySums {
+                        day: row.get(0)?,
+                        queries: n(1)?,
+                        successes: n(2)?,
+                        tokens: n(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
             let webhooks: (i64, i64, i64) = conn
                 .prepare_cached(
                     "SELECT COALESCE(SUM(delivered), 0), COALESCE(SUM(dead_lettered), 0), COALESCE(SUM(attempts), 0)
@@ -158,6 +173,7 @@ impl SqliteStore {
                 days,
                 sessions.unsigned_abs(),
                 models,
+                daily,
                 (webhooks.0.unsigned_abs(), webhooks.1.unsigned_abs(), webhooks.2.unsigned_abs()),
             ))
         })

@@ -459,6 +459,8 @@ export interface components {
         };
         /** @description The guide's `get_analytics_summary` and more, over a period. */
         Analytics: {
+            /** @description Calls and tokens by UTC day, oldest first, every day of the period (zeros included). */
+            daily: components["schemas"]["DayUsage"][];
             /**
              * Format: u-int32
              * @description Days covered.
@@ -549,6 +551,29 @@ export interface components {
              * @description The measured value.
              */
             value?: number | null;
+        };
+        /** @description One UTC day's tracked calls. */
+        DayUsage: {
+            /**
+             * Format: int64
+             * @description Start of the day, unix ms.
+             */
+            day_start_ms: number;
+            /**
+             * Format: u-int64
+             * @description Calls.
+             */
+            queries: number;
+            /**
+             * Format: u-int64
+             * @description Successful calls.
+             */
+            successes: number;
+            /**
+             * Format: u-int64
+             * @description Estimated tokens.
+             */
+            tokens: number;
         };
         /** @description A page of dead letters, newest first. */
         DeadLetters: {
