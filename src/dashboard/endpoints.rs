@@ -58,7 +58,7 @@ pub async fn page(
                 @let circuit = format!("{:?}", view.health.circuit).to_lowercase();
                 section.card id=(view.id.as_str()) aria-labelledby=(format!("{}-title", view.id)) {
                     h2 id=(format!("{}-title", view.id)) { code { (view.id) } " " span.muted { (view.description) } }
-                    p { code { (view.url) } }
+                    p { code title="The path, which can work as a credential, is hidden" { (endpoint.url.redacted()) } }
                     p {
                         @if view.enabled {
                             span.status.enabled { "enabled" }

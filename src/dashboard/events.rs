@@ -75,7 +75,8 @@ impl Search {
             endpoint_id,
             status,
             since_ms: parse_time("from", &self.from)?,
-            until_ms: parse_time("to", &self.to)?,
+            until_ms: parse_time("before", &self.to)?,
+            finished_until_ms: None,
         })
     }
 
@@ -160,7 +161,7 @@ fn filters(search: &Search, action: &str, with_status: bool) -> Markup {
                 } }
             }
             label { "From (UTC)" input type="datetime-local" name="from" value=(search.from); }
-            label { "To (UTC)" input type="datetime-local" name="to" value=(search.to); }
+            label { "Before (UTC)" input type="datetime-local" name="to" value=(search.to); }
             button.primary type="submit" { "Search" }
         }
     }
@@ -392,10 +393,21 @@ pub async fn act_on_dead_letters(
         _ => return Err(Refusal::new(StatusCode::NOT_FOUND, "No such action.")),
     };
     let search = Search::read(&form);
+    // What a confirmation counted: dead letters that had died by then. Acting on the live
+    // filter would also take those that died while the operator read the count.
+    let snapshot_ms = match form.get("snapshot") {
+        Some(ms) => ms
+            .parse::<i64>()
+            .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "The confirmation is malformed."))?,
+        None => relay.clock().now_ms(),
+    };
     let (selection, described, count) = if form.get("scope") == Some("matching") {
-        let filter = search
-            .filter()
-            .map_err(|problem| Refusal::new(StatusCode::BAD_REQUEST, problem))?;
+        let filter = DeliveryFilter {
+            finished_until_ms: Some(snapshot_ms),
+            ..search
+                .filter()
+                .map_err(|problem| Refusal::new(StatusCode::BAD_REQUEST, problem))?
+        };
         let count = relay
             .count_deliveries(DeliveryFilter {
                 status: Some(DeliveryStatus::Dead),
@@ -404,11 +416,13 @@ pub async fn act_on_dead_letters(
             .await?;
         (Selection::Matching(filter), search.describe(), count)
     } else {
-        let ids = form
+        let mut ids = form
             .all("ids")
             .map(DeliveryId::parse)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+        ids.sort();
+        ids.dedup();
         if ids.is_empty() {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -446,6 +460,7 @@ pub async fn act_on_dead_letters(
                     (csrf_field(&viewer.csrf)) (search.hidden())
                     @if let Selection::Ids(ids) = &selection { @for id in ids { input type="hidden" name="ids" value=(id); } }
                     @if matches!(selection, Selection::Matching(_)) { input type="hidden" name="scope" value="matching"; }
+                    input type="hidden" name="snapshot" value=(snapshot_ms);
                     input type="hidden" name="confirm" value="yes";
                     div.actions {
                         button class=(if replay { "primary" } else { "danger" }) type="submit" { (verb) " " (count) }

@@ -71,6 +71,7 @@ pub fn router(relay: &Relay) -> Router<Relay> {
     Router::new()
         .route("/dashboard/login", get(login_form).post(login))
         .merge(pages)
+        .layer(middleware::map_response(protective_headers))
         .layer(Extension(dashboard))
 }
 
@@ -186,27 +187,54 @@ fn secure_cookies(headers: &HeaderMap) -> bool {
     forwarded_https || !loopback
 }
 
+/// `host[:port]` as a browser compares origins: lowercase, without the scheme's default port.
+fn authority(scheme: &str, host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    let default = match scheme {
+        "https" => ":443",
+        _ => ":80",
+    };
+    host.strip_suffix(default)
+        .map(str::to_owned)
+        .unwrap_or(host)
+}
+
 /// A POST from another site (its `Origin` names another host, or the browser says
-/// cross-site) is refused whatever it carries.
-fn cross_site(method: &Method, headers: &HeaderMap) -> bool {
+/// cross-site) is refused whatever it carries. Behind a trusted proxy the host the browser
+/// used is in `X-Forwarded-Host` (and its scheme in `X-Forwarded-Proto`).
+fn cross_site(method: &Method, headers: &HeaderMap, via_trusted_proxy: bool) -> bool {
     if method == Method::GET || method == Method::HEAD {
         return false;
     }
-    if headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site == "cross-site")
-    {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if text("sec-fetch-site").is_some_and(|site| site == "cross-site") {
         return true;
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => false,
-        Some(origin) => {
-            let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-            Some(origin_host) != host
-        }
-    }
+    let Some(origin) = text("origin") else {
+        // No Origin (an older browser, a script): the CSRF token decides.
+        return false;
+    };
+    let (origin_scheme, origin_host) = origin.split_once("://").unwrap_or(("", origin));
+    let forwarded = via_trusted_proxy
+        .then(|| text("x-forwarded-host"))
+        .flatten();
+    let host = forwarded.or_else(|| text("host")).unwrap_or("");
+    let scheme = via_trusted_proxy
+        .then(|| text("x-forwarded-proto"))
+        .flatten()
+        .unwrap_or(origin_scheme);
+    authority(origin_scheme, origin_host) != authority(scheme, host.split(',').next().unwrap_or(""))
+}
+
+/// Whether the TCP peer is one of `HOOKRELAY_TRUSTED_PROXIES`.
+fn from_trusted_proxy(relay: &Relay, peer: SocketAddr) -> bool {
+    let ip = peer.ip().to_canonical();
+    relay
+        .config()
+        .ingest
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ip))
 }
 
 /// Lets a request in with a session (making one for a local client when no token is set),
@@ -218,7 +246,11 @@ async fn access(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if cross_site(request.method(), request.headers()) {
+    if cross_site(
+        request.method(),
+        request.headers(),
+        from_trusted_proxy(&relay, peer),
+    ) {
         return Refusal::new(
             StatusCode::FORBIDDEN,
             "Actions from other sites are refused.",
@@ -226,8 +258,8 @@ async fn access(
         .into_response();
     }
     let now_ms = relay.clock().now_ms();
-    let existing = session::cookie_value(request.headers())
-        .and_then(|value| dashboard.keys.check(value, now_ms));
+    let existing = session::cookie_values(request.headers())
+        .find_map(|value| dashboard.keys.check(value, now_ms));
     let mut issued = None;
     let session = match (&relay.config().server.admin_token, existing) {
         (Some(_), Some(session)) if session.kind == Kind::Token => session,
@@ -244,7 +276,7 @@ async fn access(
                 return Redirect::to(&target).into_response();
             }
             return Refusal::new(
-                StatusCode::UNAUTHORIZED,
+                StatusCode::FORBIDDEN,
                 "Your session has ended: log in again.",
             )
             .into_response();
@@ -274,7 +306,6 @@ async fn access(
     {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-    no_store(&mut response);
     response
 }
 
@@ -285,26 +316,36 @@ fn local_refusal(refusal: AdminRefusal) -> Refusal {
     )
 }
 
-/// Pages show data and secrets shown once: no cache keeps them.
-fn no_store(response: &mut Response) {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-        .headers_mut()
-        .insert("x-frame-options", HeaderValue::from_static("DENY"));
-    response.headers_mut().insert(
+/// On every dashboard answer, the login form and refusals included: pages show data and
+/// secrets shown once, so no cache keeps them; no other site may frame them; and they load
+/// nothing from anywhere (styles are inline, there is no script).
+async fn protective_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    headers.insert(
         "content-security-policy",
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
+    response
 }
 
-/// Where to go after logging in: a dashboard page, never another site.
+/// Where to go after logging in: a dashboard page, never another site (and nothing a
+/// `Location` header cannot carry).
 fn after_login(next: Option<&str>) -> &str {
     match next {
-        Some(path) if path.starts_with("/dashboard") && !path.starts_with("//") => path,
+        Some(path)
+            if path.starts_with("/dashboard") && path.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            path
+        }
         _ => "/dashboard",
     }
 }
@@ -326,8 +367,9 @@ async fn login_form(
 }
 
 fn login_page(next: &str, error: Option<&str>, insecure: bool) -> (StatusCode, maud::Markup) {
+    // A form login: 403, not 401 (which promises a WWW-Authenticate challenge).
     let status = if error.is_some() {
-        StatusCode::UNAUTHORIZED
+        StatusCode::FORBIDDEN
     } else {
         StatusCode::OK
     };
@@ -349,10 +391,11 @@ fn login_page(next: &str, error: Option<&str>, insecure: bool) -> (StatusCode, m
 async fn login(
     State(relay): State<Relay>,
     Extension(dashboard): Extension<Arc<Dashboard>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if cross_site(&Method::POST, &headers) {
+    if cross_site(&Method::POST, &headers, from_trusted_proxy(&relay, peer)) {
         return Refusal::new(
             StatusCode::FORBIDDEN,
             "Logging in from another site is refused.",
@@ -428,18 +471,40 @@ mod tests {
             ("host", "127.0.0.1:8000"),
             ("origin", "http://127.0.0.1:8000"),
         ]);
-        assert!(!cross_site(&Method::POST, &same));
+        assert!(!cross_site(&Method::POST, &same, false));
         let other = headers(&[
             ("host", "127.0.0.1:8000"),
             ("origin", "https://evil.example"),
         ]);
-        assert!(cross_site(&Method::POST, &other));
-        assert!(!cross_site(&Method::GET, &other), "reading is not acting");
-        let fetch = headers(&[("host", "127.0.0.1:8000"), ("sec-fetch-site", "cross-site")]);
-        assert!(cross_site(&Method::POST, &fetch));
+        assert!(cross_site(&Method::POST, &other, false));
         assert!(
-            !cross_site(&Method::POST, &headers(&[("host", "127.0.0.1:8000")])),
+            !cross_site(&Method::GET, &other, false),
+            "reading is not acting"
+        );
+        let fetch = headers(&[("host", "127.0.0.1:8000"), ("sec-fetch-site", "cross-site")]);
+        assert!(cross_site(&Method::POST, &fetch, false));
+        let no_origin = headers(&[("host", "127.0.0.1:8000")]);
+        assert!(
+            !cross_site(&Method::POST, &no_origin, false),
             "no Origin: the CSRF token decides"
+        );
+        // Case and default ports do not make another origin.
+        let spelled = headers(&[
+            ("host", "Hooks.Example.com:443"),
+            ("origin", "https://hooks.example.com"),
+        ]);
+        assert!(!cross_site(&Method::POST, &spelled, false));
+        // Behind a trusted proxy that rewrites Host, the forwarded host is the browser's.
+        let proxied = headers(&[
+            ("host", "127.0.0.1:8000"),
+            ("x-forwarded-host", "hooks.example.com"),
+            ("x-forwarded-proto", "https"),
+            ("origin", "https://hooks.example.com"),
+        ]);
+        assert!(!cross_site(&Method::POST, &proxied, true));
+        assert!(
+            cross_site(&Method::POST, &proxied, false),
+            "forwarded headers count only from a trusted proxy"
         );
     }
 
@@ -453,6 +518,8 @@ mod tests {
             Some("https://evil.example"),
             Some("//evil.example"),
             Some("/api/v1/dlq"),
+            Some("/dashboard/é"),
+            Some("/dashboard\r\nset-cookie: x=y"),
             None,
         ] {
             assert_eq!(after_login(elsewhere), "/dashboard", "{elsewhere:?}");

@@ -122,10 +122,6 @@ pub async fn page(
             }
         })
         .collect();
-    let window = match range {
-        Range::Hour => &report.windows.last_hour,
-        _ => &report.windows.last_day,
-    };
     let totals: WindowTotals = points
         .iter()
         .flatten()
@@ -235,7 +231,7 @@ pub async fn page(
                 div.card { div.label { "Backlog" } div.value #backlog { (report.queue.pending) }
                     div.label { "oldest " (report.queue.oldest_pending_age_seconds.map_or_else(|| "–".to_owned(), age)) } }
                 div.card { div.label { "Dead letters" } div.value #dead-letters { a href="/dashboard/dlq" { (report.queue.dead_letters) } } }
-                div.card { div.label { "Avg. acceptance to arrival" } div.value { (millis(window.avg_delivery_latency_ms)) } }
+                div.card { div.label { "Avg. acceptance to arrival" } div.value { (millis((totals.delivered > 0).then(|| totals.latency_sum_ms as f64 / totals.delivered as f64))) } }
             }
             h2 { "Delivery" }
             nav.tabs aria-label="Period" {

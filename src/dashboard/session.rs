@@ -145,14 +145,15 @@ pub fn set_cookie(value: Option<&str>, secure: bool) -> String {
     }
 }
 
-/// The session cookie's value among a request's `Cookie` headers.
-pub fn cookie_value(headers: &axum::http::HeaderMap) -> Option<&str> {
+/// Every value of the session cookie among a request's `Cookie` headers: a cookie planted
+/// under the same name (from a sibling subdomain, say) must not hide the real one.
+pub fn cookie_values(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
             (name == COOKIE).then_some(value)
         })
@@ -207,9 +208,14 @@ mod tests {
         let mut headers = axum::http::HeaderMap::new();
         headers.insert(
             axum::http::header::COOKIE,
-            axum::http::HeaderValue::from_static("a=1; hookrelay_session=abc.def; b=2"),
+            axum::http::HeaderValue::from_static(
+                "a=1; hookrelay_session=planted; b=2; hookrelay_session=abc.def",
+            ),
         );
-        assert_eq!(cookie_value(&headers), Some("abc.def"));
+        assert_eq!(
+            cookie_values(&headers).collect::<Vec<_>>(),
+            ["planted", "abc.def"]
+        );
         assert!(set_cookie(Some("x"), true).contains("HttpOnly; SameSite=Strict"));
         assert!(set_cookie(Some("x"), true).ends_with("; Secure"));
         assert!(set_cookie(None, false).contains("Max-Age=0"));

@@ -125,8 +125,10 @@ impl DeliveryId {
     /// A fresh id whose UUIDv7 timestamp is `at_ms`, the moment its event was accepted (the
     /// delivery's `created_at`), rather than the moment the id is made. So a delivery's id sorts
     /// by, and its first 12 hex digits spell, its `created_at` on every clock (a test's manual
-    /// clock included): a time range is a range of the primary key. Ids made in this process
-    /// for the same millisecond still sort in the order they were made.
+    /// clock included): a time range is a range of the primary key. Ids made one after another
+    /// for the same millisecond sort in the order they were made; when makes for different
+    /// milliseconds interleave, the order within a millisecond is arbitrary (paging is still
+    /// exact: ids are unique and totally ordered).
     pub fn generate_at(at_ms: i64) -> Self {
         let ms = u64::try_from(at_ms).unwrap_or(0);
         let timestamp = uuid::Timestamp::from_unix(

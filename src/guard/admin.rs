@@ -31,6 +31,28 @@ pub enum AdminRefusal {
     /// No admin token is configured and this client is not on this host.
     #[error("management answers only loopback clients while HOOKRELAY_ADMIN_TOKEN is unset")]
     NotLoopback,
+    /// No admin token is configured and the request names another host: a page elsewhere
+    /// whose name was pointed at 127.0.0.1 (DNS rebinding) is not a client on this host.
+    #[error(
+        "management answers only requests for localhost or a loopback address while HOOKRELAY_ADMIN_TOKEN is unset"
+    )]
+    ForeignHost,
+}
+
+/// Whether a `Host` value names this host: `localhost` or a loopback address, any port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(name, _)| name),
+        None => host
+            .rsplit_once(':')
+            .filter(|(name, port)| !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Whether management may answer at all without an admin token: only on a loopback listener
@@ -50,12 +72,17 @@ pub fn local_without_token(
     if !open_without_token(config) {
         return Err(AdminRefusal::ClosedWithoutToken);
     }
-    if peer.ip().to_canonical().is_loopback()
-        && !PROXY_HEADERS.iter().any(|name| headers.contains_key(*name))
+    if !peer.ip().to_canonical().is_loopback()
+        || PROXY_HEADERS.iter().any(|name| headers.contains_key(*name))
     {
-        Ok(())
-    } else {
-        Err(AdminRefusal::NotLoopback)
+        return Err(AdminRefusal::NotLoopback);
+    }
+    let host = headers
+        .get(axum::http::header::HOST)
+        .map(|value| value.to_str().unwrap_or(""));
+    match host {
+        Some(host) if !is_loopback_host(host) => Err(AdminRefusal::ForeignHost),
+        _ => Ok(()),
     }
 }
 
@@ -70,6 +97,33 @@ pub fn token_matches(expected: &str, presented: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_of_this_host_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8000",
+            "127.0.0.1",
+            "127.0.0.1:8000",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8000",
+            "::1",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8000",
+            "localhost.evil.example",
+            "10.0.0.5:8000",
+            "[2001:db8::1]:80",
+            "",
+            "127.0.0.1.nip.io",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     #[test]
     fn only_the_exact_token_matches() {

@@ -118,6 +118,11 @@ impl Predicates {
             p.clauses
                 .push(format!("d.id < {id} AND d.created_at < {at}"));
         }
+        if let Some(finished) = filter.finished_until_ms {
+            // `deliveries_dead (finished_at)` serves it for dead letters.
+            let at = p.arg(Arg::Int(finished));
+            p.clauses.push(format!("d.finished_at <= {at}"));
+        }
         if let Some(before) = before {
             let at = p.arg(Arg::Text(before.as_str().to_owned()));
             p.clauses.push(format!("d.id < {at}"));

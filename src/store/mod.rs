@@ -363,6 +363,9 @@ pub struct DeliveryFilter {
     pub since_ms: Option<i64>,
     /// Deliveries created before this time, unix ms.
     pub until_ms: Option<i64>,
+    /// Deliveries that finished (delivered or dead-lettered) at or before this time, unix ms:
+    /// what a confirmation counted, so letters that die afterwards are not acted on too.
+    pub finished_until_ms: Option<i64>,
 }
 
 /// One page of deliveries, newest first (by id: UUIDv7, so creation order).

@@ -1,9 +1,11 @@
 //! The dashboard over HTTP: who gets in, what a session cookie is, and that every action needs
 //! its CSRF token. (`tests/browser` drives the same pages in Chromium.)
 
+use std::{sync::Arc, time::Duration};
+
 use reqwest::{StatusCode, redirect::Policy};
 
-use crate::helpers::{TestApp, TestReceiver, usage_event};
+use crate::helpers::{Reply, START_MS, TestApp, TestReceiver, config, eventually, usage_event};
 
 const TOKEN: &str = "dashboard-admin-token-0123456789abcdef";
 
@@ -73,7 +75,7 @@ async fn with_an_admin_token_pages_need_a_login_and_a_wrong_token_gets_none() {
         .send()
         .await
         .expect("post");
-    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
     assert_eq!(session_cookie(&wrong), None);
     // The bearer token of the API is not a dashboard session.
     let bearer = http
@@ -248,6 +250,10 @@ async fn a_rotated_secret_is_shown_once_and_pages_never_show_secrets() {
     let html = page.text().await.expect("html");
     assert!(html.contains(&id));
     assert!(!html.contains(&first_secret), "secrets are not listed");
+    assert!(
+        !html.contains(&receiver.url()),
+        "nor the URL's path, which can be a credential"
+    );
     let rotated = http
         .post(app.url(&format!("/dashboard/endpoints/{id}/rotate-secret")))
         .header("cookie", &cookie)
@@ -324,4 +330,217 @@ async fn the_pages_show_what_the_store_holds() {
         !overview.contains("<script src") && !overview.contains("<link"),
         "nothing loaded from elsewhere"
     );
+}
+
+#[tokio::test]
+async fn a_session_ends_after_eight_hours() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let clock = hookrelay::clock::ManualClock::new(START_MS);
+    let vars = [
+        ("ZAPIER_WEBHOOK_URL", receiver.url()),
+        ("HOOKRELAY_ADMIN_TOKEN", TOKEN.to_owned()),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::spawn_with(config(dir.path(), &vars), dir, Arc::new(clock.clone())).await;
+    let http = client();
+    let cookie = log_in(&app, &http).await;
+    let get = || {
+        http.get(app.url("/dashboard/sessions"))
+            .header("cookie", &cookie)
+            .send()
+    };
+    clock.advance(Duration::from_secs(8 * 3600 - 1));
+    assert_eq!(get().await.expect("get").status(), StatusCode::OK);
+    clock.advance(Duration::from_secs(1));
+    let expired = get().await.expect("get");
+    assert_eq!(expired.status(), StatusCode::SEE_OTHER);
+    assert!(
+        expired.headers()["location"]
+            .to_str()
+            .is_ok_and(|l| l.starts_with("/dashboard/login"))
+    );
+}
+
+#[tokio::test]
+async fn the_cookie_is_secure_unless_served_over_plain_http_to_this_host() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[("HOOKRELAY_ADMIN_TOKEN", TOKEN)]).await;
+    let http = client();
+    let login = |headers: &'static [(&'static str, &'static str)]| {
+        let mut request = http
+            .post(app.url("/dashboard/login"))
+            .form(&[("token", TOKEN)]);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move {
+            let response = request.send().await.expect("post");
+            response.headers()["set-cookie"]
+                .to_str()
+                .expect("ascii")
+                .to_owned()
+        }
+    };
+    assert!(
+        !login(&[]).await.contains("Secure"),
+        "http://127.0.0.1 keeps a plain cookie"
+    );
+    assert!(
+        login(&[("x-forwarded-proto", "https")])
+            .await
+            .ends_with("; Secure")
+    );
+    assert!(
+        login(&[("host", "localhost:8000")])
+            .await
+            .contains("HttpOnly")
+    );
+}
+
+/// The checkboxes' delivery ids on the DLQ page.
+fn listed(page: &str) -> Vec<String> {
+    page.split(r#"name="ids" value=""#)
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn dead_letters_are_replayed_and_purged_as_selected_after_a_confirmation_that_counts_them() {
+    let receiver = TestReceiver::start().await;
+    receiver.always(Reply::status(410));
+    let app = TestApp::spawn(&receiver.url(), &[("WEBHOOK_MAX_RETRIES", "0")]).await;
+    for session in ["a", "a", "b"] {
+        assert_eq!(
+            app.post_json("/api/webhook/usage", &usage_event(session))
+                .await
+                .status(),
+            202
+        );
+    }
+    eventually(Duration::from_secs(10), "three dead letters", || async {
+        app.relay.counts().await.is_ok_and(|c| c.dead == 3)
+    })
+    .await;
+    let http = client();
+    let page = http
+        .get(app.url("/dashboard/dlq?session=a"))
+        .send()
+        .await
+        .expect("get");
+    let cookie = session_cookie(&page).expect("cookie");
+    let html = page.text().await.expect("html");
+    let token = csrf(&html);
+    let ids = listed(&html);
+    assert_eq!(ids.len(), 2, "session a's two dead letters");
+    assert!(html.contains("2 dead letter(s) match."));
+
+    // Purging asks first, with the count, and changes nothing until confirmed.
+    let ask = http
+        .post(app.url("/dashboard/dlq/purge"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("scope", "matching"),
+            ("session", "a"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(ask.status(), StatusCode::OK);
+    let confirmation = ask.text().await.expect("html");
+    assert!(confirmation.contains(r#"data-count="2""#), "{confirmation}");
+    assert_eq!(
+        app.relay.counts().await.expect("counts").dead,
+        3,
+        "nothing purged yet"
+    );
+    let snapshot = confirmation
+        .split(r#"name="snapshot" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the confirmation's snapshot")
+        .to_owned();
+    let confirmed = http
+        .post(app.url("/dashboard/dlq/purge"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("scope", "matching"),
+            ("session", "a"),
+            ("snapshot", snapshot.as_str()),
+            ("confirm", "yes"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(confirmed.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        confirmed.headers()["location"],
+        "/dashboard/dlq?done=purged&n=2"
+    );
+    assert_eq!(
+        app.relay.counts().await.expect("counts").dead,
+        1,
+        "only session a's"
+    );
+
+    // A letter that died after the confirmation was counted is not acted on.
+    let before_it = "0";
+    let late = http
+        .post(app.url("/dashboard/dlq/purge"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("scope", "matching"),
+            ("snapshot", before_it),
+            ("confirm", "yes"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(late.headers()["location"], "/dashboard/dlq?done=purged&n=0");
+
+    // Replaying a selection (duplicates counted once) needs no confirmation for one letter.
+    let remaining = listed(
+        &http
+            .get(app.url("/dashboard/dlq"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("html"),
+    );
+    assert_eq!(remaining.len(), 1);
+    receiver.always(Reply::status(200));
+    let replayed = http
+        .post(app.url("/dashboard/dlq/replay"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("ids", remaining[0].as_str()),
+            ("ids", remaining[0].as_str()),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        replayed.headers()["location"],
+        "/dashboard/dlq?done=replayed&n=1"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the replayed letter delivered",
+        || async {
+            app.relay
+                .counts()
+                .await
+                .is_ok_and(|c| c.dead == 0 && c.pending == 0)
+        },
+    )
+    .await;
 }

@@ -679,6 +679,58 @@ async fn an_ipv4_translated_address_is_refused_as_a_destination() {
 }
 
 #[tokio::test]
+async fn without_an_admin_token_a_request_for_another_host_name_is_refused() {
+    // DNS rebinding: a page elsewhere points its own name at 127.0.0.1; the browser then
+    // connects from loopback, with no proxy header, but asks for that name.
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    for (host, expected) in [
+        ("evil.example:8000", 403),
+        ("localhost.evil.example", 403),
+        ("localhost:8000", 200),
+        ("127.0.0.1", 200),
+        ("[::1]:8000", 200),
+    ] {
+        let status = app
+            .http
+            .get(app.url("/api/v1/dlq"))
+            .header("host", host)
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(status, expected, "Host: {host}");
+    }
+    let dashboard = app
+        .http
+        .get(app.url("/dashboard"))
+        .header("host", "evil.example:8000")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(dashboard.status(), 403);
+    // With an admin token the host does not matter: the token is the proof.
+    let tokened = TestApp::spawn(
+        &receiver.url(),
+        &[(
+            "HOOKRELAY_ADMIN_TOKEN",
+            "admin-token-0123456789abcdef0123456789",
+        )],
+    )
+    .await;
+    let status = tokened
+        .http
+        .get(tokened.url("/api/v1/dlq"))
+        .header("host", "hooks.example.com")
+        .bearer_auth("admin-token-0123456789abcdef0123456789")
+        .send()
+        .await
+        .expect("request")
+        .status();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn without_an_admin_token_management_is_closed_behind_proxies_and_to_proxy_headers() {
     let receiver = TestReceiver::start().await;
     // A same-host proxy that sets only X-Real-IP.

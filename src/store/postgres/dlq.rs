@@ -190,25 +190,38 @@ impl PgStore {
                 changed
             }
             Selection::Matching(filter) => {
-                // Batches in statements of their own, so a large selection never holds its
-                // rows locked for long. A replayed or purged delivery is no longer a dead
-                // letter, so each batch finds the next ones.
+                // Batches of their own, so a large selection never holds its rows locked for
+                // long, walking the ids downwards: a replayed delivery that dies again at once
+                // (its endpoint still refusing) is behind the cursor and is not replayed twice.
                 let mut changed = 0;
+                let mut cursor: Option<DeliveryId> = None;
                 loop {
-                    let p = Predicates::new(Dialect::Postgres, &filter, None, true);
-                    let target = format!(
-                        "id IN (SELECT d.id FROM deliveries d {} LIMIT {IDS_PER_STATEMENT})",
-                        p.where_clause()
+                    let p = Predicates::new(Dialect::Postgres, &filter, cursor.as_ref(), true);
+                    let ids: Vec<String> = bind(
+                        sqlx::query(&format!(
+                            "SELECT d.id FROM deliveries d {} ORDER BY d.id DESC LIMIT {IDS_PER_STATEMENT}",
+                            p.where_clause()
+                        )),
+                        p.args,
+                    )
+                    .fetch_all(&self.pool)
+                    .await?
+                    .iter()
+                    .map(|row| row.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                    let Some(last) = ids.last().cloned() else {
+                        break changed;
+                    };
+                    let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+                    let (sql, args) = statement(
+                        &format!("id IN ({})", list.join(", ")),
+                        ids.into_iter().map(Arg::Text).collect(),
                     );
-                    let (sql, args) = statement(&target, p.args);
-                    let n = bind(sqlx::query(&sql), args)
+                    changed += bind(sqlx::query(&sql), args)
                         .execute(&self.pool)
                         .await?
                         .rows_affected();
-                    changed += n;
-                    if n < IDS_PER_STATEMENT as u64 {
-                        break changed;
-                    }
+                    cursor = Some(DeliveryId::from_trusted(last));
                 }
             }
         })

@@ -183,23 +183,41 @@ impl SqliteStore {
             }
             Selection::Matching(filter) => {
                 // Batches in transactions of their own, so a large selection never holds the
-                // writer (and every ingest queued behind it) for long. A replayed or purged
-                // delivery is no longer a dead letter, so each batch finds the next ones.
+                // writer (and every ingest queued behind it) for long, walking the ids
+                // downwards: a replayed delivery that dies again at once (its endpoint still
+                // refusing) is behind the cursor and is not replayed twice.
                 let mut changed = 0;
+                let mut cursor: Option<DeliveryId> = None;
                 loop {
                     let statement = Arc::clone(&statement);
-                    let p = Predicates::new(Dialect::Sqlite, &filter, None, true);
-                    let target = format!(
-                        "id IN (SELECT d.id FROM deliveries d {} LIMIT {IDS_PER_STATEMENT})",
-                        p.where_clause()
-                    );
-                    let args = values(p.args);
-                    let n = self
-                        .write(move |conn| statement(conn, &target, args))
+                    let filter = filter.clone();
+                    let before = cursor.clone();
+                    let (n, last) = self
+                        .write(move |conn| {
+                            let p = Predicates::new(Dialect::Sqlite, &filter, before.as_ref(), true);
+                            let ids = conn
+                                .prepare(&format!(
+                                    "SELECT d.id FROM deliveries d {} ORDER BY d.id DESC LIMIT {IDS_PER_STATEMENT}",
+                                    p.where_clause()
+                                ))?
+                                .query_map(params_from_iter(values(p.args)), |row| row.get::<_, String>(0))?
+                                .collect::<Result<Vec<_>, _>>()?;
+                            let Some(last) = ids.last().cloned() else {
+                                return Ok((0, None));
+                            };
+                            let list: Vec<String> = (1..=ids.len()).map(|i| format!("?{i}")).collect();
+                            let n = statement(
+                                conn,
+                                &format!("id IN ({})", list.join(", ")),
+                                ids.into_iter().map(Value::Text).collect(),
+                            )?;
+                            Ok((n, Some(last)))
+                        })
                         .await?;
                     changed += n;
-                    if n < IDS_PER_STATEMENT {
-                        break changed;
+                    match last {
+                        Some(last) => cursor = Some(DeliveryId::from_trusted(last)),
+                        None => break changed,
                     }
                 }
             }
