@@ -388,6 +388,34 @@ impl Breaker {
             && failing as f64 >= policy.failure_rate * judged as f64
     }
 
+    /// Takes over what another instance on the same database decided (its endpoint gate): a
+    /// circuit it opened, whose cool-down ends at `open_until_ms`, or closed after a probe went
+    /// through. Only a change newer than this breaker's own last one counts.
+    pub fn adopt(
+        &mut self,
+        circuit: CircuitState,
+        open_until_ms: i64,
+        changed_at_ms: i64,
+        policy: &CircuitPolicy,
+    ) -> Option<Transition> {
+        if changed_at_ms <= self.changed_at_ms {
+            return None;
+        }
+        match (circuit, self.state) {
+            (CircuitState::Open | CircuitState::HalfOpen, CircuitState::Closed) => {
+                let mut transition = self.open(policy, changed_at_ms);
+                // Due for a probe when the gate's cool-down ends, not this breaker's.
+                self.changed_at_ms = open_until_ms.saturating_sub(self.cooldown_ms(policy));
+                transition.cooldown_ms = open_until_ms.saturating_sub(changed_at_ms).max(0);
+                Some(transition)
+            }
+            (CircuitState::Closed, CircuitState::Open | CircuitState::HalfOpen) => {
+                Some(self.close(changed_at_ms))
+            }
+            _ => None,
+        }
+    }
+
     fn open(&mut self, policy: &CircuitPolicy, now_ms: i64) -> Transition {
         let from = self.state;
         self.state = CircuitState::Open;

@@ -34,8 +34,8 @@ use super::{
 use crate::{
     clock::{Clock, millis},
     config::Config,
-    domain::EndpointId,
-    store::{AttemptRecord, ClaimedDelivery, NextState, Store, StoreError},
+    domain::{Ask, EndpointId, Gate, GateLimits},
+    store::{AttemptRecord, ClaimedDelivery, GatedWant, NextState, Store, StoreError},
 };
 
 /// What one attempt led to.
@@ -153,20 +153,29 @@ impl Worker {
         if !due {
             return Ok(());
         }
-        let endpoints = match self.store.endpoints().await {
-            Ok(endpoints) => endpoints,
+        // The endpoints, and what other instances on a shared database saw (their gates; none
+        // alone on SQLite).
+        let read = async {
+            Ok::<_, StoreError>((self.store.endpoints().await?, self.store.gates().await?))
+        };
+        let (endpoints, gates) = match read.await {
+            Ok(read) => read,
             Err(e) => {
                 self.refresh_requested.store(true, Ordering::SeqCst);
                 return Err(e);
             }
         };
+        let gates: HashMap<EndpointId, Gate> = gates.into_iter().collect();
         let mut runtimes = self.runtimes();
         let next = endpoints
             .into_iter()
             .map(|endpoint| {
                 let target = Target::from_endpoint(&endpoint, &self.config);
                 let previous = runtimes.remove(&endpoint.id);
-                let runtime = EndpointRuntime::refreshed(previous, &endpoint, target, now);
+                let mut runtime = EndpointRuntime::refreshed(previous, &endpoint, target, now);
+                if let Some(gate) = gates.get(&endpoint.id) {
+                    runtime.adopt(gate);
+                }
                 (endpoint.id, runtime)
             })
             .collect();
@@ -234,46 +243,29 @@ impl Worker {
             return Ok((Vec::new(), 0));
         }
         let lease_ms = self.lease_ms();
-        let mut claimed = self
+        let gated = {
+            let runtimes = self.runtimes();
+            wants
+                .iter()
+                .map(|want| GatedWant {
+                    endpoint: want.endpoint.clone(),
+                    ask: Ask {
+                        slots: want.slots,
+                        probe: want.probe,
+                    },
+                    limits: GateLimits::new(
+                        runtimes
+                            .get(&want.endpoint)
+                            .and_then(|r| r.target.rate_limit),
+                        self.settings.endpoint_concurrency,
+                    ),
+                })
+                .collect()
+        };
+        let claimed = self
             .store
-            .claim_due(
-                now,
-                lease_ms,
-                self.settings.instance.clone(),
-                wants
-                    .iter()
-                    .filter(|w| !w.probe)
-                    .map(|w| (w.endpoint.clone(), w.slots))
-                    .collect(),
-            )
+            .claim_gated(now, lease_ms, self.settings.instance.clone(), gated)
             .await?;
-        for want in wants.iter().filter(|w| w.probe) {
-            // Half the probes re-try deliveries that failed before, the rest are the oldest
-            // due: a receiver that fails only first attempts, or only some events, answers
-            // one of them and closes the circuit; a dead one fails them all.
-            let mut probes = self
-                .store
-                .claim_retried(
-                    now,
-                    lease_ms,
-                    self.settings.instance.clone(),
-                    want.endpoint.clone(),
-                    want.slots.div_ceil(2),
-                )
-                .await?;
-            let rest = want.slots - probes.len();
-            probes.extend(
-                self.store
-                    .claim_due(
-                        now,
-                        lease_ms,
-                        self.settings.instance.clone(),
-                        vec![(want.endpoint.clone(), rest)],
-                    )
-                    .await?,
-            );
-            claimed.extend(probes);
-        }
 
         let mut probes = Vec::new();
         {

@@ -6,6 +6,7 @@ mod address;
 mod alert;
 mod endpoint;
 mod event;
+mod gate;
 mod ids;
 pub(crate) mod number;
 mod secret;
@@ -23,6 +24,7 @@ pub use endpoint::{
     CircuitState, Endpoint, EndpointHealth, EndpointView, EventFilter, InvalidEndpoint, RateLimit,
 };
 pub use event::{EventType, GenericEvent, IdempotencyKey, InvalidEvent, UsageEvent};
+pub use gate::{Ask, Gate, GateLimits, Grant, grant};
 pub use ids::{DeliveryId, EndpointId, EventId, IdError};
 pub use secret::{Redacted, SecretError, SigningSecret};
 pub use signature::SignatureAlgorithm;

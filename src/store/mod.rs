@@ -201,6 +201,41 @@ pub struct HealthUpdate {
     pub health: EndpointHealth,
     /// Set when the endpoint is to be disabled, with the reason.
     pub disable: Option<String>,
+    /// What every instance sharing the database must honour from now on (its gate).
+    pub shared: SharedChange,
+}
+
+/// A change to an endpoint's gate ([`crate::domain::Gate`]) that one instance saw and every
+/// instance on a shared database must honour. SQLite has one worker and ignores it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SharedChange {
+    /// The receiver asked for a pause (429 with `Retry-After`) until then, unix ms.
+    pub pause_until_ms: Option<i64>,
+    /// The circuit opened or closed here.
+    pub circuit: Option<CircuitEvent>,
+}
+
+/// A circuit's change of state, as the gate records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitEvent {
+    /// Opened: nothing goes to the endpoint before `until_ms` (the cool-down's end).
+    Opened {
+        /// The cool-down's end, unix ms.
+        until_ms: i64,
+    },
+    /// A probe went through: deliveries resume.
+    Closed,
+}
+
+/// One endpoint a claim asks for, with the limits this claimant applies to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatedWant {
+    /// The endpoint.
+    pub endpoint: EndpointId,
+    /// How many, and whether they start a probe round.
+    pub ask: crate::domain::Ask,
+    /// Its rate limit and concurrency cap.
+    pub limits: crate::domain::GateLimits,
 }
 
 /// One finished attempt and what follows from it.
@@ -462,6 +497,61 @@ pub trait Store: Send + Sync + 'static {
         endpoint: EndpointId,
         limit: usize,
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Claims for several endpoints at once, each as its [`GatedWant`] asks: a probe round
+    /// takes half its deliveries from retried ones ([`Store::claim_retried`]), the rest from the
+    /// oldest due. On a database several instances share, each endpoint's gate decides how many
+    /// may be taken ([`crate::domain::grant`]): the rate limit and concurrency cap hold for all
+    /// instances together, a pause or an open circuit holds them all, one instance at a time
+    /// probes. Alone on its database (SQLite), a claimant takes what it asks.
+    async fn claim_gated(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        wants: Vec<GatedWant>,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let flowing = wants
+            .iter()
+            .filter(|w| !w.ask.probe)
+            .map(|w| (w.endpoint.clone(), w.ask.slots))
+            .collect();
+        let mut claimed = self
+            .claim_due(now_ms, lease_ms, claimant.clone(), flowing)
+            .await?;
+        for want in wants.iter().filter(|w| w.ask.probe) {
+            // Half the probes re-try deliveries that failed before, the rest are the oldest
+            // due: a receiver that fails only first attempts, or only some events, answers
+            // one of them and closes the circuit; a dead one fails them all.
+            let mut probes = self
+                .claim_retried(
+                    now_ms,
+                    lease_ms,
+                    claimant.clone(),
+                    want.endpoint.clone(),
+                    want.ask.slots.div_ceil(2),
+                )
+                .await?;
+            let rest = want.ask.slots - probes.len();
+            probes.extend(
+                self.claim_due(
+                    now_ms,
+                    lease_ms,
+                    claimant.clone(),
+                    vec![(want.endpoint.clone(), rest)],
+                )
+                .await?,
+            );
+            claimed.extend(probes);
+        }
+        Ok(claimed)
+    }
+
+    /// The gates of the endpoints, where several instances share them (PostgreSQL); none
+    /// alone. A worker takes from them what another instance saw: an open circuit, a pause.
+    async fn gates(&self) -> Result<Vec<(EndpointId, crate::domain::Gate)>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Records attempts and moves each delivery to its next state (only if still leased),
     /// with the endpoints' new health, in one transaction.

@@ -304,6 +304,7 @@ pub async fn health_recorded_with_an_attempt_is_visible_on_the_endpoint(backend:
                 endpoint_id: ep_default(),
                 health,
                 disable: None,
+                shared: Default::default(),
             }],
             START + 1,
         )
@@ -345,6 +346,7 @@ pub async fn a_health_update_can_disable_the_endpoint(backend: Backend) {
                 endpoint_id: ep_default(),
                 health,
                 disable: Some("failing continuously since then".into()),
+                shared: Default::default(),
             }],
             START + 1,
         )

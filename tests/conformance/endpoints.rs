@@ -133,6 +133,7 @@ pub async fn updating_settings_keeps_enabled_state_and_health(backend: Backend) 
                 endpoint_id: endpoint_id("ep_target"),
                 health,
                 disable: None,
+                shared: Default::default(),
             }],
             START + 2,
         )
@@ -227,6 +228,7 @@ pub async fn disabling_and_enabling_an_endpoint(backend: Backend) {
                 endpoint_id: endpoint_id("ep_target"),
                 health: failing,
                 disable: None,
+                shared: Default::default(),
             }],
             START + 1,
         )
@@ -312,6 +314,7 @@ pub async fn an_endpoint_disabled_for_failing_continuously_keeps_queuing(backend
                 disable: Some(
                     "failing continuously since 2027-01-14T08:00:00Z (last error: 503)".into(),
                 ),
+                shared: Default::default(),
             }],
             START + 1,
         )

@@ -588,3 +588,34 @@ fn scenarios_deliver_healthy_events_and_dead_letter_only_poison() {
         );
     }
 }
+
+#[test]
+fn another_instances_opening_is_adopted_with_its_cool_down() {
+    let mut b = Breaker::default();
+    // The gate: opened at 1_000 by another instance, cooling down until 9_000.
+    let t = b
+        .adopt(CircuitState::Open, 9_000, 1_000, &POLICY)
+        .expect("adopted");
+    assert_eq!(
+        (t.from, t.to, t.cooldown_ms),
+        (CircuitState::Closed, CircuitState::Open, 8_000)
+    );
+    assert_eq!(b.admission(&POLICY, 8_999), Admission::Wait(Some(9_000)));
+    assert_eq!(b.admission(&POLICY, 9_000), Admission::Probe(3));
+    // The same news again, or older news, changes nothing.
+    assert_eq!(b.adopt(CircuitState::Open, 9_000, 1_000, &POLICY), None);
+    assert_eq!(b.adopt(CircuitState::Closed, 0, 500, &POLICY), None);
+    // Another instance's probe went through: closed here too.
+    let t = b
+        .adopt(CircuitState::Closed, 0, 12_000, &POLICY)
+        .expect("adopted");
+    assert_eq!(t.to, CircuitState::Closed);
+    assert_eq!(b.admission(&POLICY, 12_001), Admission::Flow);
+}
+
+#[test]
+fn a_closing_older_than_this_breakers_own_opening_is_ignored() {
+    let mut b = open_breaker(5_000);
+    assert_eq!(b.adopt(CircuitState::Closed, 0, 4_000, &POLICY), None);
+    assert_eq!(b.state(), CircuitState::Open);
+}

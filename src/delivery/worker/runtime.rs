@@ -13,8 +13,10 @@ use tracing::{info, warn};
 use crate::{
     clock::millis,
     delivery::{Admission, Answer, Breaker, Decision, Target, Transition, track_health},
-    domain::{CircuitState, DeliveryId, Endpoint, EndpointHealth, EndpointId, Throttle, rfc3339},
-    store::{ClaimedDelivery, HealthUpdate, NextState},
+    domain::{
+        CircuitState, DeliveryId, Endpoint, EndpointHealth, EndpointId, Gate, Throttle, rfc3339,
+    },
+    store::{CircuitEvent, ClaimedDelivery, HealthUpdate, NextState, SharedChange},
 };
 
 /// How long a disabling decided here outweighs a database row that does not show it yet.
@@ -111,6 +113,26 @@ impl EndpointRuntime {
         }
     }
 
+    /// Takes what another instance on the same database decided about the endpoint (its
+    /// gate): a receiver's pause, a circuit it opened or closed.
+    pub(super) fn adopt(&mut self, gate: &Gate) {
+        self.paused_until_ms = self.paused_until_ms.max(gate.paused_until_ms);
+        let open_until = gate.open_until_ms.max(gate.probe_until_ms);
+        if let Some(transition) = self.breaker.adopt(
+            gate.circuit,
+            open_until,
+            gate.changed_at_ms,
+            &self.target.circuit,
+        ) {
+            self.health.circuit = transition.to;
+            self.health.circuit_changed_at_ms = Some(gate.changed_at_ms);
+            if transition.to != CircuitState::HalfOpen {
+                self.probes.clear();
+            }
+            info!(endpoint = %self.target.id, to = %transition.to, "circuit changed by another instance");
+        }
+    }
+
     /// What may be claimed now with `busy` requests out, within the endpoint's concurrency,
     /// rate limit, pause and circuit; `None` when nothing.
     pub(super) fn room(&self, busy: usize, concurrency: usize, now: i64) -> Option<Room> {
@@ -172,6 +194,8 @@ impl EndpointRuntime {
             endpoint_id: self.target.id.clone(),
             health: self.health,
             disable: None,
+            // The claim itself started the cluster's probe round (the gate's holder).
+            shared: SharedChange::default(),
         })
     }
 
@@ -197,9 +221,11 @@ impl EndpointRuntime {
         now: i64,
     ) -> HealthUpdate {
         self.health = track_health(self.health, decision.signal, now);
+        let mut shared = SharedChange::default();
         if let (NextState::Throttled(until), Some(429)) = (decision.next, decision.status_code) {
-            // The receiver asked everyone to wait, not just this delivery.
+            // The receiver asked everyone to wait, not just this delivery: every instance.
             self.paused_until_ms = self.paused_until_ms.max(until);
+            shared.pause_until_ms = Some(until);
         }
         let answer = Answer {
             delivery: BuildHasherDefault::<DefaultHasher>::default().hash_one(&delivery.id),
@@ -216,6 +242,13 @@ impl EndpointRuntime {
             if transition.to != CircuitState::HalfOpen {
                 self.probes.clear();
             }
+            shared.circuit = match transition.to {
+                CircuitState::Open => Some(CircuitEvent::Opened {
+                    until_ms: now + transition.cooldown_ms,
+                }),
+                CircuitState::Closed => Some(CircuitEvent::Closed),
+                CircuitState::HalfOpen => None,
+            };
             log_circuit_change(&self.target.id, transition, &self.health);
         }
         let disable = disable_after.and_then(|after| {
@@ -230,6 +263,7 @@ impl EndpointRuntime {
             endpoint_id: delivery.endpoint_id.clone(),
             health: self.health,
             disable,
+            shared,
         }
     }
 }

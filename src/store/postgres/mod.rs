@@ -25,6 +25,7 @@ mod alerts;
 mod commit;
 mod dlq;
 mod endpoints;
+mod gates;
 mod ingest;
 mod maintenance;
 mod notify;
@@ -72,6 +73,11 @@ const MIGRATIONS: &[Migration] = &[
         5,
         "request_fingerprint",
         include_str!("../../../migrations/postgres/0005_request_fingerprint.sql"),
+    ),
+    (
+        6,
+        "endpoint_gates",
+        include_str!("../../../migrations/postgres/0006_endpoint_gates.sql"),
     ),
 ];
 
@@ -253,5 +259,19 @@ impl PgStore {
 super::delegate::delegate_store!(PgStore {
     async fn watch_work(&self, wake: Arc<Notify>) {
         self.forward_work_to(wake).await
+    }
+
+    async fn claim_gated(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        claimant: String,
+        wants: Vec<crate::store::GatedWant>,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.claim_through_gates(now_ms, lease_ms, claimant, wants).await
+    }
+
+    async fn gates(&self) -> Result<Vec<(EndpointId, crate::domain::Gate)>, StoreError> {
+        self.read_gates().await
     }
 });

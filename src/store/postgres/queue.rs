@@ -18,7 +18,10 @@ use super::{
 };
 use crate::{
     domain::{DeliveryId, EndpointId, EventId, EventType, bucket},
-    store::{AttemptRecord, ClaimedDelivery, HealthUpdate, LeaseToken, NextState, StoreError},
+    store::{
+        AttemptRecord, CircuitEvent, ClaimedDelivery, HealthUpdate, LeaseToken, NextState,
+        StoreError,
+    },
 };
 
 impl PgStore {
@@ -31,68 +34,21 @@ impl PgStore {
         wanted: Vec<(EndpointId, usize)>,
         retried_only: bool,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let (endpoints, limits): (Vec<String>, Vec<i64>) = wanted
-            .into_iter()
-            .filter(|(_, limit)| *limit > 0)
-            .map(|(endpoint, limit)| (endpoint.as_str().to_owned(), limit as i64))
-            .unzip();
-        if endpoints.is_empty() {
-            return Ok(Vec::new());
-        }
         let token = LeaseToken(rand::random::<i64>());
-        // One statement for every endpoint: the rows another claimant holds are skipped, not
-        // waited for, and the claim is atomic without an explicit transaction.
-        let rows = retrying(|| {
-            sqlx::query(
-                "WITH picked AS (
-                     SELECT due.id FROM UNNEST($4::text[], $5::int8[]) AS w(endpoint_id, wanted)
-                     CROSS JOIN LATERAL (
-                         SELECT id FROM deliveries
-                         WHERE status = 'pending' AND endpoint_id = w.endpoint_id AND next_attempt_at <= $3
-                             AND (NOT $7 OR total_attempts > 0)
-                         ORDER BY next_attempt_at LIMIT w.wanted
-                         FOR UPDATE SKIP LOCKED) AS due),
-                 claimed AS (
-                     UPDATE deliveries d SET lease_token = $1, next_attempt_at = $2, updated_at = $3,
-                         claimed_by = $6
-                     FROM picked WHERE d.id = picked.id
-                     RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.total_attempts, d.throttled,
-                         d.next_attempt_at)
-                 SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.total_attempts, c.throttled,
-                     e.event_type, e.payload, e.created_at, e.session_id
-                 FROM claimed c CROSS JOIN LATERAL (
-                     SELECT event_type, payload, created_at, session_id FROM events WHERE id = c.event_id) e
-                 ORDER BY c.endpoint_id, c.next_attempt_at",
+        retrying(|| async {
+            let mut conn = self.pool.acquire().await?;
+            claim_rows(
+                &mut conn,
+                token,
+                now_ms,
+                lease_ms,
+                &claimant,
+                &wanted,
+                retried_only,
             )
-            .bind(token.0)
-            .bind(now_ms + lease_ms)
-            .bind(now_ms)
-            .bind(&endpoints)
-            .bind(&limits)
-            .bind(&claimant)
-            .bind(retried_only)
-            .fetch_all(&self.pool)
+            .await
         })
-        .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            claimed.push((|| -> Result<ClaimedDelivery, sqlx::Error> {
-                Ok(ClaimedDelivery {
-                    id: DeliveryId::from_trusted(row.try_get("id")?),
-                    event_id: EventId::from_trusted(row.try_get("event_id")?),
-                    endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
-                    event_type: EventType::from_trusted(row.try_get("event_type")?),
-                    payload: Bytes::from(row.try_get::<Vec<u8>, _>("payload")?),
-                    event_created_at_ms: row.try_get("created_at")?,
-                    session_id: row.try_get("session_id")?,
-                    attempts: small(&row, "attempts")?,
-                    total_attempts: small(&row, "total_attempts")?,
-                    throttled: small(&row, "throttled")?,
-                    lease: token,
-                })
-            })()?);
-        }
-        Ok(claimed)
+        .await
     }
 
     /// Backs `Store::record_attempts`: hands the results to a group committer.
@@ -160,6 +116,76 @@ impl PgStore {
     }
 }
 
+/// Claims up to the wanted number of due deliveries of each endpoint on `conn` (a pooled
+/// connection or a transaction's), leased with `token`.
+pub(super) async fn claim_rows(
+    conn: &mut sqlx::PgConnection,
+    token: LeaseToken,
+    now_ms: i64,
+    lease_ms: i64,
+    claimant: &str,
+    wanted: &[(EndpointId, usize)],
+    retried_only: bool,
+) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+    let (endpoints, limits): (Vec<String>, Vec<i64>) = wanted
+        .iter()
+        .filter(|(_, limit)| *limit > 0)
+        .map(|(endpoint, limit)| (endpoint.as_str().to_owned(), *limit as i64))
+        .unzip();
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement for every endpoint: the rows another claimant holds are skipped, not
+    // waited for, and the claim is atomic without an explicit transaction.
+    let rows = sqlx::query(
+        "WITH picked AS (
+             SELECT due.id FROM UNNEST($4::text[], $5::int8[]) AS w(endpoint_id, wanted)
+             CROSS JOIN LATERAL (
+                 SELECT id FROM deliveries
+                 WHERE status = 'pending' AND endpoint_id = w.endpoint_id AND next_attempt_at <= $3
+                     AND (NOT $7 OR total_attempts > 0)
+                 ORDER BY next_attempt_at LIMIT w.wanted
+                 FOR UPDATE SKIP LOCKED) AS due),
+         claimed AS (
+             UPDATE deliveries d SET lease_token = $1, next_attempt_at = $2, updated_at = $3,
+                 claimed_by = $6
+             FROM picked WHERE d.id = picked.id
+             RETURNING d.id, d.event_id, d.endpoint_id, d.attempts, d.total_attempts, d.throttled,
+                 d.next_attempt_at)
+         SELECT c.id, c.event_id, c.endpoint_id, c.attempts, c.total_attempts, c.throttled,
+             e.event_type, e.payload, e.created_at, e.session_id
+         FROM claimed c CROSS JOIN LATERAL (
+             SELECT event_type, payload, created_at, session_id FROM events WHERE id = c.event_id) e
+         ORDER BY c.endpoint_id, c.next_attempt_at",
+    )
+    .bind(token.0)
+    .bind(now_ms + lease_ms)
+    .bind(now_ms)
+    .bind(&endpoints)
+    .bind(&limits)
+    .bind(claimant)
+    .bind(retried_only)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ClaimedDelivery {
+                id: DeliveryId::from_trusted(row.try_get("id")?),
+                event_id: EventId::from_trusted(row.try_get("event_id")?),
+                endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
+                event_type: EventType::from_trusted(row.try_get("event_type")?),
+                payload: Bytes::from(row.try_get::<Vec<u8>, _>("payload")?),
+                event_created_at_ms: row.try_get("created_at")?,
+                session_id: row.try_get("session_id")?,
+                attempts: small(row, "attempts")?,
+                total_attempts: small(row, "total_attempts")?,
+                throttled: small(row, "throttled")?,
+                lease: token,
+            })
+        })
+        .collect()
+}
+
 /// A claimed delivery's count, clamped to what the domain keeps.
 fn small(row: &PgRow, column: &str) -> Result<u32, sqlx::Error> {
     Ok(u32::try_from(row.try_get::<i64, _>(column)?.max(0)).unwrap_or(u32::MAX))
@@ -189,7 +215,17 @@ pub(super) fn start_committers(pool: &PgPool) -> mpsc::Sender<Job<Results, ()>> 
                 for job in jobs {
                     records.extend(job.records.iter().cloned());
                     for update in &job.health {
-                        health.insert(update.endpoint_id.as_str().to_owned(), update.clone());
+                        let mut update = update.clone();
+                        // What earlier reports in the group changed for every instance stays.
+                        if let Some(earlier) = health.get(update.endpoint_id.as_str()) {
+                            update.shared.pause_until_ms = update
+                                .shared
+                                .pause_until_ms
+                                .max(earlier.shared.pause_until_ms);
+                            update.shared.circuit =
+                                update.shared.circuit.or(earlier.shared.circuit);
+                        }
+                        health.insert(update.endpoint_id.as_str().to_owned(), update);
                     }
                     now_ms = now_ms.max(job.now_ms);
                 }
@@ -325,6 +361,18 @@ async fn record_tx(
                  OR e.last_attempt_at IS NULL OR e.last_attempt_at < h.last_attempt - 1000
                  OR (e.last_success_at IS NULL AND h.last_success IS NOT NULL)
                  OR e.last_success_at < h.last_success - 1000)),
+         gated AS (
+             UPDATE endpoint_gates AS g SET
+                 paused_until_ms = GREATEST(g.paused_until_ms, COALESCE(s.pause_until, 0)),
+                 circuit = COALESCE(s.circuit, g.circuit),
+                 open_until_ms = CASE s.circuit WHEN 'open' THEN s.open_until WHEN 'closed' THEN 0
+                                                ELSE g.open_until_ms END,
+                 probe_holder = CASE WHEN s.circuit IS NULL THEN g.probe_holder END,
+                 probe_until_ms = CASE WHEN s.circuit IS NULL THEN g.probe_until_ms ELSE 0 END,
+                 changed_at_ms = CASE WHEN s.circuit IS NULL THEN g.changed_at_ms ELSE $10 END
+             FROM UNNEST($20::text[], $30::int8[], $31::text[], $32::int8[])
+                  AS s(id, pause_until, circuit, open_until)
+             WHERE g.endpoint_id = s.id AND (s.pause_until > g.paused_until_ms OR s.circuit IS NOT NULL)),
          counted AS (
              INSERT INTO rollups AS ru (minute, shard, attempts, successes, failures, throttled, retries,
                  delivered, dead_lettered, duration_sum_ms, latency_sum_ms,
@@ -397,6 +445,9 @@ async fn record_tx(
     .bind(&health.disable)
     .bind(now_ms.div_euclid(60_000))
     .bind(rand::random_range(0..AGGREGATE_SHARDS))
+    .bind(&health.pause_until)
+    .bind(&health.circuit_event)
+    .bind(&health.open_until)
     .fetch_all(pool)
     .await?;
     if moved.len() < records.len() {
@@ -421,6 +472,10 @@ struct HealthColumns {
     last_attempt: Vec<Option<i64>>,
     last_success: Vec<Option<i64>>,
     disable: Vec<Option<String>>,
+    /// For the endpoint's gate: a receiver's pause, a circuit's change.
+    pause_until: Vec<Option<i64>>,
+    circuit_event: Vec<Option<&'static str>>,
+    open_until: Vec<Option<i64>>,
 }
 
 impl HealthColumns {
@@ -436,6 +491,14 @@ impl HealthColumns {
             c.last_attempt.push(h.last_attempt_at_ms);
             c.last_success.push(h.last_success_at_ms);
             c.disable.push(update.disable.clone());
+            c.pause_until.push(update.shared.pause_until_ms);
+            let (event, until) = match update.shared.circuit {
+                Some(CircuitEvent::Opened { until_ms }) => (Some("open"), Some(until_ms)),
+                Some(CircuitEvent::Closed) => (Some("closed"), None),
+                None => (None, None),
+            };
+            c.circuit_event.push(event);
+            c.open_until.push(until);
         }
         c
     }
