@@ -412,6 +412,11 @@ impl Breaker {
             (CircuitState::Closed, CircuitState::Open | CircuitState::HalfOpen) => {
                 Some(self.close(changed_at_ms))
             }
+            // Another instance's probe round failed: the next one is due when the gate says.
+            (CircuitState::Open, CircuitState::Open) => {
+                self.changed_at_ms = open_until_ms.saturating_sub(self.cooldown_ms(policy));
+                None
+            }
             _ => None,
         }
     }

@@ -147,12 +147,32 @@ impl Instance {
         Self::start_via(role, schema, receiver, &schema.url).await
     }
 
+    /// [`Instance::start`] with more settings.
+    pub async fn start_with(
+        role: Role,
+        schema: &TestSchema,
+        receiver: &Receiver,
+        settings: &[(&str, &str)],
+    ) -> Self {
+        Self::start_configured(role, schema, receiver, &schema.url, settings).await
+    }
+
     /// The same, reaching the database at `database_url` (a proxy in front of the server).
     pub async fn start_via(
         role: Role,
         schema: &TestSchema,
         receiver: &Receiver,
         database_url: &str,
+    ) -> Self {
+        Self::start_configured(role, schema, receiver, database_url, &[]).await
+    }
+
+    async fn start_configured(
+        role: Role,
+        schema: &TestSchema,
+        receiver: &Receiver,
+        database_url: &str,
+        settings: &[(&str, &str)],
     ) -> Self {
         let dir = tempfile::tempdir().expect("data dir");
         let mut child = Command::new(BIN)
@@ -176,6 +196,7 @@ impl Instance {
             // A monitor tick of 0.5 s: the leader lease lasts 3 s.
             .env("HOOKRELAY_ALERT_INTERVAL_SECONDS", "0.5")
             .env("LOG_LEVEL", "WARN")
+            .envs(settings.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -272,6 +293,12 @@ struct ReceiverState {
     delay: Duration,
     arrived: AtomicUsize,
     per_id: Mutex<HashMap<String, usize>>,
+    /// Beyond this many requests in a wall-clock second, 429 with `Retry-After: 1`.
+    limit_per_second: Option<usize>,
+    /// Answers 503 to everything while set.
+    down: std::sync::atomic::AtomicBool,
+    /// Every request: (unix ms of arrival, status answered).
+    log: Mutex<Vec<(u64, u16)>>,
 }
 
 /// A webhook receiver on loopback: counts every request by its `webhook-id` on arrival,
@@ -282,8 +309,41 @@ pub struct Receiver {
     server: JoinHandle<()>,
 }
 
-async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap) -> StatusCode {
-    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let at = unix_ms();
+    let status = {
+        let mut log = state.log.lock().unwrap_or_else(|e| e.into_inner());
+        let this_second = log
+            .iter()
+            .rev()
+            .take_while(|(t, _)| t / 1000 == at / 1000)
+            .count();
+        let status = if state.down.load(Ordering::SeqCst) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else if state
+            .limit_per_second
+            .is_some_and(|limit| this_second >= limit)
+        {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::OK
+        };
+        log.push((at, status.as_u16()));
+        status
+    };
+    if status == StatusCode::OK
+        && let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok())
+    {
         *state
             .per_id
             .lock()
@@ -293,19 +353,51 @@ async fn receive(State(state): State<Arc<ReceiverState>>, headers: HeaderMap) ->
         state.arrived.fetch_add(1, Ordering::SeqCst);
     }
     tokio::time::sleep(state.delay).await;
-    StatusCode::OK
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return (status, [("retry-after", "1")]).into_response();
+    }
+    status.into_response()
 }
 
 impl Receiver {
     pub async fn start(delay: Duration) -> Self {
+        Self::start_with(ReceiverState {
+            delay,
+            ..ReceiverState::default()
+        })
+        .await
+    }
+
+    /// A receiver that takes `per_second` requests in each wall-clock second and answers the
+    /// rest 429 with `Retry-After: 1`, as a rate-limited catch hook does.
+    pub async fn start_limited(per_second: usize) -> Self {
+        Self::start_with(ReceiverState {
+            limit_per_second: Some(per_second),
+            ..ReceiverState::default()
+        })
+        .await
+    }
+
+    /// Answers 503 to everything while `down`.
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Every request so far: (unix ms of arrival, status answered).
+    pub fn log(&self) -> Vec<(u64, u16)> {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn start_with(state: ReceiverState) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver address");
-        let state = Arc::new(ReceiverState {
-            delay,
-            ..ReceiverState::default()
-        });
+        let state = Arc::new(state);
         let app = Router::new()
             .route("/{*path}", any(receive))
             .with_state(Arc::clone(&state));

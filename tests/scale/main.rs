@@ -7,6 +7,7 @@
 //! (`SERIAL`): each runs several servers, and on a small machine together they would starve
 //! one another past the leases they check.
 
+mod gates;
 mod harness;
 
 use std::{
