@@ -609,15 +609,33 @@ impl Relay {
     }
 
     /// Whether the database answers and (when running) the worker goes round.
-    pub async fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<Readiness, String> {
+        let started = std::time::Instant::now();
         self.inner.store.ping().await.map_err(|e| {
             tracing::error!(error = %e, "readiness check: the database does not answer");
             "the database does not answer".to_owned()
         })?;
+        let database_ms = started.elapsed().as_secs_f64() * 1000.0;
         // An API-only instance has no worker of its own; other instances deliver.
-        if self.inner.config.server.role.delivers() && !self.inner.worker.is_alive() {
+        let delivers = self.inner.config.server.role.delivers();
+        if delivers && !self.inner.worker.is_alive() {
             return Err("the delivery worker is not running".into());
         }
-        Ok(())
+        Ok(Readiness {
+            instance: self.inner.instance.clone(),
+            database_ms,
+            worker: delivers,
+        })
     }
+}
+
+/// What [`Relay::ready`] found: this instance can do its job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readiness {
+    /// This instance's id (`pid-random`), as the cluster's heartbeats and claims name it.
+    pub instance: String,
+    /// How long the database took to answer, ms.
+    pub database_ms: f64,
+    /// Whether this instance runs a delivery worker (and it is alive).
+    pub worker: bool,
 }

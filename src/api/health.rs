@@ -23,12 +23,21 @@ struct Alive {
     version: &'static str,
 }
 
-/// The instance can do its job.
+/// This instance can do its job: its listener answered, its database answers and, in the
+/// roles that deliver, its worker runs.
 #[derive(Serialize, ToSchema)]
-struct Ready {
+pub struct Ready {
     /// Always `ready`.
     #[schema(example = "ready")]
-    status: &'static str,
+    pub status: String,
+    /// This instance's id, as the cluster's heartbeats and claims name it.
+    pub instance: String,
+    /// `all`, `api` or `worker`.
+    pub role: String,
+    /// How long the database took to answer, ms.
+    pub database_ms: f64,
+    /// Whether this instance runs a delivery worker (it does, and it is alive, when true).
+    pub worker: bool,
 }
 
 /// Liveness: the process answers. Cheap enough for a probe every second.
@@ -46,7 +55,8 @@ async fn health() -> Json<Alive> {
     })
 }
 
-/// Readiness: the database answers and the delivery worker is running.
+/// Readiness of this instance (not the cluster): the database answers and, in the roles that
+/// deliver, the delivery worker is running. `hookrelay health --self` asks it.
 #[utoipa::path(
     get,
     path = "/ready",
@@ -58,8 +68,14 @@ async fn health() -> Json<Alive> {
     ),
 )]
 async fn ready(State(relay): State<AppState>) -> Result<Json<Ready>, ApiError> {
-    relay.ready().await.map_err(|reason| {
+    let readiness = relay.ready().await.map_err(|reason| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, reason)
     })?;
-    Ok(Json(Ready { status: "ready" }))
+    Ok(Json(Ready {
+        status: "ready".into(),
+        instance: readiness.instance,
+        role: relay.config().server.role.as_str().to_owned(),
+        database_ms: readiness.database_ms,
+        worker: readiness.worker,
+    }))
 }

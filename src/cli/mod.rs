@@ -110,6 +110,14 @@ enum Command {
     },
     /// The health verdict; exit code 0 healthy, 1 degraded, 2 unhealthy.
     Health {
+        /// This instance only (its listener, database and worker), for an orchestrator's
+        /// liveness probe: asks the running server's `GET /ready`. Without it: the cluster's
+        /// verdict, from the database.
+        #[arg(long = "self")]
+        this_instance: bool,
+        /// With `--self`: the server to ask (default: `HOOKRELAY_LISTEN`).
+        #[arg(long, requires = "this_instance")]
+        server: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -656,7 +664,12 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
         Command::Metrics { json: as_json } => {
             monitor::metrics(open_existing(config).await?, as_json).await
         }
-        Command::Health { json: as_json } => match open_existing(config).await {
+        Command::Health {
+            this_instance: true,
+            server,
+            json: as_json,
+        } => monitor::health_of_this_instance(&config, server, as_json).await,
+        Command::Health { json: as_json, .. } => match open_existing(config).await {
             Ok(relay) => monitor::health(relay, as_json).await,
             Err(e) => {
                 // The database cannot even be opened: that is the verdict.

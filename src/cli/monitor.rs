@@ -152,6 +152,91 @@ pub async fn health(relay: Relay, as_json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(report.health.status.exit_code()))
 }
 
+/// `hookrelay health --self`: this instance's own readiness, from its `GET /ready`: 0 when its
+/// listener, database and worker answer, 2 when any does not (an orchestrator restarts it).
+pub async fn health_of_this_instance(
+    config: &crate::Config,
+    server: Option<String>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let base = server.unwrap_or_else(|| {
+        let listen = config.server.listen;
+        // A wildcard listener answers on loopback.
+        let host = if listen.ip().is_unspecified() {
+            match listen {
+                std::net::SocketAddr::V4(_) => "127.0.0.1".to_owned(),
+                std::net::SocketAddr::V6(_) => "[::1]".to_owned(),
+            }
+        } else {
+            match listen {
+                std::net::SocketAddr::V4(a) => a.ip().to_string(),
+                std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            }
+        };
+        format!("http://{host}:{}", listen.port())
+    });
+    let url = format!("{}/ready", base.trim_end_matches('/'));
+    let answer = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(&url)
+        .send()
+        .await;
+    let (healthy, report) = match answer {
+        Err(e) => (
+            false,
+            json!({ "status": "unhealthy", "reasons": [format!("the listener at {base} does not answer: {}", without_url(e))] }),
+        ),
+        Ok(response) => {
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+            if status.is_success() {
+                (true, json!({ "status": "healthy", "ready": body }))
+            } else {
+                let reason = body["detail"]
+                    .as_str()
+                    .map_or_else(|| format!("GET /ready answered {status}"), str::to_owned);
+                (false, json!({ "status": "unhealthy", "reasons": [reason] }))
+            }
+        }
+    };
+    if as_json {
+        json(&report);
+    } else if healthy {
+        let ready = &report["ready"];
+        println!(
+            "this instance  Healthy ({}, role {}: listener answers, database {:.1} ms, worker {})",
+            ready["instance"].as_str().unwrap_or("?"),
+            ready["role"].as_str().unwrap_or("?"),
+            ready["database_ms"].as_f64().unwrap_or(0.0),
+            if ready["worker"].as_bool() == Some(true) {
+                "running"
+            } else {
+                "none in this role"
+            }
+        );
+    } else {
+        println!("this instance  Unhealthy");
+        for reason in report["reasons"].as_array().into_iter().flatten() {
+            println!("             - {}", reason.as_str().unwrap_or(""));
+        }
+    }
+    Ok(ExitCode::from(if healthy { 0 } else { 2 }))
+}
+
+/// A request error without the URL reqwest puts in it (it is already named).
+fn without_url(error: reqwest::Error) -> String {
+    let (connect, timeout) = (error.is_connect(), error.is_timeout());
+    let text = error.without_url().to_string();
+    if connect {
+        format!("cannot connect ({text})")
+    } else if timeout {
+        "no answer within 5 s".to_owned()
+    } else {
+        text
+    }
+}
+
 /// `hookrelay alerts`.
 pub async fn alerts(relay: Relay, limit: usize, as_json: bool) -> anyhow::Result<ExitCode> {
     let report = relay.report(None).await;

@@ -131,6 +131,15 @@ impl Role {
     pub fn delivers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
     }
+
+    /// `all`, `api` or `worker`, as `--role` takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
 }
 
 impl FromStr for Role {

@@ -475,3 +475,37 @@ fn health_on_a_missing_database_is_unhealthy_and_creates_nothing() {
     );
     assert_eq!(cli(dir.path(), &[], &["status"]).status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn health_self_asks_this_instance_and_fails_when_its_listener_is_gone() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let ask = |server: String| {
+        let dir = tempfile::tempdir().expect("dir");
+        tokio::task::spawn_blocking(move || {
+            hookrelay(dir.path(), &[])
+                .args(["health", "--self", "--server", &server, "--json"])
+                .output()
+                .expect("run hookrelay")
+        })
+    };
+    let alive = ask(app.url("")).await.expect("join");
+    assert_eq!(alive.status.code(), Some(0), "{}", String::from_utf8_lossy(&alive.stderr));
+    let body: Value = serde_json::from_slice(&alive.stdout).expect("json");
+    assert_eq!(body["status"], "healthy");
+    assert_eq!(body["ready"]["instance"], app.relay.instance());
+    assert_eq!(body["ready"]["role"], "all");
+    assert_eq!(body["ready"]["worker"], true);
+
+    // The same server after it stopped: nothing listens there any more.
+    let address = app.url("");
+    drop(app.stop().await);
+    let gone = ask(address).await.expect("join");
+    assert_eq!(gone.status.code(), Some(2));
+    let body: Value = serde_json::from_slice(&gone.stdout).expect("json");
+    assert_eq!(body["status"], "unhealthy");
+    assert!(
+        body["reasons"][0].as_str().is_some_and(|r| r.contains("does not answer")),
+        "{body}"
+    );
+}

@@ -364,7 +364,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Readiness: the database answers and the delivery worker is running. */
+        /**
+         * Readiness of this instance (not the cluster): the database answers and, in the roles that
+         *     deliver, the delivery worker is running. `hookrelay health --self` asks it.
+         */
         get: operations["readiness"];
         put?: never;
         post?: never;
@@ -1029,13 +1032,27 @@ export interface components {
              */
             retry_after_seconds: number;
         };
-        /** @description The instance can do its job. */
+        /**
+         * @description This instance can do its job: its listener answered, its database answers and, in the
+         *     roles that deliver, its worker runs.
+         */
         Ready: {
+            /**
+             * Format: double
+             * @description How long the database took to answer, ms.
+             */
+            database_ms: number;
+            /** @description This instance's id, as the cluster's heartbeats and claims name it. */
+            instance: string;
+            /** @description `all`, `api` or `worker`. */
+            role: string;
             /**
              * @description Always `ready`.
              * @example ready
              */
             status: string;
+            /** @description Whether this instance runs a delivery worker (it does, and it is alive, when true). */
+            worker: boolean;
         };
         /** @description The endpoint that was removed. */
         Removed: {
