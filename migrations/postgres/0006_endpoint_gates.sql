@@ -1,8 +1,9 @@
 -- What every instance on this database agrees about an endpoint, so that several instances
 -- send to it as one: the shared GCRA schedule of its rate limit, a receiver's Retry-After
--- pause, and its circuit (open until when; which instance holds the probe round). Claims lock
--- an endpoint's row for the length of one claim transaction (one row per endpoint and claim
--- batch, never per delivery); attempt results update it only when something changes.
+-- pause, and its circuit (open until when; which instance holds the probe round). Claims read
+-- it; a claim for a rate-limited endpoint (or a probe round) locks its row for one short
+-- transaction per batch, never per delivery; attempt results update it only when something
+-- changes.
 CREATE TABLE endpoint_gates (
     endpoint_id     TEXT PRIMARY KEY REFERENCES endpoints (id) ON DELETE CASCADE,
     tat_ms          DOUBLE PRECISION NOT NULL DEFAULT 0,
@@ -25,9 +26,3 @@ END
 $$;
 CREATE TRIGGER endpoint_gate_created AFTER INSERT ON endpoints
     FOR EACH ROW EXECUTE FUNCTION endpoint_gate_for_new_endpoint();
-
--- The deliveries out with some instance right now, per endpoint: the cluster-wide concurrency
--- cap counts them. A claim sets the lease, a result or a release clears it; a crashed
--- instance's leases stop counting when they expire (next_attempt_at is the lease's end).
-CREATE INDEX deliveries_leased ON deliveries (endpoint_id, next_attempt_at)
-    WHERE lease_token IS NOT NULL AND status = 'pending';

@@ -18,7 +18,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -89,7 +89,14 @@ pub struct Worker {
     refresh_requested: AtomicBool,
     last_beat_ms: AtomicI64,
     running: AtomicBool,
+    /// Delivery workers on the database (heartbeats; 1 alone): the endpoint concurrency cap
+    /// is split between them, so together they never exceed it.
+    live_workers: AtomicUsize,
 }
+
+/// A worker that has not reported for this long no longer takes a share of an endpoint's
+/// concurrency (heartbeats come every few seconds; a crashed worker's share returns then).
+const LIVE_WORKER_WINDOW_MS: i64 = 30_000;
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,7 +128,14 @@ impl Worker {
             refresh_requested: AtomicBool::new(true),
             last_beat_ms: AtomicI64::new(0),
             running: AtomicBool::new(false),
+            live_workers: AtomicUsize::new(1),
         }
+    }
+
+    /// This worker's share of each endpoint's concurrency cap.
+    fn endpoint_share(&self) -> usize {
+        let workers = self.live_workers.load(Ordering::Relaxed).max(1);
+        (self.settings.endpoint_concurrency / workers).max(1)
     }
 
     /// Whether the production loop is running and went round recently: for `/ready`.
@@ -156,15 +170,20 @@ impl Worker {
         // The endpoints, and what other instances on a shared database saw (their gates; none
         // alone on SQLite).
         let read = async {
-            Ok::<_, StoreError>((self.store.endpoints().await?, self.store.gates().await?))
+            Ok::<_, StoreError>((
+                self.store.endpoints().await?,
+                self.store.gates().await?,
+                self.store.live_workers(now - LIVE_WORKER_WINDOW_MS).await?,
+            ))
         };
-        let (endpoints, gates) = match read.await {
+        let (endpoints, gates, workers) = match read.await {
             Ok(read) => read,
             Err(e) => {
                 self.refresh_requested.store(true, Ordering::SeqCst);
                 return Err(e);
             }
         };
+        self.live_workers.store(workers, Ordering::Relaxed);
         let gates: HashMap<EndpointId, Gate> = gates.into_iter().collect();
         let mut runtimes = self.runtimes();
         let next = endpoints
@@ -207,13 +226,14 @@ impl Worker {
             return Vec::new();
         }
         let mut free = self.settings.concurrency.saturating_sub(total_in_flight);
+        let share = self.endpoint_share();
         let mut wants = Vec::new();
         for (id, runtime) in self.runtimes().iter() {
             if free == 0 {
                 break;
             }
             let busy = in_flight.get(id).copied().unwrap_or(0);
-            let Some(room) = runtime.room(busy, self.settings.endpoint_concurrency, now) else {
+            let Some(room) = runtime.room(busy, share, now) else {
                 continue;
             };
             let slots = room.slots.min(free);
@@ -257,7 +277,6 @@ impl Worker {
                         runtimes
                             .get(&want.endpoint)
                             .and_then(|r| r.target.rate_limit),
-                        self.settings.endpoint_concurrency,
                     ),
                 })
                 .collect()
@@ -394,8 +413,7 @@ impl Worker {
             .runtimes()
             .iter()
             .filter(|(id, r)| {
-                r.enabled
-                    && in_flight.get(*id).copied().unwrap_or(0) < self.settings.endpoint_concurrency
+                r.enabled && in_flight.get(*id).copied().unwrap_or(0) < self.endpoint_share()
             })
             .map(|(id, _)| id.clone())
             .collect();

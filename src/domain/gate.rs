@@ -1,10 +1,10 @@
 //! An endpoint's gate: what every instance on a shared PostgreSQL database agrees about sending
-//! to it, so several instances behave as one. The receiver's limit holds for their sum (one
-//! GCRA schedule), at most `concurrency` deliveries are out with all of them together, a
-//! `Retry-After` pause or an open circuit seen by one holds them all, and one instance at a
-//! time runs an open circuit's probe round. The store locks the gate, asks [`grant`] how many
-//! deliveries a claim may take, claims them, and writes back [`Gate::after_claim`]: pure
-//! arithmetic, tested here by tables.
+//! to it, so several instances behave as one. The receiver's rate limit holds for their sum
+//! (one GCRA schedule), a `Retry-After` pause or an open circuit seen by one holds them all, and
+//! one instance at a time runs an open circuit's probe round. For a rate-limited endpoint or a
+//! probe round the store locks the gate, asks [`grant`] how many deliveries a claim may take,
+//! claims them, and writes back [`Gate::after_claim`]: pure arithmetic, tested here by tables.
+//! (The concurrency cap is split between the live instances instead: see the worker.)
 
 use super::CircuitState;
 
@@ -41,35 +41,36 @@ impl Default for Gate {
     }
 }
 
-/// The limits a claimant applies to an endpoint (from its settings and the configuration).
+/// The rate limit a claimant applies to an endpoint (from its settings and the configuration).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GateLimits {
     /// Milliseconds between requests at the sustained rate; 0 without a rate limit.
     pub interval_ms: f64,
     /// How far ahead of the schedule a burst may run (interval × (burst − 1)).
     pub tolerance_ms: f64,
-    /// Deliveries out at once, across every instance.
-    pub concurrency: usize,
 }
 
 impl GateLimits {
-    /// Limits from a rate (`None`: unlimited) and a concurrency cap.
-    pub fn new(rate: Option<super::RateLimit>, concurrency: usize) -> Self {
+    /// Limits from a rate (`None`: unlimited).
+    pub fn new(rate: Option<super::RateLimit>) -> Self {
         match rate {
             Some(rate) => {
                 let interval_ms = 1000.0 / rate.per_second;
                 Self {
                     interval_ms,
                     tolerance_ms: interval_ms * f64::from(rate.burst.saturating_sub(1)),
-                    concurrency,
                 }
             }
             None => Self {
                 interval_ms: 0.0,
                 tolerance_ms: 0.0,
-                concurrency,
             },
         }
+    }
+
+    /// Whether a claim needs the gate's schedule.
+    pub fn is_limited(&self) -> bool {
+        self.interval_ms > 0.0
     }
 }
 
@@ -96,9 +97,8 @@ const NOTHING: Grant = Grant {
     probe_round: false,
 };
 
-/// How many deliveries a claimant may claim at `now_ms`, with `in_flight` deliveries of the
-/// endpoint out with all instances.
-pub fn grant(gate: &Gate, limits: &GateLimits, ask: Ask, in_flight: usize, now_ms: i64) -> Grant {
+/// How many deliveries a claimant may claim at `now_ms`.
+pub fn grant(gate: &Gate, limits: &GateLimits, ask: Ask, now_ms: i64) -> Grant {
     if ask.slots == 0 || gate.paused_until_ms > now_ms {
         return NOTHING;
     }
@@ -113,7 +113,7 @@ pub fn grant(gate: &Gate, limits: &GateLimits, ask: Ask, in_flight: usize, now_m
         CircuitState::Open | CircuitState::HalfOpen if ask.probe => true,
         CircuitState::Open | CircuitState::HalfOpen => return NOTHING,
     };
-    let mut slots = ask.slots.min(limits.concurrency.saturating_sub(in_flight));
+    let mut slots = ask.slots;
     if limits.interval_ms > 0.0 {
         let now = now_ms as f64;
         let headroom = now + limits.tolerance_ms - gate.tat_ms.max(now);
@@ -160,8 +160,8 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000_000;
 
-    fn limits(per_second: f64, burst: u32, concurrency: usize) -> GateLimits {
-        GateLimits::new(Some(RateLimit { per_second, burst }), concurrency)
+    fn limits(per_second: f64, burst: u32) -> GateLimits {
+        GateLimits::new(Some(RateLimit { per_second, burst }))
     }
 
     fn ask(slots: usize) -> Ask {
@@ -174,11 +174,11 @@ mod tests {
     #[test]
     fn the_rate_limit_holds_for_every_claimant_together() {
         // 10/s with a burst of 5, three instances each asking for 5 at once.
-        let limits = limits(10.0, 5, 100);
+        let limits = limits(10.0, 5);
         let mut gate = Gate::default();
         let mut granted = Vec::new();
         for claimant in ["a", "b", "c"] {
-            let g = grant(&gate, &limits, ask(5), 0, NOW);
+            let g = grant(&gate, &limits, ask(5), NOW);
             gate = gate.after_claim(&limits, g, g.slots, claimant, NOW, 30_000);
             granted.push(g.slots);
         }
@@ -188,7 +188,7 @@ mod tests {
         for step in 1..=100 {
             let now = NOW + step * 10;
             for claimant in ["a", "b", "c"] {
-                let g = grant(&gate, &limits, ask(10), 0, now);
+                let g = grant(&gate, &limits, ask(10), now);
                 gate = gate.after_claim(&limits, g, g.slots, claimant, now, 30_000);
                 total += g.slots;
             }
@@ -198,33 +198,23 @@ mod tests {
 
     #[test]
     fn only_what_was_claimed_spends_the_allowance() {
-        let limits = limits(10.0, 5, 100);
+        let limits = limits(10.0, 5);
         let gate = Gate::default();
-        let g = grant(&gate, &limits, ask(5), 0, NOW);
+        let g = grant(&gate, &limits, ask(5), NOW);
         // Only two were due.
         let gate = gate.after_claim(&limits, g, 2, "a", NOW, 30_000);
-        assert_eq!(grant(&gate, &limits, ask(5), 0, NOW).slots, 3);
-    }
-
-    #[test]
-    fn the_concurrency_cap_counts_every_instances_deliveries() {
-        let limits = GateLimits::new(None, 4);
-        let gate = Gate::default();
-        assert_eq!(grant(&gate, &limits, ask(10), 0, NOW).slots, 4);
-        assert_eq!(grant(&gate, &limits, ask(10), 3, NOW).slots, 1);
-        assert_eq!(grant(&gate, &limits, ask(10), 4, NOW).slots, 0);
-        assert_eq!(grant(&gate, &limits, ask(10), 9, NOW).slots, 0);
+        assert_eq!(grant(&gate, &limits, ask(5), NOW).slots, 3);
     }
 
     #[test]
     fn a_pause_or_an_open_circuit_holds_everyone() {
-        let limits = GateLimits::new(None, 10);
+        let limits = GateLimits::new(None);
         let paused = Gate {
             paused_until_ms: NOW + 1,
             ..Gate::default()
         };
-        assert_eq!(grant(&paused, &limits, ask(3), 0, NOW).slots, 0);
-        assert_eq!(grant(&paused, &limits, ask(3), 0, NOW + 1).slots, 3);
+        assert_eq!(grant(&paused, &limits, ask(3), NOW).slots, 0);
+        assert_eq!(grant(&paused, &limits, ask(3), NOW + 1).slots, 3);
         let open = Gate {
             circuit: CircuitState::Open,
             open_until_ms: NOW + 2_000,
@@ -234,19 +224,15 @@ mod tests {
             slots: 3,
             probe: true,
         };
-        assert_eq!(
-            grant(&open, &limits, probe, 0, NOW),
-            NOTHING,
-            "cooling down"
-        );
+        assert_eq!(grant(&open, &limits, probe, NOW), NOTHING, "cooling down");
         let cooled = NOW + 2_000;
         assert_eq!(
-            grant(&open, &limits, ask(3), 0, cooled),
+            grant(&open, &limits, ask(3), cooled),
             NOTHING,
             "only a probe round"
         );
         assert_eq!(
-            grant(&open, &limits, probe, 0, cooled),
+            grant(&open, &limits, probe, cooled),
             Grant {
                 slots: 3,
                 probe_round: true
@@ -256,7 +242,7 @@ mod tests {
 
     #[test]
     fn one_instance_at_a_time_runs_the_probe_round() {
-        let limits = GateLimits::new(None, 10);
+        let limits = GateLimits::new(None);
         let open = Gate {
             circuit: CircuitState::Open,
             open_until_ms: NOW,
@@ -266,20 +252,16 @@ mod tests {
             slots: 3,
             probe: true,
         };
-        let g = grant(&open, &limits, probe, 0, NOW);
+        let g = grant(&open, &limits, probe, NOW);
         let held = open.after_claim(&limits, g, 3, "a", NOW, 25_000);
         assert_eq!(held.circuit, CircuitState::HalfOpen);
         assert_eq!(held.probe_holder.as_deref(), Some("a"));
         for claimant in ["a", "b", "c"] {
-            assert_eq!(
-                grant(&held, &limits, probe, 0, NOW + 1),
-                NOTHING,
-                "{claimant}"
-            );
+            assert_eq!(grant(&held, &limits, probe, NOW + 1), NOTHING, "{claimant}");
         }
         // The holder died: once its round lapses, another takes it over.
         let lapsed = NOW + 25_000;
-        assert_eq!(grant(&held, &limits, probe, 0, lapsed).slots, 3);
+        assert_eq!(grant(&held, &limits, probe, lapsed).slots, 3);
         // A probe round that found nothing due starts nothing.
         let idle = open.after_claim(&limits, g, 0, "a", NOW, 25_000);
         assert_eq!(idle, open);

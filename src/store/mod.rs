@@ -234,7 +234,7 @@ pub struct GatedWant {
     pub endpoint: EndpointId,
     /// How many, and whether they start a probe round.
     pub ask: crate::domain::Ask,
-    /// Its rate limit and concurrency cap.
+    /// Its rate limit.
     pub limits: crate::domain::GateLimits,
 }
 
@@ -545,6 +545,13 @@ pub trait Store: Send + Sync + 'static {
             claimed.extend(probes);
         }
         Ok(claimed)
+    }
+
+    /// Delivery workers that reported in since `since_ms` (their heartbeats), this one
+    /// included: the per-endpoint concurrency cap is split between them. Alone on its database
+    /// (SQLite), one.
+    async fn live_workers(&self, _since_ms: i64) -> Result<usize, StoreError> {
+        Ok(1)
     }
 
     /// The gates of the endpoints, where several instances share them (PostgreSQL); none

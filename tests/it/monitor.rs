@@ -490,7 +490,12 @@ async fn health_self_asks_this_instance_and_fails_when_its_listener_is_gone() {
         })
     };
     let alive = ask(app.url("")).await.expect("join");
-    assert_eq!(alive.status.code(), Some(0), "{}", String::from_utf8_lossy(&alive.stderr));
+    assert_eq!(
+        alive.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&alive.stderr)
+    );
     let body: Value = serde_json::from_slice(&alive.stdout).expect("json");
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["ready"]["instance"], app.relay.instance());
@@ -505,7 +510,9 @@ async fn health_self_asks_this_instance_and_fails_when_its_listener_is_gone() {
     let body: Value = serde_json::from_slice(&gone.stdout).expect("json");
     assert_eq!(body["status"], "unhealthy");
     assert!(
-        body["reasons"][0].as_str().is_some_and(|r| r.contains("does not answer")),
+        body["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("does not answer")),
         "{body}"
     );
 }

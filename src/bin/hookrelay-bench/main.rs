@@ -8,6 +8,7 @@
 
 mod faults;
 mod flood;
+mod pgcost;
 
 use std::{
     collections::HashMap,
@@ -682,6 +683,10 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         .map(|s| format!("{}/api/webhook/usage", s.address))
         .collect();
     let usage = || instances_usage(&pids);
+    let pg_before = match database {
+        Database::Postgres(settings) => Some(pgcost::counters(settings.url.expose()).await?),
+        Database::Sqlite => None,
+    };
     let cpu_before = usage().0;
     let (total, rate) = match scenario {
         Scenario::Steady | Scenario::Slow => (args.rate * args.duration, Some(args.rate)),
@@ -743,6 +748,13 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
             "dead letters: {}",
             dead.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
         );
+    }
+    if let (Database::Postgres(settings), Some(before)) = (database, pg_before) {
+        // The servers' backends flush their statistics as they exit.
+        drop(servers);
+        pgcost::wait_for_backends_to_exit(settings.url.expose(), Duration::from_secs(10)).await?;
+        let after = pgcost::counters(settings.url.expose()).await?;
+        pgcost::report(&before, &after, total + backlog);
     }
     Ok(())
 }

@@ -274,4 +274,8 @@ super::delegate::delegate_store!(PgStore {
     async fn gates(&self) -> Result<Vec<(EndpointId, crate::domain::Gate)>, StoreError> {
         self.read_gates().await
     }
+
+    async fn live_workers(&self, since_ms: i64) -> Result<usize, StoreError> {
+        self.count_live_workers(since_ms).await
+    }
 });

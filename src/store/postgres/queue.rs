@@ -37,16 +37,14 @@ impl PgStore {
         let token = LeaseToken(rand::random::<i64>());
         retrying(|| async {
             let mut conn = self.pool.acquire().await?;
-            claim_rows(
-                &mut conn,
-                token,
+            let claim = Claim {
                 now_ms,
                 lease_ms,
-                &claimant,
-                &wanted,
+                claimant: &claimant,
                 retried_only,
-            )
-            .await
+                gated: false,
+            };
+            claim_rows(&mut conn, token, claim, &wanted).await
         })
         .await
     }
@@ -116,17 +114,33 @@ impl PgStore {
     }
 }
 
+/// How a claim is made.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim<'a> {
+    pub(super) now_ms: i64,
+    pub(super) lease_ms: i64,
+    pub(super) claimant: &'a str,
+    /// Only deliveries attempted before (an open circuit's probes).
+    pub(super) retried_only: bool,
+    /// Skip endpoints whose gate holds everyone (a receiver's pause, a circuit not closed).
+    pub(super) gated: bool,
+}
+
 /// Claims up to the wanted number of due deliveries of each endpoint on `conn` (a pooled
 /// connection or a transaction's), leased with `token`.
 pub(super) async fn claim_rows(
     conn: &mut sqlx::PgConnection,
     token: LeaseToken,
-    now_ms: i64,
-    lease_ms: i64,
-    claimant: &str,
+    claim: Claim<'_>,
     wanted: &[(EndpointId, usize)],
-    retried_only: bool,
 ) -> Result<Vec<ClaimedDelivery>, sqlx::Error> {
+    let Claim {
+        now_ms,
+        lease_ms,
+        claimant,
+        retried_only,
+        gated,
+    } = claim;
     let (endpoints, limits): (Vec<String>, Vec<i64>) = wanted
         .iter()
         .filter(|(_, limit)| *limit > 0)
@@ -139,7 +153,13 @@ pub(super) async fn claim_rows(
     // waited for, and the claim is atomic without an explicit transaction.
     let rows = sqlx::query(
         "WITH picked AS (
-             SELECT due.id FROM UNNEST($4::text[], $5::int8[]) AS w(endpoint_id, wanted)
+             SELECT due.id FROM (
+                 SELECT * FROM UNNEST($4::text[], $5::int8[]) AS u(endpoint_id, wanted)
+                 -- A pause or a circuit another instance saw holds this one too (read, not
+                 -- locked: it shows what has committed when the claim starts).
+                 WHERE NOT $8 OR NOT EXISTS (
+                     SELECT 1 FROM endpoint_gates g WHERE g.endpoint_id = u.endpoint_id
+                         AND (g.paused_until_ms > $3 OR g.circuit <> 'closed'))) AS w
              CROSS JOIN LATERAL (
                  SELECT id FROM deliveries
                  WHERE status = 'pending' AND endpoint_id = w.endpoint_id AND next_attempt_at <= $3
@@ -165,6 +185,7 @@ pub(super) async fn claim_rows(
     .bind(&limits)
     .bind(claimant)
     .bind(retried_only)
+    .bind(gated)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
