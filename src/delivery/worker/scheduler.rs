@@ -37,6 +37,10 @@ struct InFlight {
 /// being written. Beyond, the worker claims nothing until the database catches up.
 const RECORDING_FACTOR: usize = 4;
 
+/// How long a worker woken by new work waits before claiming while other workers share the
+/// queue (see the loop).
+const SHARED_QUEUE_LINGER: Duration = Duration::from_millis(5);
+
 /// How long shutdown waits, after the grace period, for answered attempts to be recorded.
 /// Their leases are not released: releasing could overtake the record and send them again.
 const RECORD_GRACE: Duration = Duration::from_secs(5);
@@ -162,7 +166,17 @@ impl Worker {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = self.wake.notified() => {}
+                () = self.wake.notified() => {
+                    // Woken by new work while other workers share the queue: each would claim
+                    // the few deliveries due right now, and commit for them. A moment's wait
+                    // lets a batch gather, so the workers together commit fewer, fuller claims.
+                    if self.live_workers.load(Ordering::Relaxed) > 1 {
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(SHARED_QUEUE_LINGER) => {}
+                        }
+                    }
+                }
                 Some(endpoint) = slots_freed.recv(), if tasks.len() < max_tasks => {
                     free(endpoint, &mut per_endpoint);
                 }
