@@ -159,6 +159,15 @@ pub async fn health_of_this_instance(
     server: Option<String>,
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
+    if server.is_none() && !config.server.role.serves_api() {
+        let reason = "this instance runs the worker role and has no listener to ask: probe its process, or run it in role `all` on an internal port";
+        if as_json {
+            json(&json!({ "status": "unhealthy", "reasons": [reason] }));
+        } else {
+            println!("this instance  Unknown\n             - {reason}");
+        }
+        return Ok(ExitCode::from(2));
+    }
     let base = server.unwrap_or_else(|| {
         let listen = config.server.listen;
         // A wildcard listener answers on loopback.

@@ -390,7 +390,9 @@ impl Breaker {
 
     /// Takes over what another instance on the same database decided (its endpoint gate): a
     /// circuit it opened, whose cool-down ends at `open_until_ms`, or closed after a probe went
-    /// through. Only a change newer than this breaker's own last one counts.
+    /// through at `changed_at_ms`. An opening is always taken (a gate left open with no one to
+    /// probe it would hold the endpoint for good; if it is stale, this breaker's probe closes
+    /// it); a closing only when it is newer than this breaker's own last change.
     pub fn adopt(
         &mut self,
         circuit: CircuitState,
@@ -398,24 +400,24 @@ impl Breaker {
         changed_at_ms: i64,
         policy: &CircuitPolicy,
     ) -> Option<Transition> {
-        if changed_at_ms <= self.changed_at_ms {
-            return None;
-        }
         match (circuit, self.state) {
-            (CircuitState::Open | CircuitState::HalfOpen, CircuitState::Closed) => {
+            (CircuitState::Open, CircuitState::Closed) => {
                 let mut transition = self.open(policy, changed_at_ms);
                 // Due for a probe when the gate's cool-down ends, not this breaker's.
                 self.changed_at_ms = open_until_ms.saturating_sub(self.cooldown_ms(policy));
                 transition.cooldown_ms = open_until_ms.saturating_sub(changed_at_ms).max(0);
                 Some(transition)
             }
-            (CircuitState::Closed, CircuitState::Open | CircuitState::HalfOpen) => {
-                Some(self.close(changed_at_ms))
-            }
             // Another instance's probe round failed: the next one is due when the gate says.
             (CircuitState::Open, CircuitState::Open) => {
-                self.changed_at_ms = open_until_ms.saturating_sub(self.cooldown_ms(policy));
+                let due = open_until_ms.saturating_sub(self.cooldown_ms(policy));
+                self.changed_at_ms = self.changed_at_ms.max(due);
                 None
+            }
+            (CircuitState::Closed, CircuitState::Open | CircuitState::HalfOpen)
+                if changed_at_ms > self.changed_at_ms =>
+            {
+                Some(self.close(changed_at_ms))
             }
             _ => None,
         }

@@ -35,7 +35,7 @@ use crate::{
     clock::{Clock, millis},
     config::Config,
     domain::{Ask, EndpointId, Gate, GateLimits},
-    store::{AttemptRecord, ClaimedDelivery, GatedWant, NextState, Store, StoreError},
+    store::{AttemptRecord, ClaimedDelivery, GatedClaim, GatedWant, NextState, Store, StoreError},
 };
 
 /// What one attempt led to.
@@ -89,14 +89,23 @@ pub struct Worker {
     refresh_requested: AtomicBool,
     last_beat_ms: AtomicI64,
     running: AtomicBool,
-    /// Delivery workers on the database (heartbeats; 1 alone): the endpoint concurrency cap
-    /// is split between them, so together they never exceed it.
+    /// Delivery workers on the database (heartbeats; 1 alone) and this one's rank among them:
+    /// the endpoint concurrency cap is split between them, so together they never exceed it.
     live_workers: AtomicUsize,
+    rank: AtomicUsize,
 }
 
 /// A worker that has not reported for this long no longer takes a share of an endpoint's
 /// concurrency (heartbeats come every few seconds; a crashed worker's share returns then).
 const LIVE_WORKER_WINDOW_MS: i64 = 30_000;
+
+/// The share of a concurrency cap of the worker ranked `rank` among `workers`: the cap divided
+/// as evenly as whole requests allow, the first `cap % workers` taking one more, so the shares
+/// add up to the cap exactly (some are 0 when the workers outnumber it).
+pub fn share(cap: usize, workers: usize, rank: usize) -> usize {
+    let workers = workers.max(1);
+    cap / workers + usize::from(rank % workers < cap % workers)
+}
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,13 +138,17 @@ impl Worker {
             last_beat_ms: AtomicI64::new(0),
             running: AtomicBool::new(false),
             live_workers: AtomicUsize::new(1),
+            rank: AtomicUsize::new(0),
         }
     }
 
     /// This worker's share of each endpoint's concurrency cap.
     fn endpoint_share(&self) -> usize {
-        let workers = self.live_workers.load(Ordering::Relaxed).max(1);
-        (self.settings.endpoint_concurrency / workers).max(1)
+        share(
+            self.settings.endpoint_concurrency,
+            self.live_workers.load(Ordering::Relaxed),
+            self.rank.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether the production loop is running and went round recently: for `/ready`.
@@ -173,7 +186,9 @@ impl Worker {
             Ok::<_, StoreError>((
                 self.store.endpoints().await?,
                 self.store.gates().await?,
-                self.store.live_workers(now - LIVE_WORKER_WINDOW_MS).await?,
+                self.store
+                    .live_workers(now - LIVE_WORKER_WINDOW_MS, self.settings.instance.clone())
+                    .await?,
             ))
         };
         let (endpoints, gates, workers) = match read.await {
@@ -183,7 +198,8 @@ impl Worker {
                 return Err(e);
             }
         };
-        self.live_workers.store(workers, Ordering::Relaxed);
+        self.live_workers.store(workers.0, Ordering::Relaxed);
+        self.rank.store(workers.1, Ordering::Relaxed);
         let gates: HashMap<EndpointId, Gate> = gates.into_iter().collect();
         let mut runtimes = self.runtimes();
         let next = endpoints
@@ -193,7 +209,7 @@ impl Worker {
                 let previous = runtimes.remove(&endpoint.id);
                 let mut runtime = EndpointRuntime::refreshed(previous, &endpoint, target, now);
                 if let Some(gate) = gates.get(&endpoint.id) {
-                    runtime.adopt(gate);
+                    runtime.adopt(gate, now);
                 }
                 (endpoint.id, runtime)
             })
@@ -281,10 +297,21 @@ impl Worker {
                 })
                 .collect()
         };
-        let claimed = self
+        let GatedClaim {
+            deliveries: claimed,
+            held,
+        } = self
             .store
             .claim_gated(now, lease_ms, self.settings.instance.clone(), gated)
             .await?;
+        if !held.is_empty() {
+            let mut runtimes = self.runtimes();
+            for (endpoint, until) in held {
+                if let Some(runtime) = runtimes.get_mut(&endpoint) {
+                    runtime.held_until_ms = until;
+                }
+            }
+        }
 
         let mut probes = Vec::new();
         {
@@ -513,5 +540,28 @@ fn report(
             duration_ms = record.duration_ms,
             error = record.error_detail.as_deref().unwrap_or_default(), "dead-lettered"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_of_a_concurrency_cap_add_up_to_it() {
+        for cap in [1, 2, 3, 16, 64] {
+            for workers in 1..=20 {
+                let total: usize = (0..workers).map(|rank| share(cap, workers, rank)).sum();
+                assert_eq!(total, cap, "cap {cap}, {workers} workers");
+            }
+        }
+        assert_eq!(share(16, 3, 0), 6);
+        assert_eq!(share(16, 3, 2), 5);
+        assert_eq!(
+            share(2, 3, 2),
+            0,
+            "more workers than the cap: some get none"
+        );
+        assert_eq!(share(16, 1, 0), 16, "alone: all of it");
     }
 }

@@ -127,7 +127,28 @@ pub fn grant(gate: &Gate, limits: &GateLimits, ask: Ask, now_ms: i64) -> Grant {
     Grant { slots, probe_round }
 }
 
+/// A claimant refused by a gate checks again no later than this after: the gate may change
+/// (a probe goes through elsewhere) before any time it names.
+pub const RECHECK_MS: i64 = 1_000;
+
 impl Gate {
+    /// Until when a claimant that was granted nothing need not ask again: the end of the pause,
+    /// of the cool-down or live probe round, or the next request the rate allows (at most
+    /// [`RECHECK_MS`] away). A claimant that would hold no claim back asks at once.
+    pub fn held_until(&self, limits: &GateLimits, now_ms: i64) -> i64 {
+        let mut until = now_ms;
+        until = until.max(self.paused_until_ms);
+        match self.circuit {
+            CircuitState::Closed => {}
+            CircuitState::Open => until = until.max(self.open_until_ms),
+            CircuitState::HalfOpen => until = until.max(self.probe_until_ms),
+        }
+        if limits.is_limited() {
+            until = until.max((self.tat_ms - limits.tolerance_ms).ceil() as i64);
+        }
+        until.min(now_ms + RECHECK_MS)
+    }
+
     /// The gate after `claimed` deliveries were claimed under `grant` (a probe round that
     /// claimed nothing starts nothing: the circuit stays open until something is due).
     pub fn after_claim(
@@ -194,6 +215,32 @@ mod tests {
             }
         }
         assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn a_refused_claimant_waits_for_what_holds_it_but_checks_again_within_a_second() {
+        let limits = limits(10.0, 5);
+        // The burst is spent: the next request is due one interval after the schedule's start.
+        let spent = Gate {
+            tat_ms: (NOW + 500) as f64,
+            ..Gate::default()
+        };
+        assert_eq!(spent.held_until(&limits, NOW), NOW + 100);
+        let paused = Gate {
+            paused_until_ms: NOW + 300,
+            ..Gate::default()
+        };
+        assert_eq!(paused.held_until(&GateLimits::new(None), NOW), NOW + 300);
+        let long_round = Gate {
+            circuit: CircuitState::HalfOpen,
+            probe_until_ms: NOW + 60_000,
+            ..Gate::default()
+        };
+        assert_eq!(
+            long_round.held_until(&GateLimits::new(None), NOW),
+            NOW + RECHECK_MS
+        );
+        assert_eq!(Gate::default().held_until(&GateLimits::new(None), NOW), NOW);
     }
 
     #[test]

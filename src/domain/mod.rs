@@ -24,7 +24,7 @@ pub use endpoint::{
     CircuitState, Endpoint, EndpointHealth, EndpointView, EventFilter, InvalidEndpoint, RateLimit,
 };
 pub use event::{EventType, GenericEvent, IdempotencyKey, InvalidEvent, UsageEvent};
-pub use gate::{Ask, Gate, GateLimits, Grant, grant};
+pub use gate::{Ask, Gate, GateLimits, Grant, RECHECK_MS, grant};
 pub use ids::{DeliveryId, EndpointId, EventId, IdError};
 pub use secret::{Redacted, SecretError, SigningSecret};
 pub use signature::SignatureAlgorithm;

@@ -227,6 +227,16 @@ pub enum CircuitEvent {
     Closed,
 }
 
+/// What a gated claim took, and which endpoints the gates held back, until when (unix ms):
+/// the claimant asks for those again no sooner, instead of asking in a loop.
+#[derive(Debug, Default)]
+pub struct GatedClaim {
+    /// The deliveries claimed.
+    pub deliveries: Vec<ClaimedDelivery>,
+    /// Endpoints a gate refused, and until when.
+    pub held: Vec<(EndpointId, i64)>,
+}
+
 /// One endpoint a claim asks for, with the limits this claimant applies to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatedWant {
@@ -510,7 +520,7 @@ pub trait Store: Send + Sync + 'static {
         lease_ms: i64,
         claimant: String,
         wants: Vec<GatedWant>,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    ) -> Result<GatedClaim, StoreError> {
         let flowing = wants
             .iter()
             .filter(|w| !w.ask.probe)
@@ -544,14 +554,22 @@ pub trait Store: Send + Sync + 'static {
             );
             claimed.extend(probes);
         }
-        Ok(claimed)
+        Ok(GatedClaim {
+            deliveries: claimed,
+            held: Vec::new(),
+        })
     }
 
-    /// Delivery workers that reported in since `since_ms` (their heartbeats), this one
-    /// included: the per-endpoint concurrency cap is split between them. Alone on its database
-    /// (SQLite), one.
-    async fn live_workers(&self, _since_ms: i64) -> Result<usize, StoreError> {
-        Ok(1)
+    /// Delivery workers that reported in since `since_ms` (their heartbeats), `instance`
+    /// included whether or not its own heartbeat is written yet, and `instance`'s rank among
+    /// them (their ids in order): the per-endpoint concurrency cap is split between them by
+    /// rank, so the shares add up to the cap. Alone on its database (SQLite): one, rank 0.
+    async fn live_workers(
+        &self,
+        _since_ms: i64,
+        _instance: String,
+    ) -> Result<(usize, usize), StoreError> {
+        Ok((1, 0))
     }
 
     /// The gates of the endpoints, where several instances share them (PostgreSQL); none

@@ -569,3 +569,54 @@ pub async fn an_endpoint_created_by_another_instance_gets_the_next_event(backend
         "the event stored after the endpoint was created goes there"
     );
 }
+
+pub async fn enabling_an_endpoint_clears_what_its_gate_holds(backend: Backend) {
+    let store = &backend.store;
+    with_default_endpoint(store).await;
+    create(store, endpoint("ep_gated", &[], START)).await;
+    // One instance saw the receiver pause everyone and the circuit open.
+    store
+        .record_attempts(
+            Vec::new(),
+            vec![HealthUpdate {
+                endpoint_id: endpoint_id("ep_gated"),
+                health: EndpointHealth {
+                    circuit: CircuitState::Open,
+                    circuit_changed_at_ms: Some(START),
+                    ..EndpointHealth::default()
+                },
+                disable: None,
+                shared: hookrelay::store::SharedChange {
+                    pause_until_ms: Some(START + 10 * MINUTE),
+                    circuit: Some(hookrelay::store::CircuitEvent::Opened {
+                        until_ms: START + 20 * MINUTE,
+                    }),
+                },
+            }],
+            START,
+        )
+        .await
+        .expect("record_attempts");
+    let held = |gates: &[(hookrelay::domain::EndpointId, hookrelay::domain::Gate)]| {
+        gates
+            .iter()
+            .find(|(id, _)| id.as_str() == "ep_gated")
+            .is_some_and(|(_, g)| {
+                g.circuit != CircuitState::Closed || g.paused_until_ms > START + 1
+            })
+    };
+    let before = store.gates().await.expect("gates");
+    // Only a database several instances share keeps gates (SQLite has none to hold).
+    assert_eq!(held(&before), !before.is_empty(), "{before:?}");
+    assert!(
+        store
+            .set_endpoint_state(endpoint_id("ep_gated"), true, None, START + 1)
+            .await
+            .expect("enable")
+    );
+    let after = store.gates().await.expect("gates");
+    assert!(
+        !held(&after),
+        "an operator's enabling clears the gate: {after:?}"
+    );
+}

@@ -126,6 +126,7 @@ conformance!(
     endpoints::an_endpoint_round_trips_every_setting,
     endpoints::creating_an_endpoint_twice_is_refused,
     endpoints::updating_settings_keeps_enabled_state_and_health,
+    endpoints::enabling_an_endpoint_clears_what_its_gate_holds,
     endpoints::an_update_never_moves_updated_at_backwards,
     endpoints::disabling_and_enabling_an_endpoint,
     endpoints::an_endpoint_disabled_for_failing_continuously_keeps_queuing,

@@ -602,8 +602,9 @@ fn another_instances_opening_is_adopted_with_its_cool_down() {
     );
     assert_eq!(b.admission(&POLICY, 8_999), Admission::Wait(Some(9_000)));
     assert_eq!(b.admission(&POLICY, 9_000), Admission::Probe(3));
-    // The same news again, or older news, changes nothing.
+    // The same news again, or an older closing, changes nothing.
     assert_eq!(b.adopt(CircuitState::Open, 9_000, 1_000, &POLICY), None);
+    assert_eq!(b.admission(&POLICY, 9_000), Admission::Probe(3));
     assert_eq!(b.adopt(CircuitState::Closed, 0, 500, &POLICY), None);
     // Another instance's probe went through: closed here too.
     let t = b
@@ -611,6 +612,24 @@ fn another_instances_opening_is_adopted_with_its_cool_down() {
         .expect("adopted");
     assert_eq!(t.to, CircuitState::Closed);
     assert_eq!(b.admission(&POLICY, 12_001), Admission::Flow);
+}
+
+#[test]
+fn an_opening_is_adopted_whatever_its_time_so_no_gate_stays_open_unprobed() {
+    // The gate says open, stamped earlier than this breaker's last change (another host's
+    // clock, a late commit): still adopted, so this instance probes when it cools down.
+    let mut b = Breaker::default();
+    b.record(Answer::first(1, Signal::Success), false, &POLICY, 50_000);
+    assert!(
+        b.adopt(CircuitState::Open, 52_000, 10_000, &POLICY)
+            .is_some()
+    );
+    assert_eq!(b.admission(&POLICY, 52_000), Admission::Probe(3));
+    // A later failed round elsewhere moves the next probe later, never earlier.
+    b.adopt(CircuitState::Open, 60_000, 55_000, &POLICY);
+    assert_eq!(b.admission(&POLICY, 59_999), Admission::Wait(Some(60_000)));
+    b.adopt(CircuitState::Open, 40_000, 30_000, &POLICY);
+    assert_eq!(b.admission(&POLICY, 59_999), Admission::Wait(Some(60_000)));
 }
 
 #[test]

@@ -29,6 +29,9 @@ pub(super) struct EndpointRuntime {
     pub(super) throttle: Option<Throttle>,
     /// A receiver's 429 `Retry-After` holds every delivery to it until then (unix ms).
     pub(super) paused_until_ms: i64,
+    /// The endpoint's gate (shared with other instances) refused the last claim: nothing is
+    /// asked for again before this (unix ms).
+    pub(super) held_until_ms: i64,
     pub(super) health: EndpointHealth,
     /// This worker's circuit breaker for the endpoint; `health.circuit` mirrors it.
     pub(super) breaker: Breaker,
@@ -62,6 +65,7 @@ impl EndpointRuntime {
             .as_ref()
             .is_some_and(|p| p.updated_at_ms >= endpoint.updated_at_ms);
         let paused_until_ms = previous.as_ref().map_or(0, |p| p.paused_until_ms);
+        let held_until_ms = previous.as_ref().map_or(0, |p| p.held_until_ms);
         // The database may lag behind this worker's own latest result (written a moment
         // later): keep the newer health in memory, unless an operator has changed the
         // endpoint since (enabling it resets its health).
@@ -101,6 +105,7 @@ impl EndpointRuntime {
             (_, limit) => limit.map(Throttle::new),
         };
         Self {
+            held_until_ms,
             enabled: endpoint.enabled && !disabling,
             disabling,
             health,
@@ -115,11 +120,22 @@ impl EndpointRuntime {
 
     /// Takes what another instance on the same database decided about the endpoint (its
     /// gate): a receiver's pause, a circuit it opened or closed.
-    pub(super) fn adopt(&mut self, gate: &Gate) {
+    pub(super) fn adopt(&mut self, gate: &Gate, now: i64) {
         self.paused_until_ms = self.paused_until_ms.max(gate.paused_until_ms);
-        let open_until = gate.open_until_ms.max(gate.probe_until_ms);
+        let (circuit, open_until) = match gate.circuit {
+            // Another instance's live probe round: its answers decide; ask again soon.
+            CircuitState::HalfOpen if gate.probe_until_ms > now => {
+                self.held_until_ms = self
+                    .held_until_ms
+                    .max(gate.probe_until_ms.min(now + crate::domain::RECHECK_MS));
+                return;
+            }
+            // A round whose holder never answered: open, due for a probe now.
+            CircuitState::HalfOpen => (CircuitState::Open, gate.probe_until_ms),
+            circuit => (circuit, gate.open_until_ms),
+        };
         if let Some(transition) = self.breaker.adopt(
-            gate.circuit,
+            circuit,
             open_until,
             gate.changed_at_ms,
             &self.target.circuit,
@@ -136,7 +152,7 @@ impl EndpointRuntime {
     /// What may be claimed now with `busy` requests out, within the endpoint's concurrency,
     /// rate limit, pause and circuit; `None` when nothing.
     pub(super) fn room(&self, busy: usize, concurrency: usize, now: i64) -> Option<Room> {
-        if !self.enabled || self.paused_until_ms > now {
+        if !self.enabled || self.paused_until_ms > now || self.held_until_ms > now {
             return None;
         }
         let (mut slots, probe) = match self.breaker.admission(&self.target.circuit, now) {
@@ -166,7 +182,7 @@ impl EndpointRuntime {
             .throttle
             .as_ref()
             .map_or(gate, |t| gate.max(t.next_free_ms(now)));
-        Some(gate.max(self.paused_until_ms))
+        Some(gate.max(self.paused_until_ms).max(self.held_until_ms))
     }
 
     /// Accounts for `count` deliveries claimed at `now`; returns the health to persist when

@@ -94,21 +94,29 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         // Enabling starts afresh: circuit closed, past failures forgotten. updated_at always
         // moves forward, so every worker notices the change.
-        let updated = sqlx::query(
-            "UPDATE endpoints SET enabled = $2, disabled_reason = $3, updated_at = GREATEST(updated_at + 1, $4),
-                 circuit_state = CASE WHEN $2 THEN 'closed' ELSE circuit_state END,
-                 circuit_changed_at = CASE WHEN $2 THEN NULL ELSE circuit_changed_at END,
-                 consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures END,
-                 failing_since = CASE WHEN $2 THEN NULL ELSE failing_since END
-             WHERE id = $1",
+        // The gate starts afresh too: another instance's open circuit or pause must not hold
+        // an endpoint an operator has just enabled.
+        let updated: i64 = sqlx::query_scalar(
+            "WITH e AS (
+                 UPDATE endpoints SET enabled = $2, disabled_reason = $3, updated_at = GREATEST(updated_at + 1, $4),
+                     circuit_state = CASE WHEN $2 THEN 'closed' ELSE circuit_state END,
+                     circuit_changed_at = CASE WHEN $2 THEN NULL ELSE circuit_changed_at END,
+                     consecutive_failures = CASE WHEN $2 THEN 0 ELSE consecutive_failures END,
+                     failing_since = CASE WHEN $2 THEN NULL ELSE failing_since END
+                 WHERE id = $1 RETURNING id),
+             g AS (
+                 UPDATE endpoint_gates SET circuit = 'closed', open_until_ms = 0, probe_holder = NULL,
+                     probe_until_ms = 0, paused_until_ms = 0, changed_at_ms = $4
+                 WHERE $2 AND endpoint_id IN (SELECT id FROM e))
+             SELECT COUNT(*) FROM e",
         )
         .bind(id.as_str())
         .bind(enabled)
         .bind(reason)
         .bind(now_ms)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(updated.rows_affected() == 1)
+        Ok(updated == 1)
     }
 
     /// Backs `Store::delete_endpoint`.

@@ -18,9 +18,13 @@ use super::{
     queue::{Claim, claim_rows},
 };
 use crate::{
-    domain::{CircuitState, EndpointId, Gate, grant},
-    store::{ClaimedDelivery, GatedWant, LeaseToken, StoreError},
+    domain::{CircuitState, EndpointId, Gate, GateLimits, grant},
+    store::{GatedClaim, GatedWant, LeaseToken, StoreError},
 };
+
+/// A gate that holds an endpoint with no time of its own (a cooled-down circuit waiting for a
+/// probe round) is asked again after this.
+const HELD_AT_LEAST_MS: i64 = 250;
 
 const GATE_COLUMNS: &str = "endpoint_id, tat_ms, paused_until_ms, circuit, open_until_ms, \
                             probe_holder, probe_until_ms, changed_at_ms";
@@ -49,7 +53,7 @@ impl PgStore {
         lease_ms: i64,
         claimant: String,
         wants: Vec<GatedWant>,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    ) -> Result<GatedClaim, StoreError> {
         let wants: Vec<GatedWant> = wants.into_iter().filter(|w| w.ask.slots > 0).collect();
         let (shared, free): (Vec<GatedWant>, Vec<GatedWant>) = wants
             .into_iter()
@@ -61,19 +65,8 @@ impl PgStore {
             retried_only,
             gated: true,
         };
-        let mut claimed = Vec::new();
-        if !free.is_empty() {
-            let wanted: Vec<(EndpointId, usize)> = free
-                .iter()
-                .map(|w| (w.endpoint.clone(), w.ask.slots))
-                .collect();
-            let token = LeaseToken(rand::random::<i64>());
-            claimed = retrying(|| async {
-                let mut conn = self.pool.acquire().await?;
-                claim_rows(&mut conn, token, claim(false), &wanted).await
-            })
-            .await?;
-        }
+        let mut result = GatedClaim::default();
+        // The locked path first: if it fails, nothing the free path took is left leased.
         if !shared.is_empty() {
             let mut ids: Vec<String> = shared
                 .iter()
@@ -81,70 +74,128 @@ impl PgStore {
                 .collect();
             ids.sort();
             ids.dedup();
-            claimed.extend(
-                retrying(|| async {
-                    let mut tx = self.pool.begin().await?;
-                    // Key order: concurrent claimants lock alike and never deadlock. A locking
-                    // read returns each row as last committed, whoever held it before.
-                    let rows = sqlx::query(&format!(
-                        "SELECT {GATE_COLUMNS} FROM endpoint_gates WHERE endpoint_id = ANY($1)
-                         ORDER BY endpoint_id FOR UPDATE"
-                    ))
-                    .bind(&ids)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let gates: HashMap<String, Gate> =
-                        rows.iter().map(gate_row).collect::<Result<_, _>>()?;
-                    let token = LeaseToken(rand::random::<i64>());
-                    let mut taken = Vec::new();
-                    let mut changed: Vec<(String, Gate)> = Vec::new();
-                    for want in &shared {
-                        // An endpoint without a gate row was removed a moment ago.
-                        let Some(gate) = gates.get(want.endpoint.as_str()) else {
-                            continue;
-                        };
-                        let grant = grant(gate, &want.limits, want.ask, now_ms);
-                        let mut got = if want.ask.probe {
-                            // Half the probes re-try deliveries that failed before.
-                            let first = [(want.endpoint.clone(), grant.slots.div_ceil(2))];
-                            claim_rows(&mut tx, token, claim_ungated(claim(true)), &first).await?
-                        } else {
-                            Vec::new()
-                        };
-                        let rest = [(want.endpoint.clone(), grant.slots - got.len())];
-                        got.extend(
-                            claim_rows(&mut tx, token, claim_ungated(claim(false)), &rest).await?,
-                        );
-                        let next = gate.after_claim(
-                            &want.limits,
-                            grant,
-                            got.len(),
-                            &claimant,
-                            now_ms,
-                            lease_ms,
-                        );
-                        if next != *gate {
-                            changed.push((want.endpoint.as_str().to_owned(), next));
-                        }
-                        taken.extend(got);
+            result = retrying(|| async {
+                let mut tx = self.pool.begin().await?;
+                // An endpoint whose gate row is missing (restored without triggers, say)
+                // gets one now rather than never being claimed.
+                sqlx::query(
+                    "INSERT INTO endpoint_gates (endpoint_id)
+                     SELECT e.id FROM endpoints e WHERE e.id = ANY($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+                // Byte order, as the result statement locks them: concurrent claimants and
+                // results never deadlock. A locking read returns each row as last committed.
+                let rows = sqlx::query(&format!(
+                    "SELECT {GATE_COLUMNS} FROM endpoint_gates WHERE endpoint_id = ANY($1)
+                     ORDER BY endpoint_id COLLATE \"C\" FOR UPDATE"
+                ))
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+                let gates: HashMap<String, Gate> =
+                    rows.iter().map(gate_row).collect::<Result<_, _>>()?;
+                let token = LeaseToken(rand::random::<i64>());
+                let mut done = GatedClaim::default();
+                let mut changed: Vec<(String, Gate)> = Vec::new();
+                for want in &shared {
+                    let Some(gate) = gates.get(want.endpoint.as_str()) else {
+                        continue;
+                    };
+                    let grant = grant(gate, &want.limits, want.ask, now_ms);
+                    if grant.slots == 0 {
+                        done.held
+                            .push((want.endpoint.clone(), gate.held_until(&want.limits, now_ms)));
+                        continue;
                     }
-                    write_gates(&mut tx, &changed).await?;
-                    tx.commit().await?;
-                    Ok(taken)
-                })
-                .await?,
-            );
+                    let mut got = if want.ask.probe {
+                        // Half the probes re-try deliveries that failed before.
+                        let first = [(want.endpoint.clone(), grant.slots.div_ceil(2))];
+                        claim_rows(&mut tx, token, claim_ungated(claim(true)), &first).await?
+                    } else {
+                        Vec::new()
+                    };
+                    let rest = [(want.endpoint.clone(), grant.slots - got.len())];
+                    got.extend(
+                        claim_rows(&mut tx, token, claim_ungated(claim(false)), &rest).await?,
+                    );
+                    let next = gate.after_claim(
+                        &want.limits,
+                        grant,
+                        got.len(),
+                        &claimant,
+                        now_ms,
+                        lease_ms,
+                    );
+                    if next != *gate {
+                        changed.push((want.endpoint.as_str().to_owned(), next));
+                    }
+                    done.deliveries.extend(got);
+                }
+                write_gates(&mut tx, &changed).await?;
+                tx.commit().await?;
+                Ok(done)
+            })
+            .await?;
         }
-        Ok(claimed)
+        if !free.is_empty() {
+            let wanted: Vec<(EndpointId, usize)> = free
+                .iter()
+                .map(|w| (w.endpoint.clone(), w.ask.slots))
+                .collect();
+            let token = LeaseToken(rand::random::<i64>());
+            let claimed = retrying(|| async {
+                let mut conn = self.pool.acquire().await?;
+                claim_rows(&mut conn, token, claim(false), &wanted).await
+            })
+            .await?;
+            // An endpoint that got nothing may be held by its gate (a pause, a circuit another
+            // instance opened): say until when, so the claimant does not ask again in a loop.
+            let empty: Vec<String> = free
+                .iter()
+                .filter(|w| !claimed.iter().any(|c| c.endpoint_id == w.endpoint))
+                .map(|w| w.endpoint.as_str().to_owned())
+                .collect();
+            if !empty.is_empty() {
+                let rows = sqlx::query(&format!(
+                    "SELECT {GATE_COLUMNS} FROM endpoint_gates
+                     WHERE endpoint_id = ANY($1) AND (paused_until_ms > $2 OR circuit <> 'closed')"
+                ))
+                .bind(&empty)
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                for row in &rows {
+                    let (id, gate) = gate_row(row)?;
+                    let until = gate
+                        .held_until(&GateLimits::new(None), now_ms)
+                        .max(now_ms + HELD_AT_LEAST_MS);
+                    result.held.push((EndpointId::from_trusted(id), until));
+                }
+            }
+            result.deliveries.extend(claimed);
+        }
+        Ok(result)
     }
 
     /// Backs `Store::live_workers`.
-    pub(super) async fn count_live_workers(&self, since_ms: i64) -> Result<usize, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM heartbeats WHERE beat_at >= $1")
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(usize::try_from(n).unwrap_or(0).max(1))
+    pub(super) async fn count_live_workers(
+        &self,
+        since_ms: i64,
+        instance: String,
+    ) -> Result<(usize, usize), StoreError> {
+        let (others, before): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE instance <> $2),
+                    COUNT(*) FILTER (WHERE instance COLLATE \"C\" < $2 COLLATE \"C\")
+             FROM heartbeats WHERE beat_at >= $1",
+        )
+        .bind(since_ms)
+        .bind(&instance)
+        .fetch_one(&self.pool)
+        .await?;
+        let count = usize::try_from(others).unwrap_or(0) + 1;
+        Ok((count, usize::try_from(before).unwrap_or(0)))
     }
 
     /// Backs `Store::gates`.

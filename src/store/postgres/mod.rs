@@ -267,7 +267,7 @@ super::delegate::delegate_store!(PgStore {
         lease_ms: i64,
         claimant: String,
         wants: Vec<crate::store::GatedWant>,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    ) -> Result<crate::store::GatedClaim, StoreError> {
         self.claim_through_gates(now_ms, lease_ms, claimant, wants).await
     }
 
@@ -275,7 +275,11 @@ super::delegate::delegate_store!(PgStore {
         self.read_gates().await
     }
 
-    async fn live_workers(&self, since_ms: i64) -> Result<usize, StoreError> {
-        self.count_live_workers(since_ms).await
+    async fn live_workers(
+        &self,
+        since_ms: i64,
+        instance: String,
+    ) -> Result<(usize, usize), StoreError> {
+        self.count_live_workers(since_ms, instance).await
     }
 });
