@@ -496,6 +496,19 @@ impl Relay {
         .await
     }
 
+    /// The status report as this serving process sees it: its own worker's liveness where it
+    /// runs one; an API-only instance judges the workers by their heartbeats.
+    pub async fn report_here(&self) -> crate::monitor::StatusReport {
+        let alive = self
+            .inner
+            .config
+            .server
+            .role
+            .delivers()
+            .then(|| self.inner.worker.is_alive());
+        self.report(alive).await
+    }
+
     /// The latest alerts (fired and resolved), newest first.
     pub async fn recent_alerts(
         &self,

@@ -58,14 +58,7 @@ async fn metrics() -> Response {
     responses((status = 200, description = "The status report", body = monitor::StatusReport)),
 )]
 async fn health(State(relay): State<Relay>) -> Json<monitor::StatusReport> {
-    // An API-only instance judges the workers by their heartbeats in the database.
-    let alive = relay
-        .config()
-        .server
-        .role
-        .delivers()
-        .then(|| relay.worker().is_alive());
-    Json(relay.report(alive).await)
+    Json(relay.report_here().await)
 }
 
 #[derive(Deserialize, IntoParams)]

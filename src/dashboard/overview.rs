@@ -98,13 +98,8 @@ pub async fn page(
 ) -> Result<Markup, Refusal> {
     let query = Form::parse(query.unwrap_or_default().as_bytes());
     let range = Range::parse(query.get("range"));
-    let alive = relay
-        .config()
-        .server
-        .role
-        .delivers()
-        .then(|| relay.worker().is_alive());
-    let report = relay.report(alive).await;
+    let report = relay.report_here().await;
+    let this_worker_stopped = relay.config().server.role.delivers() && !relay.worker().is_alive();
     let now_ms = relay.clock().now_ms();
     let (span_ms, step_ms) = range.span_and_step();
     let steps = (span_ms / step_ms) as usize;
@@ -218,7 +213,7 @@ pub async fn page(
                 } @else {
                     ul.reasons { @for reason in &report.health.reasons { li { (reason) } } }
                 }
-                @if let Some(false) = alive {
+                @if this_worker_stopped {
                     p.error { "This instance's delivery worker is not running." }
                 } @else if !report.worker_alive {
                     p.error { "No delivery worker has reported in recently." }

@@ -577,27 +577,13 @@ pub async fn matching_works_through_more_dead_letters_than_one_batch(backend: Ba
     assert_eq!(purged, 3);
 }
 
-/// Sums a series' buckets, field by field.
+/// Sums a series' buckets.
 fn total(series: &[(i64, hookrelay::domain::WindowTotals)]) -> hookrelay::domain::WindowTotals {
-    let mut sum = hookrelay::domain::WindowTotals::default();
-    for (_, t) in series {
-        sum.ingested += t.ingested;
-        sum.duplicates += t.duplicates;
-        sum.attempts += t.attempts;
-        sum.successes += t.successes;
-        sum.failures += t.failures;
-        sum.throttled += t.throttled;
-        sum.retries += t.retries;
-        sum.delivered += t.delivered;
-        sum.dead_lettered += t.dead_lettered;
-        sum.duration_sum_ms += t.duration_sum_ms;
-        sum.latency_sum_ms += t.latency_sum_ms;
-        for (s, b) in sum.buckets.iter_mut().zip(t.buckets) {
-            *s += b;
-        }
-        sum.duration_max_ms = sum.duration_max_ms.max(t.duration_max_ms);
-    }
-    sum
+    series
+        .iter()
+        .fold(hookrelay::domain::WindowTotals::default(), |sum, (_, t)| {
+            sum.merged(t)
+        })
 }
 
 pub async fn series_buckets_sum_to_the_window_totals(backend: Backend) {
