@@ -35,7 +35,10 @@ use crate::{
     clock::{Clock, millis},
     config::Config,
     domain::{Ask, EndpointId, Gate, GateLimits},
-    store::{AttemptRecord, ClaimedDelivery, GatedClaim, GatedWant, NextState, Store, StoreError},
+    store::{
+        AttemptRecord, ClaimedDelivery, GatedClaim, GatedWant, Handoff, Leased, NextState, Store,
+        StoreError,
+    },
 };
 
 /// What one attempt led to.
@@ -93,6 +96,8 @@ pub struct Worker {
     /// the endpoint concurrency cap is split between them, so together they never exceed it.
     live_workers: AtomicUsize,
     rank: AtomicUsize,
+    /// Where ingest hands this process's worker deliveries it stored leased to it.
+    handoff: Option<Arc<Handoff>>,
 }
 
 /// A worker that has not reported for this long no longer takes a share of an endpoint's
@@ -126,6 +131,7 @@ impl Worker {
         settings: WorkerSettings,
     ) -> Self {
         Self {
+            handoff: store.handoff(),
             store,
             sender,
             clock,
@@ -231,25 +237,21 @@ impl Worker {
         millis(longest) * 2 + 5_000
     }
 
-    /// What to claim now, per endpoint, within the concurrency, rate and circuit limits.
-    fn plan(
-        &self,
-        in_flight: &HashMap<EndpointId, usize>,
-        total_in_flight: usize,
-        now: i64,
-    ) -> Vec<Want> {
+    /// What to claim now, per endpoint, within the concurrency, rate and circuit limits, given
+    /// what is `held` already (in flight, waiting in memory or handed over by ingest).
+    fn plan(&self, held: &HashMap<EndpointId, usize>, total_held: usize, now: i64) -> Vec<Want> {
         if !self.config.delivery.enabled {
             return Vec::new();
         }
-        let mut free = self.settings.concurrency.saturating_sub(total_in_flight);
+        let mut free = self.total_depth().saturating_sub(total_held);
         let share = self.endpoint_share();
         let mut wants = Vec::new();
         for (id, runtime) in self.runtimes().iter() {
             if free == 0 {
                 break;
             }
-            let busy = in_flight.get(id).copied().unwrap_or(0);
-            let Some(room) = runtime.room(busy, share, now) else {
+            let busy = held.get(id).copied().unwrap_or(0);
+            let Some(room) = runtime.room(busy, share * runtime.depth(now), now) else {
                 continue;
             };
             let slots = room.slots.min(free);
@@ -263,20 +265,27 @@ impl Worker {
         wants
     }
 
-    /// Claims due deliveries for every endpoint with room; returns them and how many were asked.
+    /// Deliveries the worker may hold at once, over all endpoints: in flight, and as many
+    /// again three times over waiting in memory for fast receivers ([`runtime::PREFETCH`]).
+    fn total_depth(&self) -> usize {
+        self.settings.concurrency * runtime::PREFETCH
+    }
+
+    /// Claims due deliveries for every endpoint with room, given what is `held` already;
+    /// returns them (with when their leases end) and how many were asked.
     async fn claim(
         &self,
-        in_flight: &HashMap<EndpointId, usize>,
-        total_in_flight: usize,
-    ) -> Result<(Vec<ClaimedDelivery>, usize), StoreError> {
+        held: &HashMap<EndpointId, usize>,
+        total_held: usize,
+    ) -> Result<Claimed, StoreError> {
         if let Err(e) = self.refresh().await {
             warn!(error = %e, "could not re-read endpoints; using the last known settings");
         }
         let now = self.clock.now_ms();
-        let wants = self.plan(in_flight, total_in_flight, now);
+        let wants = self.plan(held, total_held, now);
         let requested = wants.iter().map(|w| w.slots).sum();
         if requested == 0 {
-            return Ok((Vec::new(), 0));
+            return Ok(Claimed::default());
         }
         let lease_ms = self.lease_ms();
         let gated = {
@@ -331,7 +340,49 @@ impl Worker {
             // Persisted so that `endpoints show` (and other instances) see the probe.
             self.store.record_attempts(Vec::new(), probes, now).await?;
         }
-        Ok((claimed, requested))
+        let drained = wants
+            .iter()
+            .filter(|want| {
+                claimed
+                    .iter()
+                    .filter(|c| c.endpoint_id == want.endpoint)
+                    .count()
+                    < want.slots
+            })
+            .map(|want| want.endpoint.clone())
+            .collect();
+        let leased = claimed
+            .into_iter()
+            .map(|delivery| Leased {
+                delivery,
+                until_ms: now + lease_ms,
+            })
+            .collect();
+        Ok(Claimed {
+            leased,
+            requested,
+            drained,
+        })
+    }
+
+    /// Tells ingest how many deliveries for each endpoint to store leased to this worker and
+    /// hand over in memory: what the endpoint may still hold beyond `held`, for endpoints that
+    /// send freely (no rate limit, circuit closed, fast); none for the others, whose
+    /// deliveries wait to be claimed.
+    fn offer(&self, handoff: &Handoff, held: &HashMap<EndpointId, usize>) {
+        let now = self.clock.now_ms();
+        handoff.open(&self.settings.instance, self.lease_ms());
+        let share = self.endpoint_share();
+        let runtimes = self.runtimes();
+        for (id, runtime) in runtimes.iter() {
+            let room = if self.config.delivery.enabled && runtime.depth(now) > 1 {
+                (share * runtime.depth(now)).saturating_sub(held.get(id).copied().unwrap_or(0))
+            } else {
+                0
+            };
+            handoff.offer(id, room);
+        }
+        handoff.withdraw_others(&|id| runtimes.contains_key(id));
     }
 
     /// Attempts one claimed delivery and records the result with the endpoint's new health.
@@ -378,6 +429,7 @@ impl Worker {
             .runtimes()
             .get_mut(&delivery.endpoint_id)
             .map(|runtime| {
+                runtime.fast = duration_ms <= runtime::FAST_ANSWER_MS;
                 runtime.observe(
                     &delivery,
                     &decision,
@@ -417,9 +469,9 @@ impl Worker {
     /// One round: claims everything due (up to the limits), attempts it all concurrently,
     /// records the results, and returns what happened to each.
     pub async fn run_once(self: &Arc<Self>) -> Result<Vec<Outcome>, StoreError> {
-        let (claimed, _) = self.claim(&HashMap::new(), 0).await?;
+        let claimed = self.claim(&HashMap::new(), 0).await?;
         let mut attempts = JoinSet::new();
-        for delivery in claimed {
+        for Leased { delivery, .. } in claimed.leased {
             let worker = Arc::clone(self);
             attempts.spawn(async move { worker.deliver(delivery).await });
         }
@@ -434,21 +486,23 @@ impl Worker {
     }
 
     /// How long an idle loop may sleep: until the earliest moment something could be claimed.
-    async fn idle_wait(&self, in_flight: &HashMap<EndpointId, usize>) -> Duration {
+    async fn idle_wait(&self, held: &HashMap<EndpointId, usize>) -> Duration {
         let poll = self.settings.poll_interval;
+        let now = self.clock.now_ms();
         let candidates: Vec<EndpointId> = self
             .runtimes()
             .iter()
             .filter(|(id, r)| {
-                r.enabled && in_flight.get(*id).copied().unwrap_or(0) < self.endpoint_share()
+                r.enabled
+                    && held.get(*id).copied().unwrap_or(0) < self.endpoint_share() * r.depth(now)
             })
             .map(|(id, _)| id.clone())
             .collect();
-        let total_in_flight: usize = in_flight.values().sum();
+        let total_held: usize = held.values().sum();
         // At the global cap nothing can be claimed: a completion (or ingest) wakes the loop.
         if candidates.is_empty()
             || !self.config.delivery.enabled
-            || total_in_flight >= self.settings.concurrency
+            || total_held >= self.total_depth()
         {
             return poll;
         }
@@ -464,7 +518,7 @@ impl Worker {
         let earliest = due
             .into_iter()
             .filter_map(|(id, due_at)| {
-                let busy = in_flight.get(&id).copied().unwrap_or(0);
+                let busy = held.get(&id).copied().unwrap_or(0);
                 let opens_at = runtimes.get(&id)?.opens_at(busy, now)?;
                 Some(due_at.max(opens_at))
             })
@@ -488,6 +542,17 @@ impl Outcome {
             NextState::DeadLetter => Self::DeadLettered,
         }
     }
+}
+
+/// What one claim brought.
+#[derive(Default)]
+struct Claimed {
+    /// The deliveries, with when their leases end.
+    leased: Vec<Leased>,
+    /// How many were asked for.
+    requested: usize,
+    /// Endpoints that got fewer than asked: nothing more of theirs was due.
+    drained: std::collections::HashSet<EndpointId>,
 }
 
 /// A claim to make for one endpoint.

@@ -241,7 +241,10 @@ impl Ingestor {
         };
         let duplicates = stored.iter().filter(|s| s.duplicate).count() as u64;
         crate::metrics::ingested(kind, stored.len() as u64 - duplicates, duplicates);
-        if stored.iter().any(|s| !s.duplicate) {
+        // Deliveries handed to the worker in memory need no wake-up; those stored due do.
+        if stored.iter().any(|s| !s.duplicate)
+            && self.store.handoff().is_none_or(|h| h.take_unleased())
+        {
             self.wake.notify_one();
         }
         Ok(stored)

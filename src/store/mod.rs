@@ -11,6 +11,7 @@
 mod delegate;
 mod error;
 mod filter;
+mod handoff;
 mod postgres;
 mod progress;
 mod rows;
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 pub use self::{
     error::{Cause, StoreError},
+    handoff::{Handoff, Lease, Leased},
     postgres::PgStore,
     progress::{OnProgress, Progress},
     sqlite::{SqliteStore, restore, restore_with_progress},
@@ -474,6 +476,12 @@ pub trait Store: Send + Sync + 'static {
     /// idempotency key was seen before are answered with the original id and not stored again.
     /// Returns only once the events are durable.
     async fn ingest(&self, events: Vec<NewEvent>) -> Result<Vec<Ingested>, StoreError>;
+
+    /// Where ingest hands deliveries, leased in the transaction that stores them, straight to
+    /// this process's worker ([`Handoff`]); `None` when the backend always goes through claims.
+    fn handoff(&self) -> Option<std::sync::Arc<Handoff>> {
+        None
+    }
 
     /// [`Store::ingest`] for a request carrying a sender's message id: the id is recorded in
     /// the same transaction as the events. If it was recorded before and has not expired

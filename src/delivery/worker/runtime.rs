@@ -22,6 +22,12 @@ use crate::{
 /// How long a disabling decided here outweighs a database row that does not show it yet.
 const DISABLING_HOLD_MS: i64 = 30_000;
 
+/// See [`EndpointRuntime::depth`]: enough to cover a claim's commit while slots turn over.
+pub(super) const PREFETCH: usize = 4;
+
+/// An answer within this long counts as fast ([`EndpointRuntime::fast`]).
+pub(super) const FAST_ANSWER_MS: i64 = 250;
+
 /// One endpoint as the worker sees it.
 pub(super) struct EndpointRuntime {
     pub(super) target: Target,
@@ -41,6 +47,9 @@ pub(super) struct EndpointRuntime {
     updated_at_ms: i64,
     /// This worker disabled it (failing too long) and the database may not show it yet.
     disabling: bool,
+    /// Its last attempt was answered quickly: the worker keeps deliveries for it in memory,
+    /// ahead of free slots (a slow receiver would keep them past their lease).
+    pub(super) fast: bool,
 }
 
 /// What the worker may claim for one endpoint right now.
@@ -99,12 +108,14 @@ impl EndpointRuntime {
                         .last_attempt_at_ms
                         .is_some_and(|at| now - at < DISABLING_HOLD_MS)
             });
+        let fast = previous.as_ref().is_none_or(|p| p.fast);
         // Keep the limiter's schedule unless the limit itself changed.
         let throttle = match (previous.and_then(|p| p.throttle), target.rate_limit) {
             (Some(throttle), Some(limit)) if throttle.limit() == limit => Some(throttle),
             (_, limit) => limit.map(Throttle::new),
         };
         Self {
+            fast,
             held_until_ms,
             enabled: endpoint.enabled && !disabling,
             disabling,
@@ -165,6 +176,30 @@ impl EndpointRuntime {
             slots = slots.min(throttle.available(now));
         }
         (slots > 0).then_some(Room { slots, probe })
+    }
+
+    /// Whether deliveries may go out now without asking anything but a free slot: enabled,
+    /// not paused or held, circuit closed. (A probe round's deliveries go regardless.)
+    pub(super) fn flowing(&self, now: i64) -> bool {
+        self.enabled
+            && self.paused_until_ms <= now
+            && self.held_until_ms <= now
+            && matches!(
+                self.breaker.admission(&self.target.circuit, now),
+                Admission::Flow
+            )
+    }
+
+    /// How many times its share of the concurrency cap the worker may hold for it (in flight,
+    /// waiting in memory, or handed over by ingest): more than one only for a fast receiver
+    /// without a rate limit, whose deliveries can be sent from memory as slots free, with no
+    /// claim between one request and the next.
+    pub(super) fn depth(&self, now: i64) -> usize {
+        if self.fast && self.throttle.is_none() && self.flowing(now) {
+            PREFETCH
+        } else {
+            1
+        }
     }
 
     /// The earliest moment something due could be claimed (with `busy` requests out), or

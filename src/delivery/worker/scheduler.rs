@@ -4,9 +4,14 @@
 //! steps as [`Worker::run_once`] (claim, then deliver each claimed delivery); what it adds is
 //! only the overlap of rounds: the slot accounting, the cap on results still being recorded,
 //! and the orderly shutdown.
+//!
+//! Deliveries reach the loop two ways: claimed from the database, or handed over by ingest in
+//! memory, already leased (`store::Handoff`). Either way they wait in memory for a free slot
+//! of their endpoint; for a fast receiver the loop holds a few times its slots (claimed or
+//! offered to ingest), so a slot that frees is refilled at once instead of after a claim.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,8 +25,9 @@ use tracing::{debug, error, info, warn};
 
 use super::Worker;
 use crate::{
+    clock::millis,
     domain::{DeliveryId, EndpointId},
-    store::LeaseToken,
+    store::{LeaseToken, Leased},
 };
 
 /// Bookkeeping for one attempt running in the production loop.
@@ -40,6 +46,10 @@ const RECORDING_FACTOR: usize = 4;
 /// How long a worker woken by new work waits before claiming while other workers share the
 /// queue (see the loop).
 const SHARED_QUEUE_LINGER: Duration = Duration::from_millis(5);
+
+/// A delivery waiting in memory is sent only with this much of its lease left beyond the
+/// endpoint's timeout (for recording its result); otherwise it goes back to the queue.
+const RECORD_MARGIN_MS: i64 = 5_000;
 
 /// How long shutdown waits, after the grace period, for answered attempts to be recorded.
 /// Their leases are not released: releasing could overtake the record and send them again.
@@ -66,7 +76,181 @@ impl Drop for Slot {
     }
 }
 
+/// Whether the loop should ask the database for due deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Nothing,
+    Anything,
+}
+
+/// Deliveries claimed or handed over, waiting in memory for a slot of their endpoint, oldest
+/// first per endpoint.
+#[derive(Default)]
+struct Waiting {
+    by_endpoint: HashMap<EndpointId, VecDeque<Leased>>,
+    len: usize,
+}
+
+impl Waiting {
+    fn extend(&mut self, leased: impl IntoIterator<Item = Leased>) {
+        for leased in leased {
+            self.len += 1;
+            self.by_endpoint
+                .entry(leased.delivery.endpoint_id.clone())
+                .or_default()
+                .push_back(leased);
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Leased> + '_ {
+        self.len = 0;
+        self.by_endpoint.drain().flat_map(|(_, queue)| queue)
+    }
+}
+
+/// The production loop's bookkeeping of the deliveries it holds.
+struct Flights {
+    /// A task holds a slot (of its endpoint and of the total) while its request is out; it is
+    /// still tracked in `in_flight`, for release at shutdown, until its result is recorded.
+    tasks: JoinSet<()>,
+    in_flight: HashMap<tokio::task::Id, InFlight>,
+    /// Requests out per endpoint.
+    per_endpoint: HashMap<EndpointId, usize>,
+    freed: tokio::sync::mpsc::UnboundedSender<EndpointId>,
+    waiting: Waiting,
+    /// Recording tasks are capped too, so a slow database holds claiming back.
+    max_tasks: usize,
+}
+
+impl Flights {
+    fn finished(&mut self, id: tokio::task::Id) {
+        self.in_flight.remove(&id);
+    }
+
+    fn free(&mut self, endpoint: &EndpointId) {
+        if let Some(count) = self.per_endpoint.get_mut(endpoint) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    fn busy(&self) -> usize {
+        self.per_endpoint.values().sum()
+    }
+
+    /// What each endpoint holds: requests out and deliveries waiting for a slot.
+    fn held(&self) -> (HashMap<EndpointId, usize>, usize) {
+        let mut held = self.per_endpoint.clone();
+        for (endpoint, queue) in &self.waiting.by_endpoint {
+            *held.entry(endpoint.clone()).or_default() += queue.len();
+        }
+        let total = held.values().sum();
+        (held, total)
+    }
+}
+
 impl Worker {
+    /// Sends waiting deliveries into free slots. Those that may not go now (their endpoint
+    /// paused, its circuit open, disabled or gone, or too little of the lease left) go back to
+    /// the queue, due at once, to be claimed again when they may.
+    /// Returns whether any went back.
+    async fn dispatch(self: &Arc<Self>, flights: &mut Flights) -> bool {
+        let now = self.clock.now_ms();
+        let share = self.endpoint_share();
+        let mut busy = flights.busy();
+        let mut start = Vec::new();
+        let mut release = Vec::new();
+        {
+            let runtimes = self.runtimes();
+            for (endpoint, queue) in &mut flights.waiting.by_endpoint {
+                let runtime = runtimes.get(endpoint);
+                let mut out = flights.per_endpoint.get(endpoint).copied().unwrap_or(0);
+                while let Some(front) = queue.front() {
+                    let Some(runtime) = runtime else {
+                        release.extend(queue.drain(..));
+                        break;
+                    };
+                    let probe = runtime.probes.contains(&front.delivery.id);
+                    if !probe && !runtime.flowing(now) {
+                        release.extend(queue.drain(..));
+                        break;
+                    }
+                    if front.until_ms - now < millis(runtime.target.timeout) + RECORD_MARGIN_MS {
+                        release.extend(queue.pop_front());
+                        continue;
+                    }
+                    if out >= share
+                        || busy >= self.settings.concurrency
+                        || flights.tasks.len() + start.len() >= flights.max_tasks
+                    {
+                        break;
+                    }
+                    out += 1;
+                    busy += 1;
+                    start.extend(queue.pop_front());
+                }
+            }
+        }
+        flights.waiting.by_endpoint.retain(|_, queue| !queue.is_empty());
+        flights.waiting.len = flights
+            .waiting
+            .by_endpoint
+            .values()
+            .map(VecDeque::len)
+            .sum();
+        for leased in start {
+            self.start(flights, leased);
+        }
+        let released = !release.is_empty();
+        if released {
+            let leases = release
+                .into_iter()
+                .map(|l| (l.delivery.id, l.delivery.lease))
+                .collect();
+            if let Err(e) = self.store.release(leases, now).await {
+                warn!(error = %e, "could not put deliveries back in the queue; they return when their lease expires");
+            }
+        }
+        released
+    }
+
+    /// Starts the attempt of one delivery in a slot of its endpoint.
+    fn start(self: &Arc<Self>, flights: &mut Flights, leased: Leased) {
+        let delivery = leased.delivery;
+        let endpoint = delivery.endpoint_id.clone();
+        let worker = Arc::clone(self);
+        let answered = Arc::new(AtomicBool::new(false));
+        let slot = Slot {
+            endpoint: endpoint.clone(),
+            freed: flights.freed.clone(),
+            answered: Arc::clone(&answered),
+        };
+        let record_id = delivery.id.clone();
+        let lease = delivery.lease;
+        let handle = flights.tasks.spawn(async move {
+            if let Err(e) = worker.deliver_in_slot(delivery, Some(slot)).await {
+                error!(error = %e, "recording a delivery attempt failed; the lease will expire and it will be retried");
+            }
+        });
+        flights.in_flight.insert(
+            handle.id(),
+            InFlight {
+                delivery: record_id,
+                lease,
+                answered,
+                abort: handle,
+            },
+        );
+        *flights.per_endpoint.entry(endpoint).or_default() += 1;
+    }
+
+    /// Resolves when ingest has handed deliveries over (never without a handoff).
+    async fn handed_over(&self) {
+        match &self.handoff {
+            Some(handoff) => handoff.queued().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// The production loop; returns after `shutdown` is cancelled and in-flight attempts have
     /// finished or, past the grace period, been released back to the queue.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
@@ -78,95 +262,90 @@ impl Worker {
         if !self.config.delivery.enabled {
             info!("ENABLE_WEBHOOK=false: events are stored and sent once it is true again");
         }
-        // A task holds a slot (of its endpoint and of the total) while its request is out;
-        // it is still tracked in `in_flight`, for release at shutdown, until its result is
-        // recorded. Recording tasks are capped too, so a slow database holds claiming back.
-        let mut tasks: JoinSet<()> = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, InFlight> = HashMap::new();
-        let mut per_endpoint: HashMap<EndpointId, usize> = HashMap::new();
         let (freed, mut slots_freed) = tokio::sync::mpsc::unbounded_channel::<EndpointId>();
-        let finished = |id: tokio::task::Id, in_flight: &mut HashMap<tokio::task::Id, InFlight>| {
-            in_flight.remove(&id);
+        // Whether the database may hold deliveries due now that the loop has not claimed: after
+        // a wake-up (ingest left some unleased, a replay, another process), when the wait for
+        // the next due time ends, after a claim that got all it asked for and after putting
+        // deliveries back. Not when ingest handed deliveries over: only memory changed.
+        let mut due = Due::Anything;
+        let mut drained = std::collections::HashSet::new();
+        let mut flights = Flights {
+            tasks: JoinSet::new(),
+            in_flight: HashMap::new(),
+            per_endpoint: HashMap::new(),
+            freed,
+            waiting: Waiting::default(),
+            max_tasks: self.settings.concurrency * RECORDING_FACTOR,
         };
-        let free = |endpoint: EndpointId, per_endpoint: &mut HashMap<EndpointId, usize>| {
-            if let Some(count) = per_endpoint.get_mut(&endpoint) {
-                *count = count.saturating_sub(1);
-            }
-        };
-        let max_tasks = self.settings.concurrency * RECORDING_FACTOR;
 
         while !shutdown.is_cancelled() {
             self.last_beat_ms
                 .store(self.clock.now_ms(), Ordering::Relaxed);
-            while let Some(joined) = tasks.try_join_next_with_id() {
-                let id = joined.map_or_else(|e| e.id(), |(id, ())| id);
-                finished(id, &mut in_flight);
+            while let Some(joined) = flights.tasks.try_join_next_with_id() {
+                flights.finished(joined.map_or_else(|e| e.id(), |(id, ())| id));
             }
             while let Ok(endpoint) = slots_freed.try_recv() {
-                free(endpoint, &mut per_endpoint);
-            }
-            let busy: usize = per_endpoint.values().sum();
-            // Near the cap on recording tasks, claim only what keeps under it.
-            let load = busy.max(
-                self.settings
-                    .concurrency
-                    .saturating_sub(max_tasks.saturating_sub(tasks.len())),
-            );
-
-            let (claimed, requested) = match self.claim(&per_endpoint, load).await {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    error!(error = %e, "claiming deliveries failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(self.settings.poll_interval) => continue,
-                    }
+                if !drained.contains(&endpoint) {
+                    due = Due::Anything;
                 }
-            };
-            let saturated = requested > 0 && claimed.len() == requested;
-            for delivery in claimed {
-                let endpoint = delivery.endpoint_id.clone();
-                let worker = Arc::clone(&self);
-                let answered = Arc::new(AtomicBool::new(false));
-                let slot = Slot {
-                    endpoint: endpoint.clone(),
-                    freed: freed.clone(),
-                    answered: Arc::clone(&answered),
-                };
-                let record_id = delivery.id.clone();
-                let lease = delivery.lease;
-                let handle = tasks.spawn(async move {
-                    if let Err(e) = worker.deliver_in_slot(delivery, Some(slot)).await {
-                        error!(error = %e, "recording a delivery attempt failed; the lease will expire and it will be retried");
-                    }
-                });
-                in_flight.insert(
-                    handle.id(),
-                    InFlight {
-                        delivery: record_id,
-                        lease,
-                        answered,
-                        abort: handle,
-                    },
-                );
-                *per_endpoint.entry(endpoint).or_default() += 1;
+                flights.free(&endpoint);
             }
-            let busy: usize = per_endpoint.values().sum();
-            if saturated && busy < self.settings.concurrency && tasks.len() < max_tasks {
+            if let Some(handoff) = &self.handoff {
+                flights.waiting.extend(handoff.take());
+            }
+            if self.dispatch(&mut flights).await {
+                due = Due::Anything;
+            }
+
+            let mut saturated = false;
+            if due != Due::Nothing {
+                // Recording tasks count against what may be claimed, so near their cap claims
+                // shrink.
+                let (held, total_held) = flights.held();
+                let load = total_held.max(flights.tasks.len() + flights.waiting.len);
+                let claimed = match self.claim(&held, load).await {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        error!(error = %e, "claiming deliveries failed");
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(self.settings.poll_interval) => continue,
+                        }
+                    }
+                };
+                saturated = claimed.requested > 0 && claimed.leased.len() == claimed.requested;
+                due = Due::Nothing;
+                drained = claimed.drained;
+                flights.waiting.extend(claimed.leased);
+                if self.dispatch(&mut flights).await {
+                    due = Due::Anything;
+                }
+            }
+            if let Some(handoff) = &self.handoff {
+                self.offer(handoff, &flights.held().0);
+            }
+            if saturated
+                && flights.busy() < self.settings.concurrency
+                && flights.tasks.len() < flights.max_tasks
+            {
                 // Everything asked for was due: there may be more.
+                due = Due::Anything;
                 continue;
             }
 
             // At the cap only a finished recording makes room: wait for one (or a wake-up)
             // rather than asking the database when work is due.
-            let wait = if tasks.len() >= max_tasks {
+            let wait = if flights.tasks.len() >= flights.max_tasks {
                 self.settings.poll_interval
             } else {
-                self.idle_wait(&per_endpoint).await
+                self.idle_wait(&flights.held().0).await
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                // Handed over in memory: nothing new in the database.
+                () = self.handed_over() => {}
                 () = self.wake.notified() => {
+                    due = Due::Anything;
                     // Woken by new work while other workers share the queue: each would claim
                     // the few deliveries due right now, and commit for them. A moment's wait
                     // lets a batch gather, so the workers together commit fewer, fuller claims.
@@ -177,18 +356,32 @@ impl Worker {
                         }
                     }
                 }
-                Some(endpoint) = slots_freed.recv(), if tasks.len() < max_tasks => {
-                    free(endpoint, &mut per_endpoint);
+                Some(endpoint) = slots_freed.recv(), if flights.tasks.len() < flights.max_tasks => {
+                    // The slot is refilled from memory; the database only if the endpoint's
+                    // last claim left something due there.
+                    if !drained.contains(&endpoint) {
+                        due = Due::Anything;
+                    }
+                    flights.free(&endpoint);
                 }
-                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    let id = joined.map_or_else(|e| e.id(), |(id, ())| id);
-                    finished(id, &mut in_flight);
+                Some(joined) = flights.tasks.join_next_with_id(), if !flights.tasks.is_empty() => {
+                    flights.finished(joined.map_or_else(|e| e.id(), |(id, ())| id));
                 }
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait) => due = Due::Anything,
             }
         }
 
-        info!(in_flight = tasks.len(), "delivery worker stopping");
+        info!(in_flight = flights.tasks.len(), "delivery worker stopping");
+        // Nothing more is handed over; what was, and what waits for a slot, goes back.
+        let mut unsent: Vec<Leased> = flights.waiting.drain().collect();
+        if let Some(handoff) = &self.handoff {
+            unsent.extend(handoff.close());
+        }
+        let mut tasks = flights.tasks;
+        let mut in_flight = flights.in_flight;
+        let finished = |id: tokio::task::Id, in_flight: &mut HashMap<tokio::task::Id, InFlight>| {
+            in_flight.remove(&id);
+        };
         let grace = tokio::time::sleep(self.settings.shutdown_grace);
         tokio::pin!(grace);
         loop {
@@ -232,10 +425,15 @@ impl Worker {
                 }
             }
         }
+        // Ingest groups that reserved before the handoff closed may have committed since.
+        if let Some(handoff) = &self.handoff {
+            unsent.extend(handoff.close());
+        }
         let leases: Vec<_> = in_flight
             .into_values()
             .filter(|task| !task.answered.load(Ordering::SeqCst))
             .map(|task| (task.delivery, task.lease))
+            .chain(unsent.into_iter().map(|l| (l.delivery.id, l.delivery.lease)))
             .collect();
         if !leases.is_empty() {
             let count = leases.len();

@@ -9,7 +9,10 @@ use super::{SqliteStore, aggregates::aggregate};
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
     store::{
-        InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows, shared, tally::Rollup,
+        ClaimedDelivery, InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError,
+        handoff::{self, Handed},
+        rows, shared,
+        tally::Rollup,
     },
 };
 
@@ -20,7 +23,8 @@ impl SqliteStore {
         message: Option<(InboundMessage, i64)>,
         events: Vec<NewEvent>,
     ) -> Result<Vec<Ingested>, StoreError> {
-        self.write(move |conn| {
+        let handoff = Arc::clone(&self.handoff);
+        let stored = self.write_then(move |conn| {
             if let Some((message, now_ms)) = &message {
                 // Refused before anything is written; the job's savepoint undoes nothing else.
                 record_message(conn, message, *now_ms)?;
@@ -33,10 +37,15 @@ impl SqliteStore {
                      request_fingerprint)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            // A delivery handed to the worker is stored leased to it (due again when the
+            // lease ends); any other is due at once.
             let mut insert_delivery = conn.prepare_cached(
-                "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'pending', ?4, ?4, ?4)",
+                "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at,
+                     updated_at, lease_token, claimed_by)
+                 VALUES (?1, ?2, ?3, 'pending', ?5, ?4, ?4, ?6, ?7)",
             )?;
+            let mut handed = Handed::new(Arc::clone(&handoff));
+            let token = handoff::token();
             // Fan-out is decided inside the transaction, so an event goes to exactly the
             // endpoints enabled when it was stored.
             let destinations = destinations(conn)?;
@@ -75,12 +84,39 @@ impl SqliteStore {
                 // Each id carries the event's acceptance time (`DeliveryId::generate_at`), so a time
                 // range of deliveries is a range of the primary key.
                 for endpoint in matching {
+                    let id = DeliveryId::generate_at(event.created_at_ms);
+                    let lease = handoff.reserve(endpoint, event.created_at_ms);
+                    let (due_at, claimant) = match &lease {
+                        Some(lease) => (lease.until_ms, Some(lease.claimant.as_str())),
+                        None => (event.created_at_ms, None),
+                    };
                     insert_delivery.execute(params![
-                        DeliveryId::generate_at(event.created_at_ms).as_str(),
+                        id.as_str(),
                         event.id.as_str(),
                         endpoint.as_str(),
                         event.created_at_ms,
+                        due_at,
+                        claimant.map(|_| token.0),
+                        claimant,
                     ])?;
+                    if let Some(lease) = lease {
+                        handed.push(
+                            ClaimedDelivery {
+                                id,
+                                event_id: event.id.clone(),
+                                endpoint_id: endpoint.clone(),
+                                event_type: event.event_type.clone(),
+                                payload: event.payload.clone(),
+                                event_created_at_ms: event.created_at_ms,
+                                session_id: event.session_id.clone(),
+                                attempts: 0,
+                                total_attempts: 0,
+                                throttled: 0,
+                                lease: token,
+                            },
+                            lease.until_ms,
+                        );
+                    }
                 }
                 if let Some(usage) = event.usage {
                     usages.push((usage, event.created_at_ms));
@@ -103,9 +139,15 @@ impl SqliteStore {
                     a.add_usage(usage, *at_ms);
                 }
             });
-            Ok(outcomes)
+            Ok((outcomes, Some(handed)))
+        }, |(_, handed)| {
+            // Durable now: the worker may send them, whether or not the caller still waits.
+            if let Some(handed) = handed.take() {
+                handed.commit();
+            }
         })
-        .await
+        .await?;
+        Ok(stored.0)
     }
 }
 

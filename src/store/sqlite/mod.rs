@@ -113,6 +113,7 @@ impl From<rusqlite::Error> for StoreError {
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     readers: Arc<ReaderPool>,
+    handoff: Arc<crate::store::Handoff>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -211,10 +212,15 @@ impl SqliteStore {
         Ok(Self {
             jobs,
             readers: Arc::new(ReaderPool::new(path)),
+            handoff: crate::store::Handoff::new(),
         })
     }
 }
 
 // Rust allows one `impl Store` per type, and it cannot be spread over files: it only delegates
 // to the inherent methods each concern's file defines (see `delegate_store!`).
-super::delegate::delegate_store!(SqliteStore);
+super::delegate::delegate_store!(SqliteStore {
+    fn handoff(&self) -> Option<Arc<crate::store::Handoff>> {
+        Some(Arc::clone(&self.handoff))
+    }
+});
