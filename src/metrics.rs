@@ -60,6 +60,10 @@ fn describe() {
         "Delivery attempts by endpoint, outcome (delivered, retry, dead, throttled) and status class."
     );
     describe_counter!(
+        "hookrelay_deliveries_taken_total",
+        "Deliveries the worker took up, by how: claimed from the database (claim) or handed over by ingest in memory, leased when stored (handoff)."
+    );
+    describe_counter!(
         "hookrelay_dead_letters_total",
         "Deliveries moved to the dead-letter queue, by endpoint."
     );
@@ -115,6 +119,13 @@ pub fn ingested(kind: &'static str, stored: u64, duplicates: u64) {
     }
     if duplicates > 0 {
         counter!("hookrelay_ingest_duplicates_total").increment(duplicates);
+    }
+}
+
+/// Records deliveries the worker took up: `via` is `claim` or `handoff`.
+pub fn taken(via: &'static str, count: usize) {
+    if count > 0 {
+        counter!("hookrelay_deliveries_taken_total", "via" => via).increment(count as u64);
     }
 }
 

@@ -351,6 +351,7 @@ impl Worker {
             })
             .map(|want| want.endpoint.clone())
             .collect();
+        crate::metrics::taken("claim", claimed.len());
         let leased = claimed
             .into_iter()
             .map(|delivery| Leased {

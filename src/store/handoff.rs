@@ -140,7 +140,10 @@ impl Handoff {
 
     /// Deliveries for `endpoint` reserved and not yet taken by the worker: they are on their way.
     pub fn reserved(&self, endpoint: &EndpointId) -> usize {
-        self.state().room.get(endpoint).map_or(0, |room| room.reserved)
+        self.state()
+            .room
+            .get(endpoint)
+            .map_or(0, |room| room.reserved)
     }
 
     /// Takes everything queued, oldest first.
@@ -251,4 +254,127 @@ impl Drop for Handed {
 /// A fresh lease token for the deliveries of one ingest job.
 pub(crate) fn token() -> LeaseToken {
     LeaseToken(rand::random::<i64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::domain::{DeliveryId, EventId, EventType};
+
+    fn delivery(endpoint: &EndpointId) -> ClaimedDelivery {
+        ClaimedDelivery {
+            id: DeliveryId::generate_at(1_000),
+            event_id: EventId::generate(),
+            endpoint_id: endpoint.clone(),
+            event_type: EventType::from_trusted("usage.tracked".to_owned()),
+            payload: Bytes::from_static(b"{}"),
+            event_created_at_ms: 1_000,
+            session_id: None,
+            attempts: 0,
+            total_attempts: 0,
+            throttled: 0,
+            lease: token(),
+        }
+    }
+
+    /// Reserves one delivery for `endpoint` as ingest does, returning it ready to commit.
+    fn reserve_one(handoff: &Arc<Handoff>, endpoint: &EndpointId) -> Option<Handed> {
+        let lease = handoff.reserve(endpoint, 1_000)?;
+        let mut handed = Handed::new(Arc::clone(handoff));
+        handed.push(delivery(endpoint), lease.until_ms);
+        Some(handed)
+    }
+
+    #[test]
+    fn nothing_is_reserved_before_the_worker_opens_and_offers_room() {
+        let handoff = Handoff::new();
+        let endpoint = EndpointId::default_endpoint();
+        handoff.offer(&endpoint, 4);
+        assert!(handoff.reserve(&endpoint, 0).is_none(), "no worker yet");
+        assert!(
+            handoff.take_unleased(),
+            "stored due: the worker must be woken"
+        );
+        assert!(!handoff.take_unleased(), "said once");
+
+        handoff.open("instance-a", 30_000);
+        let other = EndpointId::generate();
+        assert!(
+            handoff.reserve(&other, 0).is_none(),
+            "no room offered there"
+        );
+        let lease = handoff.reserve(&endpoint, 5_000).expect("room offered");
+        assert_eq!(lease.claimant, "instance-a");
+        assert_eq!(lease.until_ms, 35_000);
+    }
+
+    #[test]
+    fn what_is_reserved_or_queued_counts_against_the_offer_until_the_worker_takes_it() {
+        let handoff = Handoff::new();
+        let endpoint = EndpointId::default_endpoint();
+        handoff.open("a", 30_000);
+        handoff.offer(&endpoint, 2);
+        let first = reserve_one(&handoff, &endpoint).expect("room for one");
+        let second = reserve_one(&handoff, &endpoint).expect("room for two");
+        assert!(reserve_one(&handoff, &endpoint).is_none(), "offer used up");
+        // The worker re-offers the same total while both are on their way: still full.
+        handoff.offer(&endpoint, 2);
+        assert!(reserve_one(&handoff, &endpoint).is_none());
+        assert_eq!(handoff.reserved(&endpoint), 2);
+
+        first.commit();
+        second.commit();
+        let taken = handoff.take();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].until_ms, 31_000);
+        assert_eq!(handoff.reserved(&endpoint), 0, "the worker holds them now");
+        // The worker now counts them itself and offers what is left of its total.
+        handoff.offer(&endpoint, 1);
+        assert!(reserve_one(&handoff, &endpoint).is_some());
+    }
+
+    #[test]
+    fn a_reservation_whose_transaction_fails_is_given_back_and_never_queued() {
+        let handoff = Handoff::new();
+        let endpoint = EndpointId::default_endpoint();
+        handoff.open("a", 30_000);
+        handoff.offer(&endpoint, 1);
+        let handed = reserve_one(&handoff, &endpoint).expect("room");
+        drop(handed);
+        assert_eq!(handoff.reserved(&endpoint), 0);
+        assert!(handoff.take().is_empty(), "nothing stored, nothing to send");
+        handoff.offer(&endpoint, 1);
+        assert!(reserve_one(&handoff, &endpoint).is_some(), "room is back");
+    }
+
+    #[test]
+    fn closing_returns_what_is_queued_and_stops_reservations() {
+        let handoff = Handoff::new();
+        let endpoint = EndpointId::default_endpoint();
+        handoff.open("a", 30_000);
+        handoff.offer(&endpoint, 3);
+        reserve_one(&handoff, &endpoint).expect("room").commit();
+        let in_flight = reserve_one(&handoff, &endpoint).expect("room");
+        assert_eq!(handoff.close().len(), 1, "the committed one goes back");
+        assert!(handoff.reserve(&endpoint, 0).is_none(), "closed");
+        // A transaction that reserved before the close commits after it: a second close
+        // returns it too.
+        in_flight.commit();
+        assert_eq!(handoff.close().len(), 1);
+    }
+
+    #[test]
+    fn withdrawn_endpoints_take_nothing_more() {
+        let handoff = Handoff::new();
+        let kept = EndpointId::default_endpoint();
+        let gone = EndpointId::generate();
+        handoff.open("a", 30_000);
+        handoff.offer(&kept, 1);
+        handoff.offer(&gone, 1);
+        handoff.withdraw_others(&|id| *id == kept);
+        assert!(handoff.reserve(&gone, 0).is_none());
+        assert!(handoff.reserve(&kept, 0).is_some());
+    }
 }

@@ -136,6 +136,81 @@ async fn kill_9_during_delivery_loses_no_acknowledged_event() {
     let _ = restarted.wait();
 }
 
+/// The value of `hookrelay_deliveries_taken_total{via="…"}` in a `/metrics` text (0 when absent).
+fn taken(metrics: &str, via: &str) -> u64 {
+    let label = format!("via=\"{via}\"");
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("hookrelay_deliveries_taken_total") && line.contains(&label)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn events_accepted_while_the_worker_has_room_are_handed_over_without_a_claim() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    // Polling alone would find an event only after 30 s: each must arrive well before.
+    let vars = [
+        ("ZAPIER_WEBHOOK_URL", url.as_str()),
+        ("HOOKRELAY_POLL_INTERVAL_SECONDS", "30"),
+    ];
+    let (server, address) = start_server(dir.path(), &vars).await;
+    // Killed however the test ends: a server left running would hold the test's output open.
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = KillOnDrop(server);
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        http.get(format!("{address}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    };
+    // The worker offers room once its loop has gone round; until then ingest stores the
+    // delivery due and wakes it. Wait for the first event to arrive either way.
+    let post = |n: usize| {
+        let body = serde_json::to_vec(&usage_event(&format!("h{n}"))).expect("json");
+        let request = http
+            .post(format!("{address}/api/webhook/usage"))
+            .header("content-type", "application/json")
+            .body(body);
+        async move {
+            let response = request.send().await.expect("post");
+            assert_eq!(response.status(), 202);
+        }
+    };
+    post(0).await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    let before = metrics().await;
+    for n in 1..=20 {
+        post(n).await;
+        receiver.wait_for(n + 1, Duration::from_secs(5)).await;
+    }
+    let after = metrics().await;
+    assert_eq!(
+        taken(&after, "handoff") - taken(&before, "handoff"),
+        20,
+        "every event accepted with room free is handed over: {after}"
+    );
+    assert_eq!(
+        taken(&after, "claim"),
+        taken(&before, "claim"),
+        "none of them is claimed from the database"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly_with_exit_code_0() {
     let receiver = TestReceiver::start().await;

@@ -190,7 +190,10 @@ impl Worker {
                 }
             }
         }
-        flights.waiting.by_endpoint.retain(|_, queue| !queue.is_empty());
+        flights
+            .waiting
+            .by_endpoint
+            .retain(|_, queue| !queue.is_empty());
         flights.waiting.len = flights
             .waiting
             .by_endpoint
@@ -291,7 +294,9 @@ impl Worker {
                 flights.free(&endpoint);
             }
             if let Some(handoff) = &self.handoff {
-                flights.waiting.extend(handoff.take());
+                let handed = handoff.take();
+                crate::metrics::taken("handoff", handed.len());
+                flights.waiting.extend(handed);
             }
             if self.dispatch(&mut flights).await {
                 due = Due::Anything;
@@ -433,7 +438,11 @@ impl Worker {
             .into_values()
             .filter(|task| !task.answered.load(Ordering::SeqCst))
             .map(|task| (task.delivery, task.lease))
-            .chain(unsent.into_iter().map(|l| (l.delivery.id, l.delivery.lease)))
+            .chain(
+                unsent
+                    .into_iter()
+                    .map(|l| (l.delivery.id, l.delivery.lease)),
+            )
             .collect();
         if !leases.is_empty() {
             let count = leases.len();
