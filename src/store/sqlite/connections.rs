@@ -26,8 +26,22 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// A write: it runs on the writer's connection inside the group's transaction (or is handed the
-/// error that stopped the group) and returns what to do once the group is settled.
-pub(super) type Job = Box<dyn FnOnce(Result<&Connection, StoreError>) -> Finish + Send>;
+/// error that stopped the group) and returns what to do once the group is settled, and the
+/// error that spoils the whole group if it failed halfway without a savepoint to undo it.
+pub(super) type Job =
+    Box<dyn FnOnce(Result<&Connection, StoreError>) -> (Finish, Option<StoreError>) + Send>;
+
+/// Whether a write runs in a savepoint of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isolation {
+    /// Its failure undoes only its own writes; the rest of the group commits.
+    Savepoint,
+    /// Cheaper (a savepoint copies every page the write touches first, 15% of ingest's
+    /// instructions): for writes that check what could refuse them before writing anything,
+    /// so they fail halfway only on a database error. If one does, the whole group is rolled
+    /// back and every write in it answered with the error; nothing half-written commits.
+    Bare,
+}
 
 /// Idle read connections, opened on demand.
 pub(super) struct ReaderPool {
@@ -119,13 +133,16 @@ pub(super) fn writer_loop(conn: Connection, mut jobs: mpsc::Receiver<Job>, wal: 
         let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
         for job in batch.drain(..) {
             match &lost {
-                Some(error) => finishes.push(job(Err(error.clone()))),
+                Some(error) => finishes.push(job(Err(error.clone())).0),
                 None => {
-                    finishes.push(job(Ok(&conn)));
+                    let (finish, spoiled) = job(Ok(&conn));
+                    finishes.push(finish);
                     if conn.is_autocommit() {
                         lost = Some(StoreError::database(
                             "the database rolled the transaction back; nothing in it was stored",
                         ));
+                    } else if spoiled.is_some() {
+                        lost = spoiled;
                     }
                 }
             }
@@ -254,16 +271,46 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         C: FnOnce(&mut T) + Send + 'static,
     {
+        self.write_isolated(Isolation::Savepoint, work, committed)
+            .await
+    }
+
+    /// [`SqliteStore::write_then`] with the given isolation from the rest of its group.
+    pub(super) async fn write_isolated<T, F, C>(
+        &self,
+        isolation: Isolation,
+        work: F,
+        committed: C,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        C: FnOnce(&mut T) + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = conn.and_then(|conn| in_savepoint(conn, work));
-            Box::new(move |settled| {
+            let mut spoiled = None;
+            let result = conn.and_then(|conn| match isolation {
+                Isolation::Savepoint => in_savepoint(conn, work),
+                Isolation::Bare => {
+                    let before = conn.total_changes();
+                    let result = work(conn);
+                    if let Err(e) = &result
+                        && conn.total_changes() != before
+                    {
+                        spoiled = Some(e.clone());
+                    }
+                    result
+                }
+            });
+            let finish: Finish = Box::new(move |settled| {
                 let mut result = settled.and(result);
                 if let Ok(value) = &mut result {
                     committed(value);
                 }
                 let _ = reply.send(result);
-            })
+            });
+            (finish, spoiled)
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, aggregates::aggregate};
+use super::{SqliteStore, aggregates::aggregate, connections::Isolation};
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
     store::{
@@ -24,7 +24,20 @@ impl SqliteStore {
         events: Vec<NewEvent>,
     ) -> Result<Vec<Ingested>, StoreError> {
         let handoff = Arc::clone(&self.handoff);
-        let stored = self.write_then(move |conn| {
+        // Only a message id or an idempotency key can refuse a job after it has written
+        // something; without them everything that could refuse it is checked first.
+        let isolation = if message.is_some() || events.iter().any(|e| e.idempotency_key.is_some()) {
+            Isolation::Savepoint
+        } else {
+            Isolation::Bare
+        };
+        let stored = self.write_isolated(isolation, move |conn| {
+            if isolation == Isolation::Bare {
+                let mut ids = std::collections::HashSet::with_capacity(events.len());
+                if !events.iter().all(|e| ids.insert(e.id.as_str())) {
+                    return Err(StoreError::database("two events of one request share an id"));
+                }
+            }
             if let Some((message, now_ms)) = &message {
                 // Refused before anything is written; the job's savepoint undoes nothing else.
                 record_message(conn, message, *now_ms)?;

@@ -97,6 +97,11 @@ const MIGRATIONS: &[Migration] = &[
         "request_fingerprint",
         include_str!("../../../migrations/sqlite/0011_request_fingerprint.sql"),
     ),
+    (
+        12,
+        "status_check",
+        include_str!("../../../migrations/sqlite/0012_status_check.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -139,13 +144,21 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     )?;
     let pending = pending_migrations(MIGRATIONS, current)?;
     let now = crate::clock::Clock::now_ms(&crate::clock::SystemClock);
+    let mut applied = false;
     for (version, name, sql) in pending {
+        applied = true;
         tx.execute_batch(sql)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
             params![version, name, now],
         )?;
         tracing::info!(version, name, "applied database migration");
+    }
+    if applied {
+        // A migration may rewrite a definition in place (0012): a new schema version makes
+        // every connection, this one included, read the definitions afresh.
+        let version: i64 = tx.query_row("PRAGMA schema_version", [], |row| row.get(0))?;
+        tx.execute_batch(&format!("PRAGMA schema_version = {}", version + 1))?;
     }
     tx.commit()?;
     Ok(())
@@ -224,3 +237,47 @@ super::delegate::delegate_store!(SqliteStore {
         Some(Arc::clone(&self.handoff))
     }
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan of `sql` on `conn`: its opcodes.
+    fn opcodes(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+        explain
+            .query_map(["pending"], |row| row.get::<_, String>(1))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("opcodes")
+    }
+
+    #[tokio::test]
+    async fn the_delivery_status_is_still_checked_without_a_temporary_table() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("hookrelay.db");
+        let store = SqliteStore::open(&path, SqliteSync::Normal)
+            .await
+            .expect("open");
+        drop(store);
+        let conn = open_connection(&path, SqliteSync::Normal).expect("connection");
+        let insert = "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at,
+                          created_at, updated_at) VALUES ('d', 'e', 'ep', ?1, 0, 0, 0)";
+        assert!(
+            !opcodes(&conn, insert)
+                .iter()
+                .any(|op| op == "OpenEphemeral"),
+            "the check builds no temporary table"
+        );
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             INSERT INTO events (id, event_type, payload, created_at) VALUES ('e', 't', x'', 0)",
+        )
+        .expect("event");
+        conn.execute(insert, ["pending"]).expect("a valid status");
+        let refused = conn
+            .execute("UPDATE deliveries SET status = 'lost' WHERE id = 'd'", [])
+            .expect_err("an invalid status");
+        assert!(refused.to_string().contains("CHECK"), "{refused}");
+    }
+}

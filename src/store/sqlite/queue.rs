@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use rusqlite::params;
 
-use super::{SqliteStore, aggregates::aggregate};
+use super::{SqliteStore, aggregates::aggregate, connections::Isolation};
 use crate::{
     domain::{DeliveryId, EndpointId, EventId, EventType},
     store::{
@@ -23,7 +23,8 @@ impl SqliteStore {
         wanted: Vec<(EndpointId, usize)>,
         retried_only: bool,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        self.write(move |conn| {
+        // Fails only on a database error: no savepoint (see `Isolation::Bare`).
+        self.write_isolated(Isolation::Bare, move |conn| {
             let token = LeaseToken(rand::random::<i64>());
             let mut claim = conn.prepare_cached(
                 "UPDATE deliveries SET lease_token = ?1, next_attempt_at = ?2, updated_at = ?3, claimed_by = ?6
@@ -87,7 +88,7 @@ impl SqliteStore {
                 }
             }
             Ok(claimed)
-        })
+        }, |_| {})
         .await
     }
 
@@ -98,7 +99,8 @@ impl SqliteStore {
         health: Vec<HealthUpdate>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.write(move |conn| {
+        // Fails only on a database error: no savepoint (see `Isolation::Bare`).
+        self.write_isolated(Isolation::Bare, move |conn| {
             let mut insert = conn.prepare_cached(
                 // A delivery removed meanwhile (its endpoint deleted) has nothing to log against.
                 "INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, status_code,
@@ -172,7 +174,7 @@ impl SqliteStore {
             // Last, so a failure above (which undoes this job) leaves no counts behind.
             aggregate(|a| a.add_rollup(now_ms.div_euclid(60_000), &rollup));
             Ok(())
-        })
+        }, |_| {})
         .await
     }
 
