@@ -99,6 +99,10 @@ struct Args {
     /// hookrelay processes sharing the database; load is spread over their APIs.
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// Endpoints every event goes to: the default one and this many less one more, all at the
+    /// bench's receiver (flat, steady, backlog). Rates and CPU are then per delivery.
+    #[arg(long, default_value_t = 1)]
+    fanout: u64,
 }
 
 /// Where a run keeps its data: the SQLite file in the run's directory, or a fresh schema.
@@ -184,6 +188,7 @@ struct Receiver {
 
 async fn receive(
     State(receiver): State<Arc<Receiver>>,
+    uri: axum::http::Uri,
     body: Bytes,
 ) -> (StatusCode, [(&'static str, &'static str); 1]) {
     receiver.requests.fetch_add(1, Ordering::SeqCst);
@@ -224,7 +229,12 @@ async fn receive(
         receiver.failed.fetch_add(1, Ordering::SeqCst);
         return (StatusCode::INTERNAL_SERVER_ERROR, [("x-bench", "poison")]);
     }
-    let id = payload["event_id"].as_str().unwrap_or_default().to_owned();
+    // One delivery per endpoint (path) and event.
+    let id = format!(
+        "{} {}",
+        uri.path(),
+        payload["event_id"].as_str().unwrap_or_default()
+    );
     let seen_before = receiver
         .seen
         .lock()
@@ -262,6 +272,7 @@ async fn start_receiver(receiver: Receiver) -> anyhow::Result<(Arc<Receiver>, St
     let url = format!("http://{}/hook", listener.local_addr()?);
     let app = Router::new()
         .route("/hook", post(receive))
+        .route("/hook/{endpoint}", post(receive))
         .with_state(Arc::clone(&receiver));
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((receiver, url))
@@ -678,6 +689,22 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         tokio::time::sleep(Duration::from_millis(1500)).await;
         slow = Some(slow_receiver);
     }
+    if args.fanout > 1 {
+        for n in 1..args.fanout {
+            let mut command = Command::new(&binary);
+            server_env(&mut command, dir.path(), &receiver_url, database, scenario);
+            let url = format!("{receiver_url}/{n}");
+            let added = command.args(["endpoints", "add", "--url", &url]).output()?;
+            if !added.status.success() {
+                bail!(
+                    "adding endpoint {n} failed: {}",
+                    String::from_utf8_lossy(&added.stderr)
+                );
+            }
+        }
+        // The server re-reads endpoints every poll interval.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     let urls: Vec<String> = servers
         .iter()
         .map(|s| format!("{}/api/webhook/usage", s.address))
@@ -694,8 +721,8 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
     };
     let started = Instant::now();
     let ingest = drive(&urls, total, args.concurrency, rate, false).await?;
-    let delivered_at =
-        wait_delivered(&receiver, total + backlog, Duration::from_secs(3600)).await?;
+    let deliveries = total * args.fanout.max(1) + backlog;
+    let delivered_at = wait_delivered(&receiver, deliveries, Duration::from_secs(3600)).await?;
     let (cpu_after, peak_mib) = usage();
     let title = match scenario {
         Scenario::Steady => format!("steady: {} events/s for {} s", args.rate, args.duration),
@@ -718,6 +745,10 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         | Scenario::SignatureFlood
         | Scenario::All => unreachable!(),
     };
+    let title = match args.fanout {
+        0 | 1 => title,
+        n => format!("{title}; {n} endpoints per event (rates and CPU per delivery)"),
+    };
     let title = match args.receiver_limit {
         Some(limit) => format!("{title}; receiver allows {limit}/s"),
         None => title,
@@ -729,7 +760,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
     report(
         &title,
         total,
-        total + backlog,
+        deliveries,
         ingest,
         delivered_at - started,
         &receiver,
