@@ -26,7 +26,10 @@ use std::{
 use tokio::{sync::Notify, task::JoinSet};
 use tracing::{info, warn};
 
-use self::{runtime::EndpointRuntime, scheduler::Slot};
+use self::{
+    runtime::EndpointRuntime,
+    scheduler::{Recorder, Slot},
+};
 use super::{
     HttpSender, Target,
     attempt::{Spent, decide, prepare, send},
@@ -388,17 +391,20 @@ impl Worker {
 
     /// Attempts one claimed delivery and records the result with the endpoint's new health.
     pub async fn deliver(&self, delivery: ClaimedDelivery) -> Result<Outcome, StoreError> {
-        self.deliver_in_slot(delivery, None).await
+        self.deliver_in_slot(delivery, None, None).await
     }
 
     /// [`Worker::deliver`], dropping `slot` as soon as the receiver's answer is applied to the
     /// endpoint's in-memory state (or the delivery is released): the endpoint's concurrency
     /// limit counts requests to the receiver, not the database write that records the answer,
     /// so the next request need not wait for it.
+    /// With a `recorder`, the result is handed to it (recorded with others in one write)
+    /// instead of written here.
     async fn deliver_in_slot(
         &self,
         delivery: ClaimedDelivery,
         slot: Option<Slot>,
+        recorder: Option<&Recorder>,
     ) -> Result<Outcome, StoreError> {
         let now = self.clock.now_ms();
         let taken = self
@@ -461,9 +467,14 @@ impl Worker {
         };
         let outcome = Outcome::of(record.next);
         report(&delivery, &prepared.target.id, &record, outcome, now);
-        self.store
-            .record_attempts(vec![record], health.into_iter().collect(), now)
-            .await?;
+        match recorder {
+            Some(recorder) => recorder.record(record, health).await?,
+            None => {
+                self.store
+                    .record_attempts(vec![record], health.into_iter().collect(), now)
+                    .await?;
+            }
+        }
         Ok(outcome)
     }
 

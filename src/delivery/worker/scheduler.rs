@@ -19,16 +19,63 @@ use std::{
     time::Duration,
 };
 
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::Worker;
 use crate::{
-    clock::millis,
+    clock::{Clock, millis},
     domain::{DeliveryId, EndpointId},
-    store::{LeaseToken, Leased},
+    store::{AttemptRecord, HealthUpdate, LeaseToken, Leased, Store, StoreError},
 };
+
+/// Writes the results of answered attempts, as many at a time as arrived while the previous
+/// write was committing: one job for a round of results instead of one per attempt (each job
+/// is a hand-off to the writer and back). Bounded: when results arrive faster than they are
+/// written, attempt tasks wait to hand theirs over, and the cap on tasks holds claiming back.
+pub(super) struct Recorder {
+    results: tokio::sync::mpsc::Sender<(AttemptRecord, Option<HealthUpdate>)>,
+}
+
+/// Results written in one job, at most.
+const RECORD_BATCH: usize = 512;
+
+impl Recorder {
+    /// Starts the task that writes results to `store`; it ends once every sender is dropped
+    /// and what they sent is written.
+    fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        capacity: usize,
+    ) -> (Self, JoinHandle<()>) {
+        let (results, mut incoming) = tokio::sync::mpsc::channel(capacity.max(1));
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(RECORD_BATCH);
+            while incoming.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+                let (records, health): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+                let count = records.len();
+                let health = health.into_iter().flatten().collect();
+                if let Err(e) = store.record_attempts(records, health, clock.now_ms()).await {
+                    error!(error = %e, count, "recording delivery attempts failed; their leases will expire and they will be retried");
+                }
+            }
+        });
+        (Self { results }, writer)
+    }
+
+    /// Hands one result over; waits while the recorder is full.
+    pub(super) async fn record(
+        &self,
+        record: AttemptRecord,
+        health: Option<HealthUpdate>,
+    ) -> Result<(), StoreError> {
+        self.results
+            .send((record, health))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+}
 
 /// Bookkeeping for one attempt running in the production loop.
 struct InFlight {
@@ -120,6 +167,7 @@ struct Flights {
     waiting: Waiting,
     /// Recording tasks are capped too, so a slow database holds claiming back.
     max_tasks: usize,
+    recorder: Arc<Recorder>,
 }
 
 impl Flights {
@@ -229,8 +277,12 @@ impl Worker {
         };
         let record_id = delivery.id.clone();
         let lease = delivery.lease;
+        let recorder = Arc::clone(&flights.recorder);
         let handle = flights.tasks.spawn(async move {
-            if let Err(e) = worker.deliver_in_slot(delivery, Some(slot)).await {
+            if let Err(e) = worker
+                .deliver_in_slot(delivery, Some(slot), Some(&recorder))
+                .await
+            {
                 error!(error = %e, "recording a delivery attempt failed; the lease will expire and it will be retried");
             }
         });
@@ -266,6 +318,9 @@ impl Worker {
             info!("ENABLE_WEBHOOK=false: events are stored and sent once it is true again");
         }
         let (freed, mut slots_freed) = tokio::sync::mpsc::unbounded_channel::<EndpointId>();
+        let max_tasks = self.settings.concurrency * RECORDING_FACTOR;
+        let (recorder, recording) =
+            Recorder::start(Arc::clone(&self.store), Arc::clone(&self.clock), max_tasks);
         // Whether the database may hold deliveries due now that the loop has not claimed: after
         // a wake-up (ingest left some unleased, a replay, another process), when the wait for
         // the next due time ends, after a claim that got all it asked for and after putting
@@ -273,12 +328,13 @@ impl Worker {
         let mut due = Due::Anything;
         let mut drained = std::collections::HashSet::new();
         let mut flights = Flights {
+            recorder: Arc::new(recorder),
             tasks: JoinSet::new(),
             in_flight: HashMap::new(),
             per_endpoint: HashMap::new(),
             freed,
             waiting: Waiting::default(),
-            max_tasks: self.settings.concurrency * RECORDING_FACTOR,
+            max_tasks,
         };
 
         while !shutdown.is_cancelled() {
@@ -412,23 +468,30 @@ impl Worker {
                     task.abort.abort();
                 }
             }
-            let recording = tokio::time::sleep(RECORD_GRACE);
-            tokio::pin!(recording);
+            let grace = tokio::time::sleep(RECORD_GRACE);
+            tokio::pin!(grace);
             loop {
                 tokio::select! {
                     joined = tasks.join_next_with_id() => match joined {
-                        // A task that completed has recorded its result.
+                        // A task that completed has handed its result to the recorder.
                         Some(Ok((id, ()))) => finished(id, &mut in_flight),
                         Some(Err(_)) => {}
                         None => break,
                     },
-                    () = &mut recording => {
+                    () = &mut grace => {
                         tasks.abort_all();
                         while tasks.join_next().await.is_some() {}
                         break;
                     }
                 }
             }
+        }
+        // Every task has ended: the recorder writes what it was handed, then stops.
+        drop(flights.recorder);
+        if tokio::time::timeout(RECORD_GRACE, recording).await.is_err() {
+            warn!(
+                "results still unrecorded at shutdown; those deliveries return when their lease expires"
+            );
         }
         // Ingest groups that reserved before the handoff closed may have committed since.
         if let Some(handoff) = &self.handoff {
