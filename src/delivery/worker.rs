@@ -101,6 +101,9 @@ pub struct Worker {
     rank: AtomicUsize,
     /// Where ingest hands this process's worker deliveries it stored leased to it.
     handoff: Option<Arc<Handoff>>,
+    /// The earliest retry this worker scheduled since its loop last looked (unix ms; `i64::MAX`
+    /// for none): the loop claims again by then.
+    retry_due_ms: AtomicI64,
 }
 
 /// A worker that has not reported for this long no longer takes a share of an endpoint's
@@ -135,6 +138,7 @@ impl Worker {
     ) -> Self {
         Self {
             handoff: store.handoff(),
+            retry_due_ms: AtomicI64::new(i64::MAX),
             store,
             sender,
             clock,
@@ -378,12 +382,21 @@ impl Worker {
         handoff.open(&self.settings.instance, self.lease_ms());
         let share = self.endpoint_share();
         let runtimes = self.runtimes();
+        // What is handed over stays within what the worker may hold in all, less one round of
+        // slots kept for claims: endpoints served only by claims (rate-limited, slow, retries)
+        // are never starved by fast ones filling memory.
+        let on_their_way: usize = runtimes.keys().map(|id| handoff.reserved(id)).sum();
+        let mut budget = (self.total_depth() - self.settings.concurrency)
+            .saturating_sub(held.values().sum::<usize>() + on_their_way);
         for (id, runtime) in runtimes.iter() {
             let room = if self.config.delivery.enabled && runtime.depth(now) > 1 {
                 (share * runtime.depth(now)).saturating_sub(held.get(id).copied().unwrap_or(0))
             } else {
                 0
             };
+            let reserved = handoff.reserved(id);
+            let room = room.min(budget + reserved);
+            budget = budget.saturating_sub(room.saturating_sub(reserved));
             handoff.offer(id, room);
         }
         handoff.withdraw_others(&|id| runtimes.contains_key(id));
@@ -466,6 +479,9 @@ impl Worker {
             latency_ms: now - delivery.event_created_at_ms,
         };
         let outcome = Outcome::of(record.next);
+        if let NextState::RetryAt(at) | NextState::Throttled(at) = record.next {
+            self.retry_due_ms.fetch_min(at, Ordering::Relaxed);
+        }
         report(&delivery, &prepared.target.id, &record, outcome, now);
         match recorder {
             Some(recorder) => recorder.record(record, health).await?,

@@ -41,6 +41,13 @@ pub(super) struct Recorder {
 /// Results written in one job, at most.
 const RECORD_BATCH: usize = 512;
 
+/// Pauses before writing a failed batch of results again (its length: the tries).
+const RECORD_RETRIES: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::ZERO,
+];
+
 impl Recorder {
     /// Starts the task that writes results to `store`; it ends once every sender is dropped
     /// and what they sent is written.
@@ -54,10 +61,23 @@ impl Recorder {
             let mut batch = Vec::with_capacity(RECORD_BATCH);
             while incoming.recv_many(&mut batch, RECORD_BATCH).await > 0 {
                 let (records, health): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                let count = records.len();
-                let health = health.into_iter().flatten().collect();
-                if let Err(e) = store.record_attempts(records, health, clock.now_ms()).await {
-                    error!(error = %e, count, "recording delivery attempts failed; their leases will expire and they will be retried");
+                let health: Vec<_> = health.into_iter().flatten().collect();
+                // A failed write committed nothing (its whole group is undone): trying it again
+                // is safe, and spares answered deliveries a second send when their leases lapse.
+                for (attempt, pause) in RECORD_RETRIES.iter().enumerate() {
+                    let written = store
+                        .record_attempts(records.clone(), health.clone(), clock.now_ms())
+                        .await;
+                    match written {
+                        Ok(()) => break,
+                        Err(e) if attempt + 1 < RECORD_RETRIES.len() => {
+                            warn!(error = %e, count = records.len(), "recording delivery attempts failed; trying again");
+                            tokio::time::sleep(*pause).await;
+                        }
+                        Err(e) => {
+                            error!(error = %e, count = records.len(), "recording delivery attempts failed; their leases will expire and they will be sent again");
+                        }
+                    }
                 }
             }
         });
@@ -93,10 +113,6 @@ const RECORDING_FACTOR: usize = 4;
 /// How long a worker woken by new work waits before claiming while other workers share the
 /// queue (see the loop).
 const SHARED_QUEUE_LINGER: Duration = Duration::from_millis(5);
-
-/// A delivery waiting in memory is sent only with this much of its lease left beyond the
-/// endpoint's timeout (for recording its result); otherwise it goes back to the queue.
-const RECORD_MARGIN_MS: i64 = 5_000;
 
 /// How long shutdown waits, after the grace period, for answered attempts to be recorded.
 /// Their leases are not released: releasing could overtake the record and send them again.
@@ -222,7 +238,11 @@ impl Worker {
                         release.extend(queue.drain(..));
                         break;
                     }
-                    if front.until_ms - now < millis(runtime.target.timeout) + RECORD_MARGIN_MS {
+                    // Sent only with twice the timeout left of its lease (a lease is twice the
+                    // timeout and 5 s): after the longest request, as long again remains to
+                    // record the answer, so a slow write cannot let the lease lapse and the
+                    // delivery go out a second time. It waits a few seconds at most.
+                    if front.until_ms - now < 2 * millis(runtime.target.timeout) {
                         release.extend(queue.pop_front());
                         continue;
                     }
@@ -327,6 +347,11 @@ impl Worker {
         // deliveries back. Not when ingest handed deliveries over: only memory changed.
         let mut due = Due::Anything;
         let mut drained = std::collections::HashSet::new();
+        // When the loop asks the database again whatever happens meanwhile: the next due time
+        // it read (a retry, a paused or open endpoint, another process's work), at most one
+        // poll interval ahead. A deadline kept across passes, so that a stream of handed-over
+        // deliveries and freed slots cannot keep putting it off.
+        let mut check_at = tokio::time::Instant::now();
         let mut flights = Flights {
             recorder: Arc::new(recorder),
             tasks: JoinSet::new(),
@@ -340,6 +365,15 @@ impl Worker {
         while !shutdown.is_cancelled() {
             self.last_beat_ms
                 .store(self.clock.now_ms(), Ordering::Relaxed);
+            // Retries this worker scheduled itself are due by their time.
+            let retry_at = self.retry_due_ms.swap(i64::MAX, Ordering::Relaxed);
+            if retry_at != i64::MAX {
+                let delay = u64::try_from(retry_at - self.clock.now_ms()).unwrap_or(0);
+                check_at = check_at.min(tokio::time::Instant::now() + Duration::from_millis(delay));
+            }
+            if tokio::time::Instant::now() >= check_at {
+                due = Due::Anything;
+            }
             while let Some(joined) = flights.tasks.try_join_next_with_id() {
                 flights.finished(joined.map_or_else(|e| e.id(), |(id, ())| id));
             }
@@ -359,7 +393,8 @@ impl Worker {
             }
 
             let mut saturated = false;
-            if due != Due::Nothing {
+            let claimed_now = due != Due::Nothing;
+            if claimed_now {
                 // Recording tasks count against what may be claimed, so near their cap claims
                 // shrink.
                 let (held, total_held) = flights.held();
@@ -396,11 +431,14 @@ impl Worker {
 
             // At the cap only a finished recording makes room: wait for one (or a wake-up)
             // rather than asking the database when work is due.
-            let wait = if flights.tasks.len() >= flights.max_tasks {
-                self.settings.poll_interval
-            } else {
-                self.idle_wait(&flights.held().0).await
-            };
+            if claimed_now {
+                let wait = if flights.tasks.len() >= flights.max_tasks {
+                    self.settings.poll_interval
+                } else {
+                    self.idle_wait(&flights.held().0).await
+                };
+                check_at = tokio::time::Instant::now() + wait;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 // Handed over in memory: nothing new in the database.
@@ -428,7 +466,7 @@ impl Worker {
                 Some(joined) = flights.tasks.join_next_with_id(), if !flights.tasks.is_empty() => {
                     flights.finished(joined.map_or_else(|e| e.id(), |(id, ())| id));
                 }
-                () = tokio::time::sleep(wait) => due = Due::Anything,
+                () = tokio::time::sleep_until(check_at) => due = Due::Anything,
             }
         }
 
@@ -493,8 +531,13 @@ impl Worker {
                 "results still unrecorded at shutdown; those deliveries return when their lease expires"
             );
         }
-        // Ingest groups that reserved before the handoff closed may have committed since.
+        // Ingest groups that reserved before the handoff closed may still be committing: a write
+        // queued behind them (the writer takes writes in order) returns once they have, and
+        // have handed their deliveries over.
         if let Some(handoff) = &self.handoff {
+            if let Err(e) = self.store.release(Vec::new(), self.clock.now_ms()).await {
+                debug!(error = %e, "could not wait for ingest in progress");
+            }
             unsent.extend(handoff.close());
         }
         let leases: Vec<_> = in_flight

@@ -100,22 +100,15 @@ impl SqliteStore {
                     let id = DeliveryId::generate_at(event.created_at_ms);
                     let lease = handoff.reserve(endpoint, event.created_at_ms);
                     let (due_at, claimant) = match &lease {
-                        Some(lease) => (lease.until_ms, Some(lease.claimant.as_str())),
+                        Some(lease) => (lease.until_ms, Some(lease.claimant.clone())),
                         None => (event.created_at_ms, None),
                     };
-                    insert_delivery.execute(params![
-                        id.as_str(),
-                        event.id.as_str(),
-                        endpoint.as_str(),
-                        event.created_at_ms,
-                        due_at,
-                        claimant.map(|_| token.0),
-                        claimant,
-                    ])?;
+                    // Held before the row is written, so that a failure below (the job's
+                    // error drops `handed`) gives the reservation back.
                     if let Some(lease) = lease {
                         handed.push(
                             ClaimedDelivery {
-                                id,
+                                id: id.clone(),
                                 event_id: event.id.clone(),
                                 endpoint_id: endpoint.clone(),
                                 event_type: event.event_type.clone(),
@@ -130,6 +123,15 @@ impl SqliteStore {
                             lease.until_ms,
                         );
                     }
+                    insert_delivery.execute(params![
+                        id.as_str(),
+                        event.id.as_str(),
+                        endpoint.as_str(),
+                        event.created_at_ms,
+                        due_at,
+                        claimant.as_ref().map(|_| token.0),
+                        claimant,
+                    ])?;
                 }
                 if let Some(usage) = event.usage {
                     usages.push((usage, event.created_at_ms));
