@@ -12,7 +12,7 @@ use std::{
 use hookrelay::Relay;
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestReceiver, config, hookrelay, usage, usage_event};
+use crate::helpers::{Reply, TestReceiver, config, hookrelay, postgres_url, usage, usage_event};
 
 /// Starts `hookrelay serve` on a free port and returns it with its address.
 async fn start_server(dir: &Path, vars: &[(&str, &str)]) -> (Child, String) {
@@ -199,16 +199,18 @@ async fn events_accepted_while_the_worker_has_room_are_handed_over_without_a_cla
         receiver.wait_for(n + 1, Duration::from_secs(5)).await;
     }
     let after = metrics().await;
+    let handed = taken(&after, "handoff") - taken(&before, "handoff");
+    let claimed = taken(&after, "claim") - taken(&before, "claim");
+    if postgres_url().is_some() {
+        // PostgreSQL has no handoff yet: ingest wakes the worker, which claims each one.
+        assert_eq!((handed, claimed), (0, 20), "{after}");
+        return;
+    }
     assert_eq!(
-        taken(&after, "handoff") - taken(&before, "handoff"),
-        20,
+        handed, 20,
         "every event accepted with room free is handed over: {after}"
     );
-    assert_eq!(
-        taken(&after, "claim"),
-        taken(&before, "claim"),
-        "none of them is claimed from the database"
-    );
+    assert_eq!(claimed, 0, "none of them is claimed from the database");
 }
 
 #[tokio::test]

@@ -197,6 +197,21 @@ impl Flights {
         }
     }
 
+    /// Whether a slot freed for `endpoint` calls for a claim: not while deliveries for it wait
+    /// in memory (they refill the slot), nor when its last claim found nothing more due.
+    fn may_need_claim(
+        &self,
+        endpoint: &EndpointId,
+        drained: &std::collections::HashSet<EndpointId>,
+    ) -> bool {
+        !drained.contains(endpoint)
+            && self
+                .waiting
+                .by_endpoint
+                .get(endpoint)
+                .is_none_or(VecDeque::is_empty)
+    }
+
     fn busy(&self) -> usize {
         self.per_endpoint.values().sum()
     }
@@ -378,7 +393,7 @@ impl Worker {
                 flights.finished(joined.map_or_else(|e| e.id(), |(id, ())| id));
             }
             while let Ok(endpoint) = slots_freed.try_recv() {
-                if !drained.contains(&endpoint) {
+                if flights.may_need_claim(&endpoint, &drained) {
                     due = Due::Anything;
                 }
                 flights.free(&endpoint);
@@ -456,9 +471,7 @@ impl Worker {
                     }
                 }
                 Some(endpoint) = slots_freed.recv(), if flights.tasks.len() < flights.max_tasks => {
-                    // The slot is refilled from memory; the database only if the endpoint's
-                    // last claim left something due there.
-                    if !drained.contains(&endpoint) {
+                    if flights.may_need_claim(&endpoint, &drained) {
                         due = Due::Anything;
                     }
                     flights.free(&endpoint);

@@ -39,6 +39,7 @@ impl SqliteStore {
                 "SELECT event_type, payload, created_at, session_id FROM events WHERE id = ?1",
             )?;
             let mut claimed = Vec::new();
+            let mut events = std::collections::HashMap::new();
             for (endpoint, limit) in wanted.into_iter().filter(|(_, limit)| *limit > 0) {
                 let rows = claim
                     .query_map(
@@ -63,21 +64,28 @@ impl SqliteStore {
                     )?
                     .collect::<Result<Vec<_>, _>>()?;
                 for (id, event_id, attempts, total_attempts, throttled) in rows {
-                    let (event_type, payload, created_at, session_id) =
-                        event.query_row([&event_id], |row| {
-                            Ok((
-                                row.get::<_, String>(0)?,
-                                row.get::<_, Vec<u8>>(1)?,
-                                row.get::<_, i64>(2)?,
-                                row.get::<_, Option<String>>(3)?,
-                            ))
-                        })?;
+                    // An event fanned out to many endpoints is read once per claim.
+                    let (event_type, payload, created_at, session_id) = match events.get(&event_id) {
+                        Some(read) => Clone::clone(read),
+                        None => {
+                            let read = event.query_row([&event_id], |row| {
+                                Ok((
+                                    row.get::<_, String>(0)?,
+                                    Bytes::from(row.get::<_, Vec<u8>>(1)?),
+                                    row.get::<_, i64>(2)?,
+                                    row.get::<_, Option<String>>(3)?,
+                                ))
+                            })?;
+                            events.insert(event_id.clone(), read.clone());
+                            read
+                        }
+                    };
                     claimed.push(ClaimedDelivery {
                         id: DeliveryId::from_trusted(id),
                         event_id: EventId::from_trusted(event_id),
                         endpoint_id: endpoint.clone(),
                         event_type: EventType::from_trusted(event_type),
-                        payload: Bytes::from(payload),
+                        payload,
                         event_created_at_ms: created_at,
                         session_id,
                         attempts,
