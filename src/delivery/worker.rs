@@ -514,7 +514,17 @@ impl Worker {
     }
 
     /// How long an idle loop may sleep: until the earliest moment something could be claimed.
-    async fn idle_wait(&self, held: &HashMap<EndpointId, usize>) -> Duration {
+    ///
+    /// Asks the database only about endpoints whose next chance depends on time: those whose
+    /// last claim found nothing more due (`drained`: a retry may fall due), and those held back
+    /// by a pause, a circuit or a rate limit. An endpoint that may send freely and was simply
+    /// not asked (no room left) is claimed for when a slot frees: reading its due time one
+    /// endpoint at a time was a fifth of the server's CPU with 100 endpoints per event.
+    async fn idle_wait(
+        &self,
+        held: &HashMap<EndpointId, usize>,
+        drained: &std::collections::HashSet<EndpointId>,
+    ) -> Duration {
         let poll = self.settings.poll_interval;
         let now = self.clock.now_ms();
         let candidates: Vec<EndpointId> = self
@@ -523,6 +533,7 @@ impl Worker {
             .filter(|(id, r)| {
                 r.enabled
                     && held.get(*id).copied().unwrap_or(0) < self.endpoint_share() * r.depth(now)
+                    && (drained.contains(*id) || !r.flowing(now) || r.throttle.is_some())
             })
             .map(|(id, _)| id.clone())
             .collect();

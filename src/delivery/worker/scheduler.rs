@@ -450,7 +450,7 @@ impl Worker {
                 let wait = if flights.tasks.len() >= flights.max_tasks {
                     self.settings.poll_interval
                 } else {
-                    self.idle_wait(&flights.held().0).await
+                    self.idle_wait(&flights.held().0, &drained).await
                 };
                 check_at = tokio::time::Instant::now() + wait;
             }
