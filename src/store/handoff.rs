@@ -86,7 +86,15 @@ impl Handoff {
     /// The worker takes deliveries for `claimant`, each leased for `lease_ms` from when it is
     /// stored.
     pub fn open(&self, claimant: &str, lease_ms: i64) {
-        self.state().worker = Some((claimant.to_owned(), lease_ms));
+        let mut state = self.state();
+        // Called on every pass of the worker's loop: no new string while nothing changed.
+        if state
+            .worker
+            .as_ref()
+            .is_none_or(|(current, lease)| current != claimant || *lease != lease_ms)
+        {
+            state.worker = Some((claimant.to_owned(), lease_ms));
+        }
     }
 
     /// The worker takes no more deliveries; returns what is queued (to be released). Ingest
