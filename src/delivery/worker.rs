@@ -251,14 +251,15 @@ impl Worker {
             return Vec::new();
         }
         let mut free = self.total_depth().saturating_sub(total_held);
-        let share = self.endpoint_share();
         let mut wants = Vec::new();
-        for (id, runtime) in self.runtimes().iter() {
+        let runtimes = self.runtimes();
+        for (id, runtime) in runtimes.iter() {
             if free == 0 {
                 break;
             }
             let busy = held.get(id).copied().unwrap_or(0);
-            let Some(room) = runtime.room(busy, share * runtime.depth(now), now) else {
+            let cap = self.hold_cap(runtime, runtimes.len(), now);
+            let Some(room) = runtime.room(busy, cap, now) else {
                 continue;
             };
             let slots = room.slots.min(free);
@@ -270,6 +271,20 @@ impl Worker {
             });
         }
         wants
+    }
+
+    /// Deliveries the worker may hold for one endpoint of `endpoints` (in flight, waiting in
+    /// memory, handed over): its share of the concurrency cap, and for one that sends freely
+    /// ([`EndpointRuntime::depth`]) an even part of the memory beyond the total cap. Split
+    /// evenly, so a few endpoints cannot fill memory while others' due work waits: with 100
+    /// endpoints per event four of them held it all and the rest waited for the poll deadline.
+    fn hold_cap(&self, runtime: &EndpointRuntime, endpoints: usize, now: i64) -> usize {
+        let share = self.endpoint_share();
+        if runtime.depth(now) <= 1 {
+            return share;
+        }
+        let spare = (self.total_depth() - self.settings.concurrency) / endpoints.max(1);
+        share + (share * (runtime.depth(now) - 1)).min(spare)
     }
 
     /// Deliveries the worker may hold at once, over all endpoints: in flight, and as many
@@ -380,7 +395,6 @@ impl Worker {
     fn offer(&self, handoff: &Handoff, held: &HashMap<EndpointId, usize>) {
         let now = self.clock.now_ms();
         handoff.open(&self.settings.instance, self.lease_ms());
-        let share = self.endpoint_share();
         let runtimes = self.runtimes();
         // What is handed over stays within what the worker may hold in all, less one round of
         // slots kept for claims: endpoints served only by claims (rate-limited, slow, retries)
@@ -390,7 +404,8 @@ impl Worker {
             .saturating_sub(held.values().sum::<usize>() + on_their_way);
         for (id, runtime) in runtimes.iter() {
             let room = if self.config.delivery.enabled && runtime.depth(now) > 1 {
-                (share * runtime.depth(now)).saturating_sub(held.get(id).copied().unwrap_or(0))
+                self.hold_cap(runtime, runtimes.len(), now)
+                    .saturating_sub(held.get(id).copied().unwrap_or(0))
             } else {
                 0
             };
@@ -527,16 +542,19 @@ impl Worker {
     ) -> Duration {
         let poll = self.settings.poll_interval;
         let now = self.clock.now_ms();
-        let candidates: Vec<EndpointId> = self
-            .runtimes()
-            .iter()
-            .filter(|(id, r)| {
-                r.enabled
-                    && held.get(*id).copied().unwrap_or(0) < self.endpoint_share() * r.depth(now)
-                    && (drained.contains(*id) || !r.flowing(now) || r.throttle.is_some())
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
+        let candidates: Vec<EndpointId> = {
+            let runtimes = self.runtimes();
+            runtimes
+                .iter()
+                .filter(|(id, r)| {
+                    r.enabled
+                        && held.get(*id).copied().unwrap_or(0)
+                            < self.hold_cap(r, runtimes.len(), now)
+                        && (drained.contains(*id) || !r.flowing(now) || r.throttle.is_some())
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
         let total_held: usize = held.values().sum();
         // At the global cap nothing can be claimed: a completion (or ingest) wakes the loop.
         if candidates.is_empty()

@@ -79,6 +79,23 @@ impl TestSchema {
             .expect("count deliveries")
     }
 
+    /// Waits until `count` deliveries have `status`, failing after `within`: an answer reaches
+    /// the receiver before its result is written, and results are written in batches.
+    pub async fn wait_for_status(&self, status: &str, count: i64, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let seen = self.count_status(status).await;
+            if seen == count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{seen} deliveries {status}, expected {count}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The instance id holding the 'monitor' leader lease, and until when (unix ms).
     pub async fn monitor_leader(&self) -> Option<(String, i64)> {
         sqlx::query_as("SELECT holder, expires_at FROM leader_leases WHERE task = 'monitor'")
