@@ -9,6 +9,7 @@
 mod faults;
 mod flood;
 mod pgcost;
+mod targets;
 
 use std::{
     collections::HashMap,
@@ -27,6 +28,8 @@ use clap::{Parser, ValueEnum};
 use hookrelay::{Config, Relay, domain::UsageEvent};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::{net::TcpListener, task::JoinSet};
+
+use crate::targets::Verdict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
@@ -54,6 +57,9 @@ enum Scenario {
     SignatureFlood,
     /// Every scenario in turn.
     All,
+    /// The runs the performance targets are stated for (flat out, steady 1,000/s, library,
+    /// a million pending), each judged, with a summary of every target at the end.
+    Targets,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -551,7 +557,7 @@ fn report(
     receiver: &Receiver,
     cpu_s: f64,
     peak_mib: f64,
-) {
+) -> targets::Measured {
     let mut latencies = receiver
         .latencies_us
         .lock()
@@ -586,6 +592,14 @@ fn report(
         cpu_s / delivered as f64 * 1000.0,
         receiver.throttled.load(Ordering::SeqCst)
     );
+    targets::Measured {
+        ingest_per_s: total as f64 / ingest.as_secs_f64(),
+        delivered_per_s: delivered as f64 / delivered_after.as_secs_f64(),
+        p99_ms: percentile(&latencies, 0.99),
+        cpu_ms_per_delivery: cpu_s / delivered as f64 * 1000.0,
+        peak_mib,
+        repeats,
+    }
 }
 
 fn dead_letters(
@@ -610,20 +624,28 @@ fn dead_letters(
         .and_then(|v| v["total"].as_u64())
 }
 
-async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
+async fn http_scenario(args: &Args, scenario: Scenario) -> anyhow::Result<Vec<Verdict>> {
     let database = Database::for_run(args);
     let result = match scenario {
         Scenario::FlakyFirst | Scenario::Poison | Scenario::Outage => {
-            faults::fault_run(args, scenario, &database).await
+            faults::fault_run(args, scenario, &database)
+                .await
+                .map(|()| Vec::new())
         }
-        Scenario::SignatureFlood => flood::signature_flood(args, &database).await,
+        Scenario::SignatureFlood => flood::signature_flood(args, &database)
+            .await
+            .map(|()| Vec::new()),
         _ => http_run(args, scenario, &database).await,
     };
     database.drop().await;
     result
 }
 
-async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyhow::Result<()> {
+async fn http_run(
+    args: &Args,
+    scenario: Scenario,
+    database: &Database,
+) -> anyhow::Result<Vec<Verdict>> {
     if args.instances == 0 {
         bail!("--instances must be at least 1");
     }
@@ -743,7 +765,8 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         | Scenario::Outage
         | Scenario::Library
         | Scenario::SignatureFlood
-        | Scenario::All => unreachable!(),
+        | Scenario::All
+        | Scenario::Targets => unreachable!(),
     };
     let title = match args.fanout {
         0 | 1 => title,
@@ -757,7 +780,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         (Database::Sqlite, 1) => title,
         (database, n) => format!("{title} [{}, {n} instance(s)]", database.label()),
     };
-    report(
+    let measured = report(
         &title,
         total,
         deliveries,
@@ -787,7 +810,7 @@ async fn http_run(args: &Args, scenario: Scenario, database: &Database) -> anyho
         let after = pgcost::counters(settings.url.expose()).await?;
         pgcost::report(&before, &after, total + backlog);
     }
-    Ok(())
+    Ok(targets::judge_http(args, scenario, database, &measured))
 }
 
 /// Queues `count` events for the default endpoint while delivery is switched off.
@@ -825,14 +848,14 @@ async fn prefill(
     Ok(())
 }
 
-async fn library(args: &Args) -> anyhow::Result<()> {
+async fn library(args: &Args) -> anyhow::Result<Vec<Verdict>> {
     let database = Database::for_run(args);
     let result = library_run(args, &database).await;
     database.drop().await;
     result
 }
 
-async fn library_run(args: &Args, database: &Database) -> anyhow::Result<()> {
+async fn library_run(args: &Args, database: &Database) -> anyhow::Result<Vec<Verdict>> {
     let dir = tempfile::tempdir()?;
     let mut config = Config::with_data_dir(dir.path());
     database.configure(&mut config);
@@ -866,18 +889,27 @@ async fn library_run(args: &Args, database: &Database) -> anyhow::Result<()> {
         args.concurrency,
         database.label()
     );
+    let rate = args.events as f64 / elapsed.as_secs_f64();
     println!(
-        "ingest:    {:>9.0} events/s ({} events in {:.2} s)",
-        args.events as f64 / elapsed.as_secs_f64(),
+        "ingest:    {rate:>9.0} events/s ({} events in {:.2} s)",
         args.events,
         elapsed.as_secs_f64()
     );
-    Ok(())
+    Ok(targets::judge_library(args, database, rate))
 }
 
-async fn run(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
+async fn run(args: &Args, scenario: Scenario) -> anyhow::Result<Vec<Verdict>> {
     match scenario {
         Scenario::Library => library(args).await,
+        Scenario::Targets => {
+            let mut verdicts = Vec::new();
+            for run_args in targets::target_runs(args) {
+                verdicts.extend(Box::pin(run(&run_args, run_args.scenario)).await?);
+                println!();
+            }
+            targets::summary(&verdicts);
+            Ok(verdicts)
+        }
         Scenario::All => {
             for scenario in [
                 Scenario::Steady,
@@ -894,7 +926,7 @@ async fn run(args: &Args, scenario: Scenario) -> anyhow::Result<()> {
                 Box::pin(run(args, scenario)).await?;
                 println!();
             }
-            Ok(())
+            Ok(Vec::new())
         }
         http => http_scenario(args, http).await,
     }
@@ -905,5 +937,5 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(&args, args.scenario))
+    runtime.block_on(run(&args, args.scenario)).map(drop)
 }
