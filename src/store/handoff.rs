@@ -178,6 +178,19 @@ impl Handoff {
         self.unleased.swap(false, Ordering::AcqRel)
     }
 
+    /// Whether a worker takes deliveries and any endpoint has room: if not, every delivery
+    /// will be stored due, and a store can skip what only a leased one needs.
+    pub(crate) fn offering(&self) -> bool {
+        let state = self.state();
+        state.worker.is_some() && state.room.values().any(|room| room.open > 0)
+    }
+
+    /// Ingest stored a delivery due without asking for room (its endpoint's gate holds it):
+    /// [`Handoff::take_unleased`] says so, as after a refused [`Handoff::reserve`].
+    pub(crate) fn stored_due(&self) {
+        self.unleased.store(true, Ordering::Release);
+    }
+
     /// Reserves room for one delivery to `endpoint`, to be stored leased; `None` when the
     /// worker offered none (the delivery is stored due, and [`Handoff::take_unleased`] says
     /// so). The caller must [`Handoff::deliver`] or [`Handoff::unreserve`] it.

@@ -164,3 +164,93 @@ async fn three_instances_send_an_endpoint_that_is_down_one_probe_round_at_a_time
     assert_eq!(schema.count_status("dead").await, 0);
     let _keep: Arc<Vec<Instance>> = Arc::new(instances);
 }
+
+/// Deliveries taken by the worker without a claim, from an instance's `/metrics`.
+async fn handed_over(http: &reqwest::Client, instance: &Instance) -> u64 {
+    let metrics = http
+        .get(format!("{}/metrics", instance.address()))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("hookrelay_deliveries_taken_total") && line.contains("via=\"handoff\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_another_instance_saw_stops_deliveries_being_handed_over() {
+    let _turn = SERIAL.lock().await;
+    let Some(url) = postgres_url("a_pause_another_instance_saw_stops_deliveries_being_handed_over")
+    else {
+        return;
+    };
+    let schema = TestSchema::create(&url, "gate_handoff").await;
+    let receiver = Receiver::start(Duration::ZERO).await;
+    // The worker re-reads the gates only every 30 s: until then it still has room for the
+    // endpoint, and only ingest's own look at the gate keeps the pause.
+    let instance = Instance::start_with(
+        Role::All,
+        &schema,
+        &receiver,
+        &[("HOOKRELAY_POLL_INTERVAL_SECONDS", "30")],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    // Events go one at a time until one is handed over (the worker offers room once its
+    // loop has gone round).
+    let mut sent = 0;
+    poll_until(Duration::from_secs(20), "an event handed over", || {
+        sent += 1;
+        let (http, instance, receiver, n) = (&http, &instance, &receiver, sent);
+        async move {
+            post_usage(http, &instance.ingest_url(), n)
+                .await
+                .expect("accepted");
+            poll_until(Duration::from_secs(10), "the event to arrive", || async {
+                (receiver.arrived() >= n).then_some(())
+            })
+            .await;
+            (handed_over(http, instance).await > 0).then_some(())
+        }
+    })
+    .await;
+
+    // Another instance was told to back off (a 429 with Retry-After): it wrote the pause.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    sqlx::query("UPDATE endpoint_gates SET paused_until_ms = $1 WHERE endpoint_id = 'ep_default'")
+        .bind(now_ms + 600_000)
+        .execute(&schema.pool)
+        .await
+        .expect("pause the gate");
+    let mut paused = Vec::new();
+    for n in sent + 1..=sent + 5 {
+        let ack = post_usage(&http, &instance.ingest_url(), n)
+            .await
+            .expect("accepted");
+        paused.push(ack.id);
+    }
+    // Stored due, not leased to the worker: a claim skips them while the gate holds.
+    let (due, leased): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE lease_token IS NULL),
+                COUNT(*) FILTER (WHERE lease_token IS NOT NULL)
+         FROM deliveries WHERE event_id = ANY($1) AND status = 'pending'",
+    )
+    .bind(&paused)
+    .fetch_one(&schema.pool)
+    .await
+    .expect("read the deliveries");
+    assert_eq!(
+        (due, leased),
+        (5, 0),
+        "deliveries of events accepted during the pause"
+    );
+}

@@ -2,7 +2,7 @@
 //! with the fan-out list cached across groups.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -17,7 +17,9 @@ use super::{
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
     store::{
-        InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError, rows, shared,
+        ClaimedDelivery, Handoff, InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError,
+        handoff::{self, Handed},
+        rows, shared,
         tally::{Aggregates, Rollup},
     },
 };
@@ -46,24 +48,34 @@ impl PgStore {
 pub(super) fn start_committers(
     pool: &PgPool,
     work_queued: &Arc<Notify>,
+    handoff: &Arc<Handoff>,
 ) -> mpsc::Sender<Job<IngestJob, IngestAnswer>> {
     let destinations = Arc::new(DestinationCache::default());
     let (ingests, queue) = commit::queue();
     for _ in 0..COMMITTERS {
-        let (pool, cache, work_queued) = (
-            pool.clone(),
-            Arc::clone(&destinations),
-            Arc::clone(work_queued),
-        );
+        let committer = Committer {
+            pool: pool.clone(),
+            work_queued: Arc::clone(work_queued),
+            cache: Arc::clone(&destinations),
+            handoff: Arc::clone(handoff),
+        };
         tokio::spawn(group_commit(
             Arc::clone(&queue),
             |(_, events): &IngestJob| events.len().max(1),
-            async move |jobs: &[&IngestJob]| {
-                retrying(|| ingest_tx(&pool, &work_queued, &cache, jobs)).await
-            },
+            async move |jobs: &[&IngestJob]| retrying(|| ingest_tx(&committer, jobs)).await,
         ));
     }
     ingests
+}
+
+/// What a group committer of ingests works with.
+struct Committer {
+    pool: PgPool,
+    /// Notified when deliveries were stored due, for every instance's worker to claim.
+    work_queued: Arc<Notify>,
+    cache: Arc<DestinationCache>,
+    /// This process's worker, which takes deliveries leased in the ingest transaction.
+    handoff: Arc<Handoff>,
 }
 
 /// The enabled endpoints and their filters.
@@ -182,12 +194,36 @@ async fn record_messages(
     Ok(replayed)
 }
 
+/// The endpoints among `destinations` whose gate holds every instance at `now_ms` (a
+/// receiver's pause or a circuit not closed, as another instance may have seen): their
+/// deliveries are stored due, for a claim to skip until the gate opens, never handed over.
+async fn held_by_gates(
+    tx: &mut PgConnection,
+    destinations: &[(EndpointId, EventFilter)],
+    now_ms: i64,
+) -> Result<HashSet<String>, sqlx::Error> {
+    let ids: Vec<&str> = destinations.iter().map(|(id, _)| id.as_str()).collect();
+    sqlx::query_scalar(
+        "SELECT endpoint_id FROM endpoint_gates WHERE endpoint_id = ANY($1)
+             AND (paused_until_ms > $2 OR circuit <> 'closed')",
+    )
+    .bind(&ids)
+    .bind(now_ms)
+    .fetch_all(&mut *tx)
+    .await
+    .map(|held: Vec<String>| held.into_iter().collect())
+}
+
 async fn ingest_tx(
-    pool: &PgPool,
-    work_queued: &Notify,
-    cache: &DestinationCache,
+    committer: &Committer,
     jobs: &[&IngestJob],
 ) -> Result<Vec<IngestAnswer>, sqlx::Error> {
+    let Committer {
+        pool,
+        work_queued,
+        cache,
+        handoff,
+    } = committer;
     let mut tx = pool.begin().await?;
     // Keys first: a job refused for reusing one must not use up its message id (its sender
     // may send it again with a new key), as on SQLite, where its savepoint undoes both.
@@ -212,6 +248,14 @@ async fn ingest_tx(
     // Fan-out is decided in the transaction that stores the events, so an event goes to
     // exactly the endpoints enabled when it was stored.
     let destinations = destinations(&mut tx, cache).await?;
+    let now_ms = events.iter().map(|e| e.created_at_ms).max().unwrap_or(0);
+    // Read only when the worker has room for something: the common case under load, and one
+    // statement per group, never per event.
+    let held = if handoff.offering() {
+        held_by_gates(&mut tx, &destinations, now_ms).await?
+    } else {
+        HashSet::new()
+    };
     let mut ids = Vec::with_capacity(events.len());
     let mut types = Vec::with_capacity(events.len());
     let mut sessions = Vec::with_capacity(events.len());
@@ -249,7 +293,7 @@ async fn ingest_tx(
     .bind(&fingerprints)
     .fetch_all(&mut *tx)
     .await?;
-    let stored: std::collections::HashSet<String> = stored.into_iter().collect();
+    let stored: HashSet<String> = stored.into_iter().collect();
     let skipped_keys: Vec<String> = events
         .iter()
         .filter(|e| !stored.contains(e.id.as_str()))
@@ -270,6 +314,14 @@ async fn ingest_tx(
     let mut delivery_events = Vec::new();
     let mut delivery_endpoints = Vec::new();
     let mut delivery_times = Vec::new();
+    // A delivery handed to this process's worker is stored leased to it (due again when the
+    // lease ends, then claimed like any other); any other is due at once.
+    let mut delivery_due = Vec::new();
+    let mut delivery_tokens: Vec<Option<i64>> = Vec::new();
+    let mut delivery_claimants: Vec<Option<String>> = Vec::new();
+    let mut handed = Handed::new(Arc::clone(handoff));
+    let token = handoff::token();
+    let mut stored_due = false;
     let mut outcomes = Vec::with_capacity(events.len());
     let mut aggregates = Aggregates::default();
     for event in events {
@@ -301,14 +353,48 @@ async fn ingest_tx(
         // Each id carries the event's acceptance time (`DeliveryId::generate_at`), so a time
         // range of deliveries is a range of the primary key.
         for (endpoint, _) in matching {
-            delivery_ids.push(
-                DeliveryId::generate_at(event.created_at_ms)
-                    .as_str()
-                    .to_owned(),
-            );
+            let id = DeliveryId::generate_at(event.created_at_ms);
+            let lease = if held.contains(endpoint.as_str()) {
+                handoff.stored_due();
+                None
+            } else {
+                handoff.reserve(endpoint, event.created_at_ms)
+            };
+            delivery_ids.push(id.as_str().to_owned());
             delivery_events.push(event.id.as_str().to_owned());
             delivery_endpoints.push(endpoint.as_str().to_owned());
             delivery_times.push(event.created_at_ms);
+            match lease {
+                // Held before the row is written, so that a failure below (the try's error
+                // drops `handed`) gives the reservation back.
+                Some(lease) => {
+                    delivery_due.push(lease.until_ms);
+                    delivery_tokens.push(Some(token.0));
+                    delivery_claimants.push(Some(lease.claimant));
+                    handed.push(
+                        ClaimedDelivery {
+                            id,
+                            event_id: event.id.clone(),
+                            endpoint_id: endpoint.clone(),
+                            event_type: event.event_type.clone(),
+                            payload: event.payload.clone(),
+                            event_created_at_ms: event.created_at_ms,
+                            session_id: event.session_id.clone(),
+                            attempts: 0,
+                            total_attempts: 0,
+                            throttled: 0,
+                            lease: token,
+                        },
+                        lease.until_ms,
+                    );
+                }
+                None => {
+                    stored_due = true;
+                    delivery_due.push(event.created_at_ms);
+                    delivery_tokens.push(None);
+                    delivery_claimants.push(None);
+                }
+            }
         }
         aggregates.add_rollup(
             minute,
@@ -327,20 +413,27 @@ async fn ingest_tx(
     }
     if !delivery_ids.is_empty() {
         sqlx::query(
-            "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
-             SELECT id, event_id, endpoint_id, 'pending', at, at, at
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[]) AS d(id, event_id, endpoint_id, at)",
+            "INSERT INTO deliveries (id, event_id, endpoint_id, status, next_attempt_at, created_at,
+                 updated_at, lease_token, claimed_by)
+             SELECT id, event_id, endpoint_id, 'pending', due, at, at, token, claimant
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+                 $7::text[]) AS d(id, event_id, endpoint_id, at, due, token, claimant)",
         )
         .bind(&delivery_ids)
         .bind(&delivery_events)
         .bind(&delivery_endpoints)
         .bind(&delivery_times)
+        .bind(&delivery_due)
+        .bind(&delivery_tokens)
+        .bind(&delivery_claimants)
         .execute(&mut *tx)
         .await?;
     }
     write_aggregates(&mut tx, aggregates).await?;
     tx.commit().await?;
-    if !delivery_ids.is_empty() {
+    handed.commit();
+    // Leased deliveries are this worker's; only those stored due are every instance's news.
+    if stored_due {
         work_queued.notify_one();
     }
     // Each job's share of the outcomes, in order; replays get their refusal.

@@ -106,6 +106,7 @@ pub struct PgStore {
     schema: String,
     ingests: mpsc::Sender<Job<ingest::IngestJob, Result<Vec<Ingested>, StoreError>>>,
     results: mpsc::Sender<Job<Results, ()>>,
+    handoff: Arc<crate::store::Handoff>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -209,13 +210,15 @@ impl PgStore {
             settings.schema.clone(),
             Arc::clone(&work_queued),
         ));
-        let ingests = ingest::start_committers(&pool, &work_queued);
+        let handoff = crate::store::Handoff::new();
+        let ingests = ingest::start_committers(&pool, &work_queued, &handoff);
         let results = queue::start_committers(&pool);
         Ok(Self {
             pool,
             schema: settings.schema.clone(),
             ingests,
             results,
+            handoff,
         })
     }
 
@@ -257,6 +260,10 @@ impl PgStore {
 // Rust allows one `impl Store` per type, and it cannot be spread over files: it only delegates
 // to the inherent methods each concern's file defines (see `delegate_store!`).
 super::delegate::delegate_store!(PgStore {
+    fn handoff(&self) -> Option<Arc<crate::store::Handoff>> {
+        Some(Arc::clone(&self.handoff))
+    }
+
     async fn watch_work(&self, wake: Arc<Notify>) {
         self.forward_work_to(wake).await
     }
