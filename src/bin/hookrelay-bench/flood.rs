@@ -26,10 +26,10 @@ pub(crate) async fn signature_flood(args: &Args, database: &Database) -> anyhow:
 
     let dir = tempfile::tempdir()?;
     let server = start_server(
+        args,
         &server_binary(args)?,
         dir.path(),
         "http://127.0.0.1:9/",
-        None,
         database,
         Scenario::SignatureFlood,
     )?;

@@ -109,6 +109,10 @@ struct Args {
     /// bench's receiver (flat, steady, backlog). Rates and CPU are then per delivery.
     #[arg(long, default_value_t = 1)]
     fanout: u64,
+    /// Acceptance alone (flat): the server runs `--role api`, so nothing is delivered and the
+    /// run measures what ingest takes when it has the machine to itself.
+    #[arg(long)]
+    ingest_only: bool,
 }
 
 /// Where a run keeps its data: the SQLite file in the run's directory, or a fresh schema.
@@ -406,21 +410,26 @@ fn server_env(
 }
 
 fn start_server(
+    args: &Args,
     binary: &Path,
     dir: &Path,
     receiver_url: &str,
-    endpoint_concurrency: Option<usize>,
     database: &Database,
     scenario: Scenario,
 ) -> anyhow::Result<Server> {
     use std::io::{BufRead, BufReader};
     let mut command = Command::new(binary);
     server_env(&mut command, dir, receiver_url, database, scenario);
-    if let Some(n) = endpoint_concurrency {
+    if let Some(n) = args.endpoint_concurrency {
         command.env("HOOKRELAY_ENDPOINT_CONCURRENCY", n.to_string());
     }
+    if args.ingest_only {
+        command.args(["serve", "--role", "api"]);
+    } else {
+        command.arg("serve");
+    }
     let mut child = command
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -450,16 +459,7 @@ fn start_servers(
     scenario: Scenario,
 ) -> anyhow::Result<Vec<Server>> {
     (0..args.instances.max(1))
-        .map(|_| {
-            start_server(
-                binary,
-                dir,
-                receiver_url,
-                args.endpoint_concurrency,
-                database,
-                scenario,
-            )
-        })
+        .map(|_| start_server(args, binary, dir, receiver_url, database, scenario))
         .collect()
 }
 
@@ -743,6 +743,28 @@ async fn http_run(
     };
     let started = Instant::now();
     let ingest = drive(&urls, total, args.concurrency, rate, false).await?;
+    if args.ingest_only {
+        let (cpu_after, peak_mib) = usage();
+        let accepted = targets::Accepted {
+            per_s: total as f64 / ingest.as_secs_f64(),
+            cpu_ms_per_event: (cpu_after - cpu_before) / total as f64 * 1000.0,
+        };
+        println!(
+            "== accepted alone, nothing delivered (--role api): {} clients [{}]",
+            args.concurrency,
+            database.label()
+        );
+        println!(
+            "ingest:    {:>9.0} events/s ({total} events in {:.2} s)",
+            accepted.per_s,
+            ingest.as_secs_f64()
+        );
+        println!(
+            "server:    {:.3} CPU-s per 1,000 events, peak RSS {peak_mib:.1} MiB",
+            accepted.cpu_ms_per_event
+        );
+        return Ok(targets::judge_ingest_only(args, database, &accepted));
+    }
     let deliveries = total * args.fanout.max(1) + backlog;
     let delivered_at = wait_delivered(&receiver, deliveries, Duration::from_secs(3600)).await?;
     let (cpu_after, peak_mib) = usage();

@@ -18,6 +18,12 @@ pub(crate) struct Measured {
     pub repeats: u32,
 }
 
+/// What a run with `--ingest-only` measured.
+pub(crate) struct Accepted {
+    pub per_s: f64,
+    pub cpu_ms_per_event: f64,
+}
+
 /// One target and how the run fared against it.
 pub(crate) struct Verdict {
     target: &'static str,
@@ -120,6 +126,22 @@ pub(crate) fn judge_http(
     print(verdicts)
 }
 
+/// The acceptance target, for ingest with the machine to itself (nothing delivered beside it).
+pub(crate) fn judge_ingest_only(
+    args: &Args,
+    database: &Database,
+    accepted: &Accepted,
+) -> Vec<Verdict> {
+    if !target_setup(args, database) || args.concurrency != 64 {
+        return Vec::new();
+    }
+    print(vec![Verdict::new(
+        "≥ 20,000 events/s accepted, 64 clients, nothing delivered",
+        per_second(accepted.per_s),
+        accepted.per_s >= 20_000.0,
+    )])
+}
+
 /// The target `Relay::track_usage` speaks to.
 pub(crate) fn judge_library(args: &Args, database: &Database, rate: f64) -> Vec<Verdict> {
     if !target_setup(args, database) {
@@ -140,6 +162,7 @@ pub(crate) fn target_runs(args: &Args) -> Vec<Args> {
         receiver_limit: None,
         endpoint_concurrency: None,
         database_url: None,
+        ingest_only: false,
         ..args.clone()
     };
     vec![
@@ -147,6 +170,13 @@ pub(crate) fn target_runs(args: &Args) -> Vec<Args> {
             scenario: Scenario::Flat,
             events: 40_000,
             concurrency: 64,
+            ..base.clone()
+        },
+        Args {
+            scenario: Scenario::Flat,
+            events: 40_000,
+            concurrency: 64,
+            ingest_only: true,
             ..base.clone()
         },
         Args {
