@@ -66,7 +66,7 @@ pub(crate) async fn fault_run(
     {
         *until = Some(outage_ends);
     }
-    let ingest = drive(&urls, total, args.concurrency, Some(args.rate), poison).await?;
+    let ingest = load::drive(&urls, total, args.concurrency, Some(args.rate), poison).await?;
     let last_sent = started + ingest;
     let delivered_at = wait_delivered(&receiver, healthy, Duration::from_secs(1800)).await?;
     let (cpu_after, peak_mib) = usage();

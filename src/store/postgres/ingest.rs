@@ -42,6 +42,19 @@ impl PgStore {
         }
         commit::submit(&self.ingests, (message, events)).await?
     }
+
+    /// Returns once every ingest queued before it has committed (and handed its deliveries
+    /// over): one committer takes the queue in order, so an empty job behind them settles
+    /// after they do.
+    pub(super) async fn settle_ingest(&self) -> Result<(), StoreError> {
+        const _: () = assert!(
+            COMMITTERS == 1,
+            "settle_ingest relies on one ingest committer"
+        );
+        commit::submit(&self.ingests, (None, Vec::new()))
+            .await?
+            .map(drop)
+    }
 }
 
 /// Starts the group committers of ingests; returns where [`PgStore::store_events`] queues.
@@ -248,10 +261,12 @@ async fn ingest_tx(
     // Fan-out is decided in the transaction that stores the events, so an event goes to
     // exactly the endpoints enabled when it was stored.
     let destinations = destinations(&mut tx, cache).await?;
-    let now_ms = events.iter().map(|e| e.created_at_ms).max().unwrap_or(0);
-    // Read only when the worker has room for something: the common case under load, and one
-    // statement per group, never per event.
-    let held = if handoff.offering() {
+    // Decided once for the group: the gates are read only when the worker has room for
+    // something (the common case under load; one statement per group, never per event), and
+    // without that read nothing may be leased, however the room changes meanwhile.
+    let may_lease = !events.is_empty() && handoff.offering();
+    let held = if may_lease {
+        let now_ms = events.iter().map(|e| e.created_at_ms).max().unwrap_or(0);
         held_by_gates(&mut tx, &destinations, now_ms).await?
     } else {
         HashSet::new()
@@ -354,11 +369,11 @@ async fn ingest_tx(
         // range of deliveries is a range of the primary key.
         for (endpoint, _) in matching {
             let id = DeliveryId::generate_at(event.created_at_ms);
-            let lease = if held.contains(endpoint.as_str()) {
+            let lease = if may_lease && !held.contains(endpoint.as_str()) {
+                handoff.reserve(endpoint, event.created_at_ms)
+            } else {
                 handoff.stored_due();
                 None
-            } else {
-                handoff.reserve(endpoint, event.created_at_ms)
             };
             delivery_ids.push(id.as_str().to_owned());
             delivery_events.push(event.id.as_str().to_owned());

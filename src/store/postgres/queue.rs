@@ -73,6 +73,11 @@ impl PgStore {
         leases: Vec<(DeliveryId, LeaseToken)>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        // The worker's shutdown releases nothing first to wait for ingest in progress, which
+        // may still hand it deliveries (as on SQLite, where the writer takes writes in order).
+        if leases.is_empty() {
+            return self.settle_ingest().await;
+        }
         let (ids, tokens): (Vec<String>, Vec<i64>) = leases
             .into_iter()
             .map(|(id, lease)| (id.as_str().to_owned(), lease.0))
