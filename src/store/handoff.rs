@@ -22,8 +22,8 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{ClaimedDelivery, LeaseToken};
-use crate::domain::EndpointId;
+use super::{ClaimedDelivery, LeaseToken, NewEvent};
+use crate::domain::{DeliveryId, EndpointId};
 
 /// A delivery leased in the transaction that stored it, and until when (unix ms).
 #[derive(Debug)]
@@ -252,6 +252,30 @@ impl Handed {
 
     pub(crate) fn push(&mut self, delivery: ClaimedDelivery, until_ms: i64) {
         self.leased.push(Leased { delivery, until_ms });
+    }
+
+    /// Holds the first delivery of `event` to `endpoint`, stored as `id` with `lease`.
+    pub(crate) fn push_new(
+        &mut self,
+        event: &NewEvent,
+        id: DeliveryId,
+        endpoint: &EndpointId,
+        (token, lease): (LeaseToken, &Lease),
+    ) {
+        let delivery = ClaimedDelivery {
+            id,
+            event_id: event.id.clone(),
+            endpoint_id: endpoint.clone(),
+            event_type: event.event_type.clone(),
+            payload: event.payload.clone(),
+            event_created_at_ms: event.created_at_ms,
+            session_id: event.session_id.clone(),
+            attempts: 0,
+            total_attempts: 0,
+            throttled: 0,
+            lease: token,
+        };
+        self.push(delivery, lease.until_ms);
     }
 
     /// The rows are durable: the worker may send them.

@@ -17,7 +17,7 @@ use super::{
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
     store::{
-        ClaimedDelivery, Handoff, InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError,
+        Handoff, InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError,
         handoff::{self, Handed},
         rows, shared,
         tally::{Aggregates, Rollup},
@@ -385,23 +385,8 @@ async fn ingest_tx(
                 Some(lease) => {
                     delivery_due.push(lease.until_ms);
                     delivery_tokens.push(Some(token.0));
+                    handed.push_new(event, id, endpoint, (token, &lease));
                     delivery_claimants.push(Some(lease.claimant));
-                    handed.push(
-                        ClaimedDelivery {
-                            id,
-                            event_id: event.id.clone(),
-                            endpoint_id: endpoint.clone(),
-                            event_type: event.event_type.clone(),
-                            payload: event.payload.clone(),
-                            event_created_at_ms: event.created_at_ms,
-                            session_id: event.session_id.clone(),
-                            attempts: 0,
-                            total_attempts: 0,
-                            throttled: 0,
-                            lease: token,
-                        },
-                        lease.until_ms,
-                    );
                 }
                 None => {
                     stored_due = true;

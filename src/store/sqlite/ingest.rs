@@ -9,7 +9,7 @@ use super::{SqliteStore, aggregates::aggregate, connections::Isolation};
 use crate::{
     domain::{DeliveryId, EndpointId, EventFilter, EventId},
     store::{
-        ClaimedDelivery, InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError,
+        InboundMessage, Ingested, MESSAGE_SWEEP, NewEvent, StoreError,
         handoff::{self, Handed},
         rows, shared,
         tally::Rollup,
@@ -106,22 +106,7 @@ impl SqliteStore {
                     // Held before the row is written, so that a failure below (the job's
                     // error drops `handed`) gives the reservation back.
                     if let Some(lease) = lease {
-                        handed.push(
-                            ClaimedDelivery {
-                                id: id.clone(),
-                                event_id: event.id.clone(),
-                                endpoint_id: endpoint.clone(),
-                                event_type: event.event_type.clone(),
-                                payload: event.payload.clone(),
-                                event_created_at_ms: event.created_at_ms,
-                                session_id: event.session_id.clone(),
-                                attempts: 0,
-                                total_attempts: 0,
-                                throttled: 0,
-                                lease: token,
-                            },
-                            lease.until_ms,
-                        );
+                        handed.push_new(&event, id.clone(), endpoint, (token, &lease));
                     }
                     insert_delivery.execute(params![
                         id.as_str(),
