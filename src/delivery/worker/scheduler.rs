@@ -444,7 +444,7 @@ impl Worker {
                 // shrink.
                 let (held, total_held) = flights.held();
                 let load = total_held.max(flights.tasks.len() + flights.waiting.len);
-                let claimed = match self.claim(&held, load).await {
+                let claimed = match self.claim(&held, load, &drained).await {
                     Ok(claimed) => claimed,
                     Err(e) => {
                         error!(error = %e, "claiming deliveries failed");
