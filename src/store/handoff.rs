@@ -254,13 +254,14 @@ impl Handed {
         self.leased.push(Leased { delivery, until_ms });
     }
 
-    /// Holds the first delivery of `event` to `endpoint`, stored as `id` with `lease`.
+    /// Holds the first delivery of `event` to `endpoint`, stored as `id` leased with `token`.
     pub(crate) fn push_new(
         &mut self,
         event: &NewEvent,
         id: DeliveryId,
         endpoint: &EndpointId,
-        (token, lease): (LeaseToken, &Lease),
+        token: LeaseToken,
+        lease: &Lease,
     ) {
         let delivery = ClaimedDelivery {
             id,

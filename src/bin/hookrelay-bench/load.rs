@@ -92,9 +92,6 @@ pub(crate) async fn drive(
     rate: Option<u64>,
     poison: bool,
 ) -> anyhow::Result<Duration> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency as usize)
-        .build()?;
     let started = Instant::now();
     let mut clients = JoinSet::new();
     match rate {
@@ -116,6 +113,9 @@ pub(crate) async fn drive(
             }
         }
         Some(rate) => {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(concurrency as usize)
+                .build()?;
             let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
             for n in 0..total {

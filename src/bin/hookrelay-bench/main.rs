@@ -511,37 +511,38 @@ fn report(
         .lock()
         .map(|s| s.values().map(|n| n.saturating_sub(1)).sum())
         .unwrap_or(0);
-    println!("== {title}");
-    println!(
-        "ingest:    {:>9.0} events/s ({total} events in {:.2} s)",
-        total as f64 / ingest.as_secs_f64(),
-        ingest.as_secs_f64()
-    );
-    println!(
-        "delivered: {:>9.0} events/s ({delivered} delivered {:.2} s after the first send)",
-        delivered as f64 / delivered_after.as_secs_f64(),
-        delivered_after.as_secs_f64()
-    );
-    println!(
-        "latency:   p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (acceptance to arrival, {} samples)",
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0),
-        latencies.len()
-    );
-    println!(
-        "server:    {:.3} CPU-s per 1,000 events, peak RSS {peak_mib:.1} MiB; receiver saw {repeats} repeated or retried requests, {} 429s",
-        cpu_s / delivered as f64 * 1000.0,
-        receiver.throttled.load(Ordering::SeqCst)
-    );
-    targets::Measured {
+    let measured = targets::Measured {
         ingest_per_s: total as f64 / ingest.as_secs_f64(),
         delivered_per_s: delivered as f64 / delivered_after.as_secs_f64(),
         p99_ms: percentile(&latencies, 0.99),
         cpu_ms_per_delivery: cpu_s / delivered as f64 * 1000.0,
         peak_mib,
         repeats,
-    }
+    };
+    println!("== {title}");
+    println!(
+        "ingest:    {:>9.0} events/s ({total} events in {:.2} s)",
+        measured.ingest_per_s,
+        ingest.as_secs_f64()
+    );
+    println!(
+        "delivered: {:>9.0} events/s ({delivered} delivered {:.2} s after the first send)",
+        measured.delivered_per_s,
+        delivered_after.as_secs_f64()
+    );
+    println!(
+        "latency:   p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (acceptance to arrival, {} samples)",
+        percentile(&latencies, 0.50),
+        measured.p99_ms,
+        percentile(&latencies, 1.0),
+        latencies.len()
+    );
+    println!(
+        "server:    {:.3} CPU-s per 1,000 events, peak RSS {peak_mib:.1} MiB; receiver saw {repeats} repeated or retried requests, {} 429s",
+        measured.cpu_ms_per_delivery,
+        receiver.throttled.load(Ordering::SeqCst)
+    );
+    measured
 }
 
 fn dead_letters(

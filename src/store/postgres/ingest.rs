@@ -385,7 +385,7 @@ async fn ingest_tx(
                 Some(lease) => {
                     delivery_due.push(lease.until_ms);
                     delivery_tokens.push(Some(token.0));
-                    handed.push_new(event, id, endpoint, (token, &lease));
+                    handed.push_new(event, id, endpoint, token, &lease);
                     delivery_claimants.push(Some(lease.claimant));
                 }
                 None => {

@@ -106,7 +106,7 @@ impl SqliteStore {
                     // Held before the row is written, so that a failure below (the job's
                     // error drops `handed`) gives the reservation back.
                     if let Some(lease) = lease {
-                        handed.push_new(&event, id.clone(), endpoint, (token, &lease));
+                        handed.push_new(&event, id.clone(), endpoint, token, &lease);
                     }
                     insert_delivery.execute(params![
                         id.as_str(),
