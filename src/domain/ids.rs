@@ -32,7 +32,7 @@ macro_rules! prefixed_id {
 
             /// A fresh, time-ordered id.
             pub fn generate() -> Self {
-                Self(format!("{}_{}", $prefix, Uuid::now_v7().simple()))
+                Self(format!("{}_{}", $prefix, NOW.v7(now_ms()).simple()))
             }
 
             /// Parses an id received from outside (CLI argument, URL path).
@@ -131,50 +131,65 @@ impl DeliveryId {
     /// exact: ids are unique and totally ordered).
     pub fn generate_at(at_ms: i64) -> Self {
         let ms = u64::try_from(at_ms).unwrap_or(0);
-        let timestamp = uuid::Timestamp::from_unix(
-            &SAME_MILLISECOND,
-            ms / 1000,
-            u32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
-        );
-        Self(format!(
-            "{}_{}",
-            Self::PREFIX,
-            Uuid::new_v7(timestamp).simple()
-        ))
+        Self(format!("{}_{}", Self::PREFIX, AT.v7(ms).simple()))
     }
 }
 
-/// The counter behind [`DeliveryId::generate_at`]: reseeded at random for each new millisecond
-/// and counting up within one, like the `uuid` crate's own context, but never moving the
-/// timestamp it is given (that context keeps the latest one seen, which would stamp an event
-/// accepted earlier with a later time).
-struct SameMillisecond(std::sync::Mutex<(u64, u64)>);
+/// The system clock, unix ms, for ids made now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
-static SAME_MILLISECOND: SameMillisecond = SameMillisecond(std::sync::Mutex::new((0, 0)));
+/// A UUIDv7 sequence: a counter reseeded at random for each new millisecond and counting up
+/// within one (the layout of RFC 9562's method 1, as the `uuid` crate's own context), but
+/// never moving the timestamp it is given (that context keeps the latest one seen, which would
+/// stamp an event accepted earlier with a later time), and drawing its random bits from the
+/// thread's generator: the `uuid` crate asks the kernel (`getrandom`) for every id, one system
+/// call per event and per delivery.
+struct Sequence(std::sync::Mutex<(u64, u64)>);
 
-/// The counter's width: 42 bits, seeded below 2^41 so it cannot wrap within a millisecond.
-const COUNTER_BITS: usize = 42;
+/// The sequence behind `generate` (every kind, the system clock).
+static NOW: Sequence = Sequence(std::sync::Mutex::new((0, 0)));
 
-impl uuid::ClockSequence for SameMillisecond {
-    type Output = u64;
+/// The sequence behind [`DeliveryId::generate_at`] (times given by the caller).
+static AT: Sequence = Sequence(std::sync::Mutex::new((0, 0)));
 
-    fn generate_sequence(&self, seconds: u64, subsec_nanos: u32) -> u64 {
-        let ms = seconds * 1000 + u64::from(subsec_nanos / 1_000_000);
-        let mut last = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *last = if last.0 == ms {
-            (ms, last.1 + 1)
-        } else {
-            (ms, rand::random::<u64>() >> (64 - COUNTER_BITS + 1))
+/// The counter's width: 42 bits (the 12 bits of `rand_a` and the top 30 of `rand_b`), seeded
+/// below 2^41 so it cannot wrap within a millisecond.
+const COUNTER_BITS: u32 = 42;
+
+impl Sequence {
+    /// The next UUIDv7 for `ms`: timestamp, counter, then 32 random bits.
+    fn v7(&self, ms: u64) -> Uuid {
+        let counter = {
+            let mut last = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *last = if last.0 == ms {
+                (ms, last.1 + 1)
+            } else {
+                (ms, rand::random::<u64>() >> (64 - COUNTER_BITS + 1))
+            };
+            last.1
         };
-        last.1
+        pack(ms, counter, rand::random())
     }
+}
 
-    fn usable_bits(&self) -> usize {
-        COUNTER_BITS
-    }
+/// A UUIDv7 of `ms`, the 42-bit `counter` and 32 `random` bits, in that order of significance.
+fn pack(ms: u64, counter: u64, random: u32) -> Uuid {
+    let rand_a = (counter >> 30) & 0xfff;
+    let rand_b = ((counter & 0x3fff_ffff) << 32) | u64::from(random);
+    let mut bytes = [0u8; 10];
+    bytes[0] = (rand_a >> 8) as u8;
+    bytes[1] = rand_a as u8;
+    bytes[2..].copy_from_slice(&rand_b.to_be_bytes());
+    // Sets the version and variant bits, over the top of `bytes[0]` and `bytes[2]`, where the
+    // counter leaves zeros.
+    uuid::Builder::from_unix_timestamp_millis(ms, &bytes).into_uuid()
 }
 
 impl EndpointId {
@@ -210,6 +225,23 @@ mod tests {
         let earlier = DeliveryId::generate_at(at - 5_000);
         assert_eq!(&earlier.as_str()[4..16], format!("{:012x}", at - 5_000));
         assert!(earlier < ids[0]);
+    }
+
+    #[test]
+    fn packed_ids_are_version_7_and_sort_by_time_then_counter() {
+        let ms = 1_800_000_000_123;
+        let id = pack(ms, 5, u32::MAX);
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        let (seconds, nanos) = id.get_timestamp().expect("v7 has a timestamp").to_unix();
+        assert_eq!(seconds * 1000 + u64::from(nanos / 1_000_000), ms);
+        // The counter carries from `rand_b` into `rand_a`, and the random bits rank last.
+        let below = pack(ms, (1 << 30) - 1, u32::MAX);
+        let above = pack(ms, 1 << 30, 0);
+        assert!(below < above, "{below} {above}");
+        let top = pack(ms, (1 << COUNTER_BITS) - 1, u32::MAX);
+        assert!(top < pack(ms + 1, 0, 0));
+        assert!(pack(ms, 6, 0) > id);
     }
 
     #[test]
