@@ -232,6 +232,21 @@ impl Config {
         }
     }
 
+    /// Threads for the async runtime (the HTTP API and the delivery worker): `workers` when
+    /// set (`HOOKRELAY_WORKER_THREADS`), else one per core of `cores`, less one on SQLite. The
+    /// SQLite writer is a thread of its own that does a third or more of the work under load;
+    /// with as many runtime threads as cores it kept waiting for a core (on 2 cores, a quarter
+    /// of its time runnable but not running), and one runtime thread fewer cost 5–20% less CPU
+    /// per event at equal or better throughput (BENCHMARKS.md, issue 19).
+    pub fn runtime_workers(&self, cores: usize) -> usize {
+        self.server
+            .worker_threads
+            .unwrap_or(match self.database.location {
+                DatabaseLocation::Sqlite(_) => cores.saturating_sub(1).max(1),
+                DatabaseLocation::Postgres(_) => cores.max(1),
+            })
+    }
+
     /// The configuration with every default and its data under `data_dir`: a starting point
     /// for programs that embed hookrelay and for tests.
     pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
@@ -435,6 +450,28 @@ mod tests {
             ("HOOKRELAY_ALLOWED_TARGET_CIDRS", "127.0.0.0/8"),
         ];
         assert!(load(&cidr).is_ok());
+    }
+
+    #[test]
+    fn the_runtime_leaves_the_sqlite_writer_a_core_unless_told_otherwise() {
+        let workers = |vars: &[(&str, &str)], cores| {
+            let (config, _) = load(vars).unwrap_or_else(|e| panic!("{e}"));
+            config.runtime_workers(cores)
+        };
+        assert_eq!(workers(&[], 2), 1);
+        assert_eq!(workers(&[], 8), 7);
+        assert_eq!(workers(&[], 1), 1);
+        let postgres = [("DATABASE_URL", "postgres://u@db.example/hookrelay")];
+        assert_eq!(workers(&postgres, 2), 2);
+        assert_eq!(workers(&[("HOOKRELAY_WORKER_THREADS", "3")], 2), 3);
+        let err = load(&[("HOOKRELAY_WORKER_THREADS", "0")])
+            .err()
+            .unwrap_or_else(|| panic!("0 threads must be refused"));
+        assert!(
+            err.0
+                .iter()
+                .any(|p| p.variable == "HOOKRELAY_WORKER_THREADS")
+        );
     }
 
     #[test]

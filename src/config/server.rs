@@ -44,6 +44,9 @@ pub struct ServerSettings {
     /// `HOOKRELAY_SHUTDOWN_GRACE_SECONDS` (default 10): how long shutdown waits for in-flight
     /// deliveries before releasing them back to the queue.
     pub shutdown_grace: Duration,
+    /// `HOOKRELAY_WORKER_THREADS` (default: automatic, see [`crate::Config::runtime_workers`]):
+    /// threads running the HTTP API and the delivery worker.
+    pub worker_threads: Option<usize>,
 }
 
 impl ServerSettings {
@@ -84,6 +87,10 @@ impl ServerSettings {
         let max_concurrent_requests =
             r.number("HOOKRELAY_MAX_CONCURRENT_REQUESTS", 512, 1, 1_000_000) as usize;
         let metrics_require_token = r.bool("HOOKRELAY_METRICS_REQUIRE_TOKEN", false);
+        let worker_threads = r
+            .raw("HOOKRELAY_WORKER_THREADS")
+            .is_some()
+            .then(|| r.number("HOOKRELAY_WORKER_THREADS", 1, 1, 1024) as usize);
         if metrics_require_token && admin_token.is_none() {
             r.warn(
                 "HOOKRELAY_METRICS_REQUIRE_TOKEN",
@@ -105,6 +112,7 @@ impl ServerSettings {
             max_connections_per_address,
             max_concurrent_requests,
             shutdown_grace,
+            worker_threads,
         }
     }
 }
