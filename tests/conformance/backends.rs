@@ -74,6 +74,61 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Blocks new events from a connection of its own until [`WriteHold::release`]: SQLite's
+    /// write lock, or on PostgreSQL a lock on `events` that lets reads through but not inserts.
+    /// An ingest started meanwhile stays under way.
+    pub async fn hold_writes(&self) -> WriteHold {
+        match &self.reopen {
+            Reopen::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path).expect("open sqlite");
+                conn.execute_batch("BEGIN IMMEDIATE")
+                    .expect("take the write lock");
+                WriteHold::Sqlite(conn)
+            }
+            Reopen::Postgres(settings) => {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(settings.url.expose())
+                    .await
+                    .expect("connect");
+                sqlx::query("BEGIN")
+                    .execute(&mut conn)
+                    .await
+                    .expect("begin");
+                let lock = format!(
+                    "LOCK TABLE \"{}\".events IN EXCLUSIVE MODE",
+                    settings.schema
+                );
+                sqlx::query(&lock)
+                    .execute(&mut conn)
+                    .await
+                    .expect("lock events");
+                WriteHold::Postgres(conn)
+            }
+        }
+    }
+}
+
+/// A lock held by [`Backend::hold_writes`].
+pub enum WriteHold {
+    Sqlite(rusqlite::Connection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteHold {
+    pub async fn release(self) {
+        match self {
+            WriteHold::Sqlite(conn) => conn.execute_batch("ROLLBACK").expect("let go"),
+            WriteHold::Postgres(mut conn) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .expect("let go");
+            }
+        }
+    }
+}
+
 pub async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("hookrelay.db");

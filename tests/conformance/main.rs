@@ -61,6 +61,7 @@ conformance!(
     ingest::a_request_refused_for_its_key_does_not_use_up_its_message_id,
     // claims, leases, release, next_due, counts
     queue::a_claim_carries_the_event_intact,
+    queue::a_release_waits_for_ingest_already_under_way,
     queue::a_claimed_delivery_is_not_claimed_again_while_leased,
     queue::a_retried_claim_takes_only_due_deliveries_attempted_before,
     queue::an_expired_lease_makes_the_delivery_claimable_again,

@@ -413,3 +413,31 @@ pub async fn counts_report_pending_dead_and_the_oldest_pending_event(backend: Ba
         }
     );
 }
+
+/// Shutdown releases what the worker holds with one call, which first waits for ingest already
+/// under way: ingest may still hand the worker deliveries, and one handed over after the
+/// release would stay leased to a stopped worker until its lease ran out. An empty release is
+/// that barrier (the worker makes it when it holds nothing).
+pub async fn a_release_waits_for_ingest_already_under_way(backend: Backend) {
+    let store = backend.store.clone();
+    with_default_endpoint(&store).await;
+    let hold = backend.hold_writes().await;
+    let mut ingest = std::pin::pin!(store.ingest(vec![event("order.created", START)]));
+    // One poll queues the ingest; it then waits for the lock.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(ingest.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "the ingest waits for the lock");
+    let mut release = tokio::spawn({
+        let store = store.clone();
+        async move { store.release(Vec::new(), START).await }
+    });
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut release).await;
+    assert!(
+        early.is_err(),
+        "the release answered while an ingest queued before it was still under way"
+    );
+    hold.release().await;
+    let stored = ingest.await.expect("ingest");
+    release.await.expect("release task").expect("release");
+    assert_eq!(stored.len(), 1);
+    assert_eq!(store.counts().await.expect("counts").pending, 1);
+}
