@@ -388,6 +388,11 @@ impl Cli {
     }
 }
 
+/// The async runtime's threads (`HOOKRELAY_WORKER_THREADS`), for the startup log.
+fn runtime_threads() -> usize {
+    tokio::runtime::Handle::current().metrics().num_workers()
+}
+
 /// `hookrelay --status …` → `hookrelay status …`; `--cleanup 30` → `cleanup --days 30`.
 fn translate_legacy(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let Some(first) = args.get(1).and_then(|a| a.to_str()) else {
@@ -537,11 +542,15 @@ async fn with_config(mut config: Config, command: Command) -> anyhow::Result<Exi
                 let bound = listener.local_addr()?;
                 // On stdout, so scripts (and tests) that asked for port 0 learn the real one.
                 println!("hookrelay listening on http://{bound}");
-                tracing::info!(address = %bound, ?role, "listening");
+                tracing::info!(address = %bound, ?role, runtime_threads = runtime_threads(), "listening");
                 Some(listener)
             } else {
                 println!("hookrelay delivering (worker role, no HTTP listener)");
-                tracing::info!(?role, "delivering without an HTTP listener");
+                tracing::info!(
+                    ?role,
+                    runtime_threads = runtime_threads(),
+                    "delivering without an HTTP listener"
+                );
                 None
             };
             let shutdown = CancellationToken::new();
