@@ -143,18 +143,30 @@ fn now_ms() -> u64 {
 }
 
 /// A UUIDv7 sequence: a counter reseeded at random for each new millisecond and counting up
-/// within one (the layout of RFC 9562's method 1, as the `uuid` crate's own context), but
-/// never moving the timestamp it is given (that context keeps the latest one seen, which would
-/// stamp an event accepted earlier with a later time), and drawing its random bits from the
-/// thread's generator: the `uuid` crate asks the kernel (`getrandom`) for every id, one system
-/// call per event and per delivery.
-struct Sequence(std::sync::Mutex<(u64, u64)>);
+/// within one (the layout of RFC 9562's method 1, as the `uuid` crate's own context), drawing
+/// its random bits from the thread's generator: the `uuid` crate asks the kernel (`getrandom`)
+/// for every id, one system call per event and per delivery. Delivery ids keep the time they
+/// are given (the crate's context keeps the latest one seen, which would stamp an event
+/// accepted earlier with a later time).
+struct Sequence {
+    /// The last millisecond used and its counter.
+    last: std::sync::Mutex<(u64, u64)>,
+    /// Whether a time earlier than the last one is read as the last one, so that ids never
+    /// sort before those made earlier if the system clock steps back (as the crate does).
+    keeps_latest: bool,
+}
 
 /// The sequence behind `generate` (every kind, the system clock).
-static NOW: Sequence = Sequence(std::sync::Mutex::new((0, 0)));
+static NOW: Sequence = Sequence {
+    last: std::sync::Mutex::new((0, 0)),
+    keeps_latest: true,
+};
 
-/// The sequence behind [`DeliveryId::generate_at`] (times given by the caller).
-static AT: Sequence = Sequence(std::sync::Mutex::new((0, 0)));
+/// The sequence behind [`DeliveryId::generate_at`] (times given by the caller, kept as given).
+static AT: Sequence = Sequence {
+    last: std::sync::Mutex::new((0, 0)),
+    keeps_latest: false,
+};
 
 /// The counter's width: 42 bits (the 12 bits of `rand_a` and the top 30 of `rand_b`), seeded
 /// below 2^41 so it cannot wrap within a millisecond.
@@ -163,17 +175,22 @@ const COUNTER_BITS: u32 = 42;
 impl Sequence {
     /// The next UUIDv7 for `ms`: timestamp, counter, then 32 random bits.
     fn v7(&self, ms: u64) -> Uuid {
-        let counter = {
+        let (ms, counter) = {
             let mut last = self
-                .0
+                .last
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ms = if self.keeps_latest {
+                ms.max(last.0)
+            } else {
+                ms
+            };
             *last = if last.0 == ms {
                 (ms, last.1 + 1)
             } else {
                 (ms, rand::random::<u64>() >> (64 - COUNTER_BITS + 1))
             };
-            last.1
+            *last
         };
         pack(ms, counter, rand::random())
     }
@@ -242,6 +259,18 @@ mod tests {
         let top = pack(ms, (1 << COUNTER_BITS) - 1, u32::MAX);
         assert!(top < pack(ms + 1, 0, 0));
         assert!(pack(ms, 6, 0) > id);
+    }
+
+    #[test]
+    fn ids_made_now_keep_sorting_if_the_clock_steps_back() {
+        let sequence = Sequence {
+            last: std::sync::Mutex::new((0, 0)),
+            keeps_latest: true,
+        };
+        let ms = 1_800_000_000_123;
+        let first = sequence.v7(ms);
+        let after_a_step_back = sequence.v7(ms - 1_000);
+        assert!(first < after_a_step_back);
     }
 
     #[test]
