@@ -57,10 +57,7 @@ impl Backend {
                 })
                 .expect("count sqlite"),
             Reopen::Postgres(settings) => {
-                use sqlx::Connection as _;
-                let mut conn = sqlx::PgConnection::connect(settings.url.expose())
-                    .await
-                    .expect("connect");
+                let mut conn = connect(settings).await;
                 let sql = format!(
                     "SELECT count(*) FROM \"{}\".inbound_messages",
                     settings.schema
@@ -72,9 +69,7 @@ impl Backend {
             }
         }
     }
-}
 
-impl Backend {
     /// Blocks new events from a connection of its own until [`WriteHold::release`]: SQLite's
     /// write lock, or on PostgreSQL a lock on `events` that lets reads through but not inserts.
     /// An ingest started meanwhile stays under way.
@@ -87,10 +82,7 @@ impl Backend {
                 WriteHold::Sqlite(conn)
             }
             Reopen::Postgres(settings) => {
-                use sqlx::Connection as _;
-                let mut conn = sqlx::PgConnection::connect(settings.url.expose())
-                    .await
-                    .expect("connect");
+                let mut conn = connect(settings).await;
                 sqlx::query("BEGIN")
                     .execute(&mut conn)
                     .await
@@ -107,6 +99,14 @@ impl Backend {
             }
         }
     }
+}
+
+/// A connection of its own to the backend's server.
+async fn connect(settings: &PostgresSettings) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    sqlx::PgConnection::connect(settings.url.expose())
+        .await
+        .expect("connect")
 }
 
 /// A lock held by [`Backend::hold_writes`].
