@@ -232,8 +232,8 @@ impl Config {
         }
     }
 
-    /// Threads for the async runtime (the HTTP API and the delivery worker): `workers` when
-    /// set (`HOOKRELAY_WORKER_THREADS`), else one per core of `cores`, less one on SQLite. The
+    /// Threads for the async runtime (the HTTP API and the delivery worker):
+    /// `HOOKRELAY_WORKER_THREADS` when set, else one per core of `cores`, less one on SQLite. The
     /// SQLite writer is a thread of its own that does a third or more of the work under load;
     /// with as many runtime threads as cores it kept waiting for a core (on 2 cores, a quarter
     /// of its time runnable but not running), and one runtime thread fewer cost 5–20% less CPU
