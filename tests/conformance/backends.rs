@@ -83,15 +83,11 @@ impl Backend {
             }
             Reopen::Postgres(settings) => {
                 let mut conn = connect(settings).await;
-                sqlx::query("BEGIN")
-                    .execute(&mut conn)
-                    .await
-                    .expect("begin");
                 let lock = format!(
-                    "LOCK TABLE \"{}\".events IN EXCLUSIVE MODE",
+                    "BEGIN; LOCK TABLE \"{}\".events IN EXCLUSIVE MODE",
                     settings.schema
                 );
-                sqlx::query(&lock)
+                sqlx::raw_sql(&lock)
                     .execute(&mut conn)
                     .await
                     .expect("lock events");
