@@ -32,10 +32,18 @@ use crate::{
 
 /// Writes the results of answered attempts, as many at a time as arrived while the previous
 /// write was committing: one job for a round of results instead of one per attempt (each job
-/// is a hand-off to the writer and back). Bounded: when results arrive faster than they are
-/// written, attempt tasks wait to hand theirs over, and the cap on tasks holds claiming back.
+/// is a hand-off to the writer and back). An attempt task waits until its result is written,
+/// so the cap on tasks bounds the answered deliveries not yet recorded: what a crash sends a
+/// second time. It also holds claiming back when results arrive faster than they are written.
 pub(super) struct Recorder {
-    results: tokio::sync::mpsc::Sender<(AttemptRecord, Option<HealthUpdate>)>,
+    results: tokio::sync::mpsc::Sender<Answered>,
+}
+
+/// One answered attempt on its way to the database, and whom to tell once it is written.
+struct Answered {
+    record: AttemptRecord,
+    health: Option<HealthUpdate>,
+    written: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Results written in one job, at most.
@@ -66,18 +74,35 @@ impl Recorder {
         clock: Arc<dyn Clock>,
         capacity: usize,
     ) -> (Self, JoinHandle<()>) {
-        let (results, mut incoming) = tokio::sync::mpsc::channel(capacity.max(1));
+        Self::writing(capacity, move |records, health| {
+            let store = Arc::clone(&store);
+            let now = clock.now_ms();
+            async move { store.record_attempts(records, health, now).await }
+        })
+    }
+
+    /// [`Recorder::start`], writing each batch with `write`.
+    fn writing<W, F>(capacity: usize, mut write: W) -> (Self, JoinHandle<()>)
+    where
+        W: FnMut(Vec<AttemptRecord>, Vec<HealthUpdate>) -> F + Send + 'static,
+        F: Future<Output = Result<(), StoreError>> + Send,
+    {
+        let (results, mut incoming) = tokio::sync::mpsc::channel::<Answered>(capacity.max(1));
         let writer = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(RECORD_BATCH);
             while gather(&mut incoming, &mut batch).await > 0 {
-                let (records, health): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                let health: Vec<_> = health.into_iter().flatten().collect();
+                let mut records = Vec::with_capacity(batch.len());
+                let mut health = Vec::new();
+                let mut waiting = Vec::with_capacity(batch.len());
+                for answered in batch.drain(..) {
+                    records.push(answered.record);
+                    health.extend(answered.health);
+                    waiting.push(answered.written);
+                }
                 // A failed write committed nothing (its whole group is undone): trying it again
                 // is safe, and spares answered deliveries a second send when their leases lapse.
                 for (attempt, pause) in RECORD_RETRIES.iter().enumerate() {
-                    let written = store
-                        .record_attempts(records.clone(), health.clone(), clock.now_ms())
-                        .await;
+                    let written = write(records.clone(), health.clone()).await;
                     match written {
                         Ok(()) => break,
                         Err(e) if attempt + 1 < RECORD_RETRIES.len() => {
@@ -89,21 +114,31 @@ impl Recorder {
                         }
                     }
                 }
+                for written in waiting {
+                    let _ = written.send(());
+                }
             }
         });
         (Self { results }, writer)
     }
 
-    /// Hands one result over; waits while the recorder is full.
+    /// Hands one result over and waits until it is written, or until writing it has failed
+    /// for good (the recorder logs that once for its whole batch).
     pub(super) async fn record(
         &self,
         record: AttemptRecord,
         health: Option<HealthUpdate>,
     ) -> Result<(), StoreError> {
+        let (written, done) = tokio::sync::oneshot::channel();
         self.results
-            .send((record, health))
+            .send(Answered {
+                record,
+                health,
+                written,
+            })
             .await
-            .map_err(|_| StoreError::Closed)
+            .map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)
     }
 }
 
@@ -136,8 +171,10 @@ struct InFlight {
     abort: tokio::task::AbortHandle,
 }
 
-/// Recording tasks allowed per unit of `concurrency`: answered attempts whose result is still
-/// being written. Beyond, the worker claims nothing until the database catches up.
+/// Attempt tasks allowed per unit of `concurrency`: those waiting for an answer, and answered
+/// ones whose result is still being written. Beyond, the worker claims nothing until the
+/// database catches up. So it also bounds what a crash can send twice: the documented
+/// `4 × HOOKRELAY_DELIVERY_CONCURRENCY`.
 const RECORDING_FACTOR: usize = 4;
 
 /// How long a worker woken by new work waits before claiming while other workers share the
@@ -554,7 +591,7 @@ impl Worker {
             loop {
                 tokio::select! {
                     joined = tasks.join_next_with_id() => match joined {
-                        // A task that completed has handed its result to the recorder.
+                        // A task that completed has had its result written.
                         Some(Ok((id, ()))) => finished(id, &mut in_flight),
                         Some(Err(_)) => {}
                         None => break,
@@ -612,6 +649,52 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_is_done_only_once_its_result_is_written() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (recorder, writer) = Recorder::writing(8, {
+            let (gate, written) = (Arc::clone(&gate), Arc::clone(&written));
+            move |records: Vec<AttemptRecord>, _| {
+                let (gate, written) = (Arc::clone(&gate), Arc::clone(&written));
+                async move {
+                    gate.acquire().await.expect("open").forget();
+                    let ids = records.into_iter().map(|r| r.delivery_id);
+                    written.lock().expect("lock").extend(ids);
+                    Ok(())
+                }
+            }
+        });
+        let delivery = DeliveryId::generate();
+        let attempt = tokio::spawn({
+            let delivery = delivery.clone();
+            async move { recorder.record(answer(delivery), None).await }
+        });
+        // Long past the linger: the batch is being written, and the attempt still waits.
+        tokio::time::sleep(RECORD_LINGER * 10).await;
+        assert!(!attempt.is_finished(), "done before its result was written");
+        gate.add_permits(1);
+        attempt.await.expect("task").expect("recorded");
+        assert_eq!(*written.lock().expect("lock"), [delivery]);
+        writer.await.expect("the writer ends with its last sender");
+    }
+
+    fn answer(delivery_id: DeliveryId) -> AttemptRecord {
+        AttemptRecord {
+            delivery_id,
+            lease: LeaseToken(1),
+            attempt_no: 1,
+            started_at_ms: 0,
+            duration_ms: 3,
+            status_code: Some(200),
+            error_kind: None,
+            error_detail: None,
+            response_snippet: None,
+            next: crate::store::NextState::Delivered,
+            latency_ms: 5,
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_result_waits_for_others_to_share_its_commit() {
