@@ -444,7 +444,8 @@ impl Worker {
     /// limit counts requests to the receiver, not the database write that records the answer,
     /// so the next request need not wait for it.
     /// With a `recorder`, the result is handed to it (recorded with others in one write)
-    /// instead of written here.
+    /// instead of written here; this returns once it is written, or once writing it has
+    /// failed for good.
     async fn deliver_in_slot(
         &self,
         delivery: ClaimedDelivery,

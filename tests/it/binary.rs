@@ -129,7 +129,8 @@ async fn kill_9_during_delivery_loses_no_acknowledged_event() {
         acknowledged.len()
     );
     // Only deliveries in flight at the kill, or answered and not yet recorded, may repeat: the
-    // documented bound is 4 × HOOKRELAY_DELIVERY_CONCURRENCY.
+    // documented bound is 4 × HOOKRELAY_DELIVERY_CONCURRENCY. (That an attempt holds its place
+    // until its result is written is tested in the scheduler, with a gated write.)
     assert!(
         repeats <= 16,
         "{repeats} repeats exceed the 16 that could have been in flight or unrecorded"

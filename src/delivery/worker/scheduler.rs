@@ -35,6 +35,8 @@ use crate::{
 /// is a hand-off to the writer and back). An attempt task waits until its result is written,
 /// so the cap on tasks bounds the answered deliveries not yet recorded: what a crash sends a
 /// second time. It also holds claiming back when results arrive faster than they are written.
+/// A batch whose write fails for good releases its tasks too (their deliveries go out again
+/// when their leases lapse): one failing database must not stop the worker for good.
 pub(super) struct Recorder {
     results: tokio::sync::mpsc::Sender<Answered>,
 }
@@ -52,8 +54,9 @@ const RECORD_BATCH: usize = 512;
 /// How long a result waits for others when only a few arrived together. Under light load each
 /// result was a commit of its own, rewriting whole pages of the deliveries, attempts and
 /// roll-up B-trees for one row each: at 1,000 events/s the write-ahead log took 88 KB per
-/// event. Only the "delivered" mark waits (the receiver already has the event), and a crash
-/// within it costs a second send, as a crash before any result is written always has.
+/// event. Only the "delivered" mark and its attempt task wait (the receiver already has the
+/// event, and its slot is free), and a crash within it costs a second send, as a crash before
+/// any result is written always has. No wait once every task that could add one has.
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 
 /// Batches this small wait for more ([`RECORD_LINGER`]); larger ones are written at once.
@@ -89,8 +92,11 @@ impl Recorder {
     {
         let (results, mut incoming) = tokio::sync::mpsc::channel::<Answered>(capacity.max(1));
         let writer = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(RECORD_BATCH);
-            while gather(&mut incoming, &mut batch).await > 0 {
+            // At most `capacity` tasks wait for their results: once that many are in, no
+            // other can come until this batch is written.
+            let most = capacity.clamp(1, RECORD_BATCH);
+            let mut batch = Vec::with_capacity(most);
+            while gather(&mut incoming, &mut batch, most).await > 0 {
                 let mut records = Vec::with_capacity(batch.len());
                 let mut health = Vec::new();
                 let mut waiting = Vec::with_capacity(batch.len());
@@ -142,17 +148,21 @@ impl Recorder {
     }
 }
 
-/// Waits for results and takes what is waiting, up to [`RECORD_BATCH`]; when that is only a
-/// few, waits up to [`RECORD_LINGER`] for more to share their commit. Returns how many it
-/// took: 0 once every sender is gone and nothing is left.
-async fn gather<T>(incoming: &mut tokio::sync::mpsc::Receiver<T>, batch: &mut Vec<T>) -> usize {
-    if incoming.recv_many(batch, RECORD_BATCH).await == 0 {
+/// Waits for results and takes what is waiting, up to `most`; when that is only a few, waits
+/// up to [`RECORD_LINGER`] for more to share their commit, unless `most` have come. Returns
+/// how many it took: 0 once every sender is gone and nothing is left.
+async fn gather<T>(
+    incoming: &mut tokio::sync::mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    most: usize,
+) -> usize {
+    if incoming.recv_many(batch, most).await == 0 {
         return 0;
     }
     if batch.len() < RECORD_LINGER_BELOW {
         let until = tokio::time::Instant::now() + RECORD_LINGER;
-        while batch.len() < RECORD_BATCH {
-            let room = RECORD_BATCH - batch.len();
+        while batch.len() < most {
+            let room = most - batch.len();
             match tokio::time::timeout_at(until, incoming.recv_many(batch, room)).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
@@ -248,7 +258,8 @@ struct Flights {
     per_endpoint: HashMap<EndpointId, usize>,
     freed: tokio::sync::mpsc::UnboundedSender<EndpointId>,
     waiting: Waiting,
-    /// Recording tasks are capped too, so a slow database holds claiming back.
+    /// Attempt tasks, answered or not, are capped (answered ones stay until their result is
+    /// written), so a slow database holds claiming back.
     max_tasks: usize,
     recorder: Arc<Recorder>,
 }
@@ -477,8 +488,8 @@ impl Worker {
             let mut saturated = false;
             let claimed_now = due != Due::Nothing;
             if claimed_now {
-                // Recording tasks count against what may be claimed, so near their cap claims
-                // shrink.
+                // Attempt tasks still recording count against what may be claimed, so near
+                // their cap claims shrink.
                 let (held, total_held) = flights.held();
                 let load = total_held.max(flights.tasks.len() + flights.waiting.len);
                 let claimed = match self.claim(&held, load, &drained).await {
@@ -591,7 +602,8 @@ impl Worker {
             loop {
                 tokio::select! {
                     joined = tasks.join_next_with_id() => match joined {
-                        // A task that completed has had its result written.
+                        // A task that completed has had its result written (or given up
+                        // on: the recorder logs that).
                         Some(Ok((id, ()))) => finished(id, &mut in_flight),
                         Some(Err(_)) => {}
                         None => break,
@@ -710,7 +722,7 @@ mod tests {
         });
         let started = Instant::now();
         let mut batch = Vec::new();
-        assert_eq!(gather(&mut incoming, &mut batch).await, 2);
+        assert_eq!(gather(&mut incoming, &mut batch, RECORD_BATCH).await, 2);
         assert_eq!(batch, [1, 2]);
         assert_eq!(
             started.elapsed(),
@@ -718,7 +730,7 @@ mod tests {
             "no longer than the linger"
         );
         batch.clear();
-        assert_eq!(gather(&mut incoming, &mut batch).await, 1);
+        assert_eq!(gather(&mut incoming, &mut batch, RECORD_BATCH).await, 1);
         assert_eq!(batch, [3]);
     }
 
@@ -730,8 +742,29 @@ mod tests {
         }
         let started = Instant::now();
         let mut batch = Vec::new();
-        assert_eq!(gather(&mut incoming, &mut batch).await, RECORD_LINGER_BELOW);
+        assert_eq!(
+            gather(&mut incoming, &mut batch, RECORD_BATCH).await,
+            RECORD_LINGER_BELOW
+        );
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_holding_every_result_that_could_come_is_written_at_once() {
+        // With a cap of 4 tasks, the 4 results are all there can be until they are written.
+        let (results, mut incoming) = tokio::sync::mpsc::channel(4);
+        for n in 0..4 {
+            results.send(n).await.expect("send");
+        }
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        assert_eq!(gather(&mut incoming, &mut batch, 4).await, 4);
+        assert_eq!(started.elapsed(), Duration::ZERO, "no linger");
+        // Fewer than the cap: the linger holds, for the others to join.
+        batch.clear();
+        results.send(4).await.expect("send");
+        assert_eq!(gather(&mut incoming, &mut batch, 4).await, 1);
+        assert_eq!(started.elapsed(), RECORD_LINGER);
     }
 
     #[tokio::test(start_paused = true)]
@@ -741,12 +774,16 @@ mod tests {
         drop(results);
         let started = Instant::now();
         let mut batch = Vec::new();
-        assert_eq!(gather(&mut incoming, &mut batch).await, 1);
+        assert_eq!(gather(&mut incoming, &mut batch, RECORD_BATCH).await, 1);
         assert!(
             started.elapsed() < RECORD_LINGER,
             "no wait once nothing more can come"
         );
         batch.clear();
-        assert_eq!(gather(&mut incoming, &mut batch).await, 0, "done");
+        assert_eq!(
+            gather(&mut incoming, &mut batch, RECORD_BATCH).await,
+            0,
+            "done"
+        );
     }
 }
