@@ -692,6 +692,30 @@ mod tests {
         writer.await.expect("the writer ends with its last sender");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_result_the_database_keeps_refusing_is_given_up_after_the_retries() {
+        let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (recorder, writer) = Recorder::writing(8, {
+            let tries = Arc::clone(&tries);
+            move |_: Vec<AttemptRecord>, _| {
+                tries.fetch_add(1, Ordering::SeqCst);
+                async { Err(StoreError::database("disk I/O error")) }
+            }
+        });
+        let started = Instant::now();
+        let attempt = recorder.record(answer(DeliveryId::generate()), None);
+        attempt.await.expect("released, not stuck");
+        assert_eq!(tries.load(Ordering::SeqCst), RECORD_RETRIES.len());
+        let paused: Duration = RECORD_RETRIES.iter().sum();
+        assert_eq!(
+            started.elapsed(),
+            RECORD_LINGER + paused,
+            "only after every try"
+        );
+        drop(recorder);
+        writer.await.expect("the writer ends with its last sender");
+    }
+
     fn answer(delivery_id: DeliveryId) -> AttemptRecord {
         AttemptRecord {
             delivery_id,
