@@ -2,7 +2,14 @@
 //! 413, signature 401, rate 429), the request-level limits every route gets (load shedding 503,
 //! timeout 408), and the mapping of a [`Rejection`] to a response.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     body::{Body, to_bytes},
@@ -78,18 +85,42 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+/// Marked by a handler once it hands the store a write that goes on whatever happens to the
+/// request. From then on the request timeout no longer cuts it short: a 408 would say nothing
+/// was done while the events are stored anyway, and a client retrying without a key would
+/// store them twice. The answer is the write's own.
+#[derive(Debug, Clone, Default)]
+pub struct WriteStarted(Arc<AtomicBool>);
+
+impl WriteStarted {
+    /// The request's write is under way: let it answer.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// Sheds load beyond the concurrency cap (503 with `Retry-After`, nothing queued) and bounds
-/// how long a request may take, body reading included (408).
+/// how long a request may take, body reading included (408), until its handler starts a write
+/// ([`WriteStarted`]).
 pub async fn request_limits(
     State(limits): State<Limits>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
         return rejection_response(Rejection::Overloaded);
     };
-    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+    let write = WriteStarted::default();
+    request.extensions_mut().insert(write.clone());
+    let response = next.run(request);
+    tokio::pin!(response);
+    match tokio::time::timeout(limits.timeout, &mut response).await {
         Ok(response) => response,
+        Err(_) if write.is_marked() => response.await,
         Err(_) => rejection_response(Rejection::TimedOut(limits.timeout)),
     }
 }

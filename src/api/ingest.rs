@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiError, AppState, ErrorBody, ErrorCode, extract::Object, json_body, parse};
+use super::{
+    ApiError, AppState, ErrorBody, ErrorCode, extract::Object, guard::WriteStarted, json_body,
+    parse,
+};
 use crate::{
     domain::{EventType, GenericEvent, IdempotencyKey, UsageEvent},
     store::{InboundMessage, Ingested},
@@ -93,6 +96,13 @@ enum UsageAccepted {
     Batch(Batch),
 }
 
+/// From here the handler's answer is the store's: no 408 can overtake it.
+fn mark(write: Option<&Extension<WriteStarted>>) {
+    if let Some(Extension(write)) = write {
+        write.mark();
+    }
+}
+
 fn accepted<T: Serialize>(body: T, replayed: bool) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if replayed {
@@ -129,6 +139,7 @@ fn accepted<T: Serialize>(body: T, replayed: bool) -> Response {
 async fn track_usage(
     State(relay): State<AppState>,
     message: Option<Extension<InboundMessage>>,
+    write: Option<Extension<WriteStarted>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -140,6 +151,7 @@ async fn track_usage(
         Some(b'[') => {
             let events: Vec<Object<UsageEvent>> = parse(&body)?;
             let events = events.into_iter().map(|Object(event)| event).collect();
+            mark(write.as_ref());
             let stored = relay.track_usage_message(events, key, message).await?;
             let replayed = stored.iter().all(|s| s.duplicate);
             Ok(accepted(
@@ -152,6 +164,7 @@ async fn track_usage(
         }
         Some(b'{') => {
             let Object(event): Object<UsageEvent> = parse(&body)?;
+            mark(write.as_ref());
             let stored = relay.track_usage_message(vec![event], key, message).await?;
             let stored = stored.into_iter().next().ok_or_else(|| {
                 ApiError::new(
@@ -230,6 +243,7 @@ struct IdempotencyHeader {
 async fn publish_event(
     State(relay): State<AppState>,
     message: Option<Extension<InboundMessage>>,
+    write: Option<Extension<WriteStarted>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -255,6 +269,7 @@ async fn publish_event(
         }
         (header, body) => header.or(body),
     };
+    mark(write.as_ref());
     let stored = relay
         .publish_message(
             GenericEvent {

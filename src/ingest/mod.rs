@@ -95,9 +95,11 @@ impl Ingestor {
         }
     }
 
-    /// Stores usage events all or nothing. With a key, item `i` of a multi-event batch is
-    /// deduplicated under `key#i`; a single event uses the key as is. With a message id, the
-    /// request is refused as a replay if that id was accepted before.
+    /// Stores usage events all or nothing. With a key, the first event is deduplicated under
+    /// the key as is and item `i` of a batch under `key #i`: a request resent under its key in
+    /// any other shape (one event where there were several, or the reverse) meets the first
+    /// item's stored fingerprint and is refused as a reused key. With a message id, the request
+    /// is refused as a replay if that id was accepted before.
     pub async fn usage(
         &self,
         events: Vec<UsageEvent>,
@@ -125,7 +127,6 @@ impl Ingestor {
             })?;
         }
         let now = self.clock.now_ms();
-        let single = events.len() == 1;
         // The whole request, on each of its items: resending a batch under its key with an
         // item added or changed is another request.
         let request_fingerprint = key.as_ref().map(|_| fingerprint(&events));
@@ -138,7 +139,11 @@ impl Ingestor {
                 NewEvent {
                     request_fingerprint: request_fingerprint.clone(),
                     idempotency_key: key.as_ref().map(|k| {
-                        let key = if single { k.clone() } else { k.for_item(index) };
+                        let key = if index == 0 {
+                            k.clone()
+                        } else {
+                            k.for_item(index)
+                        };
                         key.scoped(&EventType::usage_tracked())
                     }),
                     usage: Some(crate::domain::UsageFacts {

@@ -344,6 +344,65 @@ pub async fn execute_sql(dir: &std::path::Path, sqlite: &str, postgres: &str) {
     }
 }
 
+/// Another connection's lock on the database of `dir` that keeps every write of the relay
+/// waiting, as a long transaction or a stalled disk would, until [`WriteHold::release`].
+pub enum WriteHold {
+    /// A thread holding SQLite's write lock on the file.
+    Sqlite {
+        release: tokio::sync::oneshot::Sender<()>,
+        held: JoinHandle<()>,
+    },
+    /// A transaction holding PostgreSQL's `EXCLUSIVE` lock on `events`.
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteHold {
+    /// Takes the lock (in the directory's schema on PostgreSQL); returns once it is held.
+    pub async fn take(dir: &std::path::Path) -> Self {
+        let vars: HashMap<String, String> = database_vars(dir).into_iter().collect();
+        if let (Some(url), Some(schema)) =
+            (vars.get("DATABASE_URL"), vars.get("HOOKRELAY_DB_SCHEMA"))
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+            let lock =
+                format!("SET search_path TO {schema}; BEGIN; LOCK TABLE events IN EXCLUSIVE MODE");
+            sqlx::raw_sql(&lock).execute(&mut conn).await.expect("lock");
+            return Self::Postgres(conn);
+        }
+        let path = dir.join("hookrelay.db");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (taken, is_taken) = tokio::sync::oneshot::channel::<()>();
+        let held = tokio::task::spawn_blocking(move || {
+            let conn = rusqlite::Connection::open(path).expect("open");
+            conn.busy_timeout(Duration::from_secs(10))
+                .expect("busy timeout");
+            conn.execute_batch("BEGIN IMMEDIATE").expect("lock");
+            let _ = taken.send(());
+            let _ = released.blocking_recv();
+            conn.execute_batch("COMMIT").expect("commit");
+        });
+        is_taken.await.expect("the lock was taken");
+        Self::Sqlite { release, held }
+    }
+
+    /// Lets the waiting writes go on.
+    pub async fn release(self) {
+        match self {
+            Self::Sqlite { release, held } => {
+                let _ = release.send(());
+                held.await.expect("released");
+            }
+            Self::Postgres(mut conn) => {
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut conn)
+                    .await
+                    .expect("commit");
+            }
+        }
+    }
+}
+
 /// A configuration from variables, with the data in `dir` (or its schema, see
 /// [`database_vars`]); a test that names its own `DATABASE_URL` keeps it.
 pub fn config(dir: &std::path::Path, vars: &[(&str, &str)]) -> Config {

@@ -1,6 +1,6 @@
 //! Ingest over HTTP and through the library.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use hookrelay::{
     Relay,
@@ -9,7 +9,9 @@ use hookrelay::{
 };
 use serde_json::{Value, json};
 
-use crate::helpers::{SECRET, TestApp, TestReceiver, config, usage, usage_event};
+use crate::helpers::{
+    SECRET, TestApp, TestReceiver, WriteHold, config, execute_sql, usage, usage_event,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -579,4 +581,137 @@ async fn a_batch_resent_under_its_key_with_an_item_added_is_another_request() {
             .expect("stats")
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn an_ingest_waiting_on_the_database_past_the_request_timeout_gets_its_writes_answer() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(
+        &receiver.url(),
+        &[("HOOKRELAY_REQUEST_TIMEOUT_SECONDS", "0.2")],
+    )
+    .await;
+    let hold = WriteHold::take(app.dir.path()).await;
+    let mut post = tokio::spawn(
+        app.http
+            .post(app.url("/api/webhook/usage"))
+            .json(&usage_event("held-1"))
+            .send(),
+    );
+    // Five times the timeout with the write queued: a 408 now would be a lie, since the
+    // event is stored once the database lets go.
+    let early = tokio::time::timeout(Duration::from_secs(1), &mut post).await;
+    assert!(
+        early.is_err(),
+        "answered while its write could not have committed: {early:?}"
+    );
+    hold.release().await;
+    let response = post.await.expect("task").expect("post");
+    assert_eq!(response.status(), 202);
+    let stats = app.relay.session_stats("held-1").await.expect("stats");
+    assert_eq!(stats.map(|s| s.queries), Some(1));
+    receiver.wait_for(1, WAIT).await;
+}
+
+#[tokio::test]
+async fn a_key_resent_with_a_request_of_another_shape_is_refused() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let post = |key: &'static str, body: Value| {
+        app.http
+            .post(app.url("/api/webhook/usage"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    // A batch, then its first event alone under the same key.
+    let batch = json!([usage_event("shape-a"), usage_event("shape-b")]);
+    assert_eq!(post("shape-1", batch).await.expect("post").status(), 202);
+    let response = post("shape-1", usage_event("shape-a")).await.expect("post");
+    assert_eq!(response.status(), 422);
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(error["code"], "idempotency_key_reused", "{error}");
+    // One event, then a batch starting with it under the same key.
+    assert_eq!(
+        post("shape-2", usage_event("shape-c"))
+            .await
+            .expect("post")
+            .status(),
+        202
+    );
+    let batch = json!([usage_event("shape-c"), usage_event("shape-d")]);
+    let response = post("shape-2", batch).await.expect("post");
+    assert_eq!(response.status(), 422);
+    // Nothing of the refused requests was stored or sent.
+    let stats = |session: &'static str| app.relay.session_stats(session);
+    assert_eq!(
+        stats("shape-a").await.expect("stats").map(|s| s.queries),
+        Some(1)
+    );
+    assert_eq!(
+        stats("shape-c").await.expect("stats").map(|s| s.queries),
+        Some(1)
+    );
+    assert!(stats("shape-d").await.expect("stats").is_none());
+    receiver.wait_for(3, WAIT).await;
+    let sessions: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            r.json()["session_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+}
+
+#[tokio::test]
+async fn a_batch_stored_before_the_first_item_kept_the_plain_key_is_still_recognised() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[]).await;
+    let batch = json!([usage_event("legacy-a"), usage_event("legacy-b")]);
+    let post = |app: &TestApp| {
+        app.http
+            .post(app.url("/api/webhook/usage"))
+            .header("idempotency-key", "legacy-1")
+            .json(&batch)
+            .send()
+    };
+    let first: Value = post(&app).await.expect("post").json().await.expect("json");
+    let dir = app.stop().await;
+    // As an earlier hookrelay stored it: the first item under `key #0`, the migration not yet
+    // applied.
+    let legacy = "UPDATE events SET idempotency_key = 'usage.tracked legacy-1 #0' \
+                  WHERE idempotency_key = 'usage.tracked legacy-1'; \
+                  DELETE FROM schema_migrations WHERE name = 'first_item_key';";
+    execute_sql(dir.path(), legacy, legacy).await;
+    let config = config(
+        dir.path(),
+        &[("ZAPIER_WEBHOOK_URL", receiver.url().as_str())],
+    );
+    let app = TestApp::spawn_with(config, dir, Arc::new(hookrelay::clock::SystemClock)).await;
+    let again = post(&app).await.expect("post");
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["ids"], first["ids"], "the original events: {again}");
+    assert!(
+        again["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().all(|e| e["duplicate"] == true)),
+        "{again}"
+    );
+    // And the plain key now finds it, in another shape too.
+    let one = app
+        .http
+        .post(app.url("/api/webhook/usage"))
+        .header("idempotency-key", "legacy-1")
+        .json(&usage_event("legacy-a"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(one.status(), 422);
+    let stats = app.relay.session_stats("legacy-a").await.expect("stats");
+    assert_eq!(stats.map(|s| s.queries), Some(1));
 }

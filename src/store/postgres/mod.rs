@@ -79,6 +79,11 @@ const MIGRATIONS: &[Migration] = &[
         "endpoint_gates",
         include_str!("../../../migrations/postgres/0006_endpoint_gates.sql"),
     ),
+    (
+        7,
+        "first_item_key",
+        include_str!("../../../migrations/postgres/0007_first_item_key.sql"),
+    ),
 ];
 
 /// Serializes migrations across instances starting at once (any schema of the database).

@@ -102,6 +102,11 @@ const MIGRATIONS: &[Migration] = &[
         "status_check",
         include_str!("../../../migrations/sqlite/0012_status_check.sql"),
     ),
+    (
+        13,
+        "first_item_key",
+        include_str!("../../../migrations/sqlite/0013_first_item_key.sql"),
+    ),
 ];
 
 impl From<rusqlite::Error> for StoreError {
