@@ -327,6 +327,24 @@ mod tests {
     }
 
     #[test]
+    fn an_overlap_in_hours_is_read_and_refused_in_hours() {
+        let (config, _) = load(&[("HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS", "1.5")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.signing.rotation_overlap, Duration::from_secs(5400));
+        let err = load(&[("HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS", "9000")])
+            .err()
+            .unwrap_or_else(|| panic!("out of range"));
+        let problem = err
+            .0
+            .iter()
+            .find(|p| p.variable == "HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS")
+            .unwrap_or_else(|| panic!("named: {err}"));
+        let said = format!("{problem:?}");
+        assert!(said.contains("9000 hours is out of range"), "{said}");
+        assert!(said.contains("hours from 0 to 8760"), "{said}");
+    }
+
+    #[test]
     fn a_postgres_url_selects_postgresql_with_its_settings() {
         let (config, _) = load(&[
             (

@@ -145,20 +145,39 @@ impl<'a> Reader<'a> {
         min: f64,
         max: f64,
     ) -> Duration {
-        let value: f64 = self.plain(
-            name,
-            default,
-            &format!("a number of seconds from {min} to {max}"),
-        );
+        self.duration(name, [default, min, max], "seconds", 1.0)
+    }
+
+    /// Hours, fractions allowed (`0.5`), at millisecond precision.
+    pub(super) fn hours(
+        &mut self,
+        name: &'static str,
+        default: f64,
+        min: f64,
+        max: f64,
+    ) -> Duration {
+        self.duration(name, [default, min, max], "hours", 3600.0)
+    }
+
+    /// A duration written in `unit`s of `unit_seconds` each; `[default, min, max]` in that unit.
+    fn duration(
+        &mut self,
+        name: &'static str,
+        [default, min, max]: [f64; 3],
+        unit: &str,
+        unit_seconds: f64,
+    ) -> Duration {
+        let range = format!("a number of {unit} from {min} to {max}");
+        let value: f64 = self.plain(name, default, &range);
         if !value.is_finite() || value < min || value > max {
             self.error(
                 name,
-                format!("{value} seconds is out of range"),
-                format!("set it to a number of seconds from {min} to {max}"),
+                format!("{value} {unit} is out of range"),
+                format!("set it to {range}"),
             );
-            return Duration::from_secs_f64(default);
+            return Duration::from_secs_f64(default * unit_seconds);
         }
-        Duration::from_millis((value * 1000.0).round() as u64)
+        Duration::from_millis((value * unit_seconds * 1000.0).round() as u64)
     }
 
     /// A fraction from 0 to 1; `90%` and `0.9` both mean 0.9.

@@ -61,7 +61,7 @@ impl SigningSettings {
             SignatureAlgorithm::Sha256,
             "sha256 or sha512",
         );
-        let overlap_hours = r.seconds(
+        let rotation_overlap = r.hours(
             "HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS",
             24.0,
             0.0,
@@ -78,7 +78,7 @@ impl SigningSettings {
             secret,
             header,
             algorithm,
-            rotation_overlap: overlap_hours * 3600,
+            rotation_overlap,
         }
     }
 }

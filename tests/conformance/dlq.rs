@@ -90,6 +90,35 @@ pub async fn replaying_one_dead_letter_requeues_it_with_a_fresh_budget(backend: 
     assert_eq!((again[0].attempts, again[0].total_attempts), (0, 2));
 }
 
+pub async fn a_replayed_delivery_gets_a_fresh_allowance_of_429s(backend: Backend) {
+    let store = &backend.store;
+    with_default_endpoint(store).await;
+    ingest(store, vec![event("order.created", START)]).await;
+    let first = claim_one(store, START + 100).await;
+    record(
+        store,
+        &first,
+        NextState::Throttled(START + 1_000),
+        START + 100,
+    )
+    .await;
+    let second = claim_one(store, START + 1_000).await;
+    assert_eq!(second.throttled, 1, "the 429 was counted");
+    record(store, &second, NextState::DeadLetter, START + 1_000).await;
+
+    let replayed = store
+        .replay(Selection::One(second.id.clone()), START + 2_000)
+        .await
+        .expect("replay");
+    assert_eq!(replayed, 1);
+    let again = claim_one(store, START + 2_000).await;
+    assert_eq!(
+        (again.attempts, again.throttled, again.total_attempts),
+        (0, 0, 2),
+        "a fresh budget of retries and of 429s; the history is kept"
+    );
+}
+
 pub async fn replaying_all_requeues_every_dead_letter(backend: Backend) {
     let store = &backend.store;
     let mut dead = dead_letters(store, 3).await;

@@ -88,6 +88,7 @@ conformance!(
     // dead-letter queue
     dlq::dead_letters_are_listed_newest_first_up_to_the_limit,
     dlq::replaying_one_dead_letter_requeues_it_with_a_fresh_budget,
+    dlq::a_replayed_delivery_gets_a_fresh_allowance_of_429s,
     dlq::replaying_all_requeues_every_dead_letter,
     dlq::replaying_in_batches_walks_every_dead_letter_once_in_id_order,
     dlq::purging_one_dead_letter_deletes_only_it,

@@ -89,7 +89,7 @@ impl PgStore {
                 args.push(Arg::Int(now_ms));
                 let now = args.len();
                 let sql = format!(
-                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ${now},
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, throttled = 0, next_attempt_at = ${now},
                          lease_token = NULL, finished_at = NULL, updated_at = ${now}
                      WHERE status = 'dead' AND {target}"
                 );
@@ -117,7 +117,7 @@ impl PgStore {
             "WITH batch AS (
                  SELECT id FROM deliveries WHERE status = 'dead' AND id > $2 ORDER BY id LIMIT $3 FOR UPDATE),
              replayed AS (
-                 UPDATE deliveries d SET status = 'pending', attempts = 0, next_attempt_at = $1,
+                 UPDATE deliveries d SET status = 'pending', attempts = 0, throttled = 0, next_attempt_at = $1,
                      lease_token = NULL, finished_at = NULL, updated_at = $1
                  FROM batch WHERE d.id = batch.id AND d.status = 'dead'
                  RETURNING d.id)

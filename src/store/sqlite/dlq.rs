@@ -93,7 +93,7 @@ impl SqliteStore {
             args.push(Value::Integer(now_ms));
             let now = args.len();
             let sql = format!(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?{now},
+                "UPDATE deliveries SET status = 'pending', attempts = 0, throttled = 0, next_attempt_at = ?{now},
                      lease_token = NULL, finished_at = NULL, updated_at = ?{now}
                  WHERE status = 'dead' AND {target}"
             );
@@ -112,7 +112,7 @@ impl SqliteStore {
         self.write(move |conn| {
             let ids: Vec<String> = conn
                 .prepare_cached(
-                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, throttled = 0, next_attempt_at = ?1,
                          lease_token = NULL, finished_at = NULL, updated_at = ?1
                      WHERE id IN (SELECT id FROM deliveries WHERE status = 'dead' AND id > ?2
                                   ORDER BY id LIMIT ?3)
