@@ -612,3 +612,35 @@ async fn a_slow_endpoint_does_not_hold_back_a_fast_one() {
         "the slow endpoint holds exactly its concurrency cap"
     );
 }
+
+#[tokio::test]
+async fn requests_to_all_endpoints_together_stay_within_the_delivery_concurrency() {
+    let receiver = TestReceiver::start().await;
+    receiver.always(Reply::status(200).delayed(Duration::from_millis(100)));
+    let app = TestApp::spawn(
+        &receiver.url(),
+        &[
+            ("HOOKRELAY_ADMIN_TOKEN", TOKEN),
+            ("HOOKRELAY_DELIVERY_CONCURRENCY", "3"),
+            ("HOOKRELAY_ENDPOINT_CONCURRENCY", "16"),
+        ],
+    )
+    .await;
+    // A second endpoint on the same receiver, so one count sees every request.
+    add(
+        &app,
+        json!({"url": format!("http://{}/second", receiver.addr)}),
+    )
+    .await;
+    for i in 0..10 {
+        app.post_json("/api/webhook/usage", &usage_event(&format!("cap{i}")))
+            .await;
+    }
+    let received = receiver.wait_for(20, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 20, "each event to both endpoints");
+    assert_eq!(
+        receiver.most_open(),
+        3,
+        "the cap is used in full and never passed, whatever each endpoint allows"
+    );
+}

@@ -70,6 +70,9 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     arrived: std::sync::atomic::AtomicUsize,
+    /// Requests being answered now, and the most there ever were at once.
+    open: std::sync::atomic::AtomicUsize,
+    most_open: std::sync::atomic::AtomicUsize,
     /// (requests allowed per second, current second, requests in it)
     per_second: Mutex<Option<(usize, u64, usize)>>,
     script: Mutex<VecDeque<Reply>>,
@@ -77,6 +80,26 @@ struct ReceiverState {
     /// Answers each event's first request (by `webhook-id`) with this status.
     fail_first: Mutex<Option<(u16, std::collections::HashSet<String>)>>,
     received: Mutex<Vec<Received>>,
+}
+
+/// One request being answered, counted in [`ReceiverState::open`] while it lives.
+struct Open<'a>(&'a ReceiverState);
+
+impl<'a> Open<'a> {
+    fn count(state: &'a ReceiverState) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = state.open.fetch_add(1, SeqCst) + 1;
+        state.most_open.fetch_max(now, SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A webhook receiver on loopback.
@@ -95,6 +118,7 @@ async fn receive(
     state
         .arrived
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _open = Open::count(&state);
     if let Some((limit, second, count)) = state
         .per_second
         .lock()
@@ -230,6 +254,13 @@ impl TestReceiver {
     }
 
     /// Requests that reached the receiver, including those it has not answered yet.
+    /// The most requests this receiver was answering at once.
+    pub fn most_open(&self) -> usize {
+        self.state
+            .most_open
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn arrived(&self) -> usize {
         self.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -177,8 +177,8 @@ async fn a_repeated_idempotency_key_returns_the_original_id_and_is_not_sent_agai
     assert_eq!(second["id"], first["id"]);
     assert_eq!(second["duplicate"], json!(true));
 
-    // The same key in the body of a generic event is its own namespace entry.
-    let generic = json!({"type": "alert.fired", "data": {"n": 1}, "idempotency_key": "alert-1"});
+    // The same key on an event of another type is another event: keys are scoped by type.
+    let generic = json!({"type": "alert.fired", "data": {"n": 1}, "idempotency_key": "order-42"});
     let a: Value = app
         .post_json("/api/v1/events", &generic)
         .await
@@ -191,6 +191,8 @@ async fn a_repeated_idempotency_key_returns_the_original_id_and_is_not_sent_agai
         .json()
         .await
         .expect("json");
+    assert_eq!(a["duplicate"], json!(false), "{a}");
+    assert_ne!(a["id"], first["id"]);
     assert_eq!(a["id"], b["id"]);
     assert_eq!(b["duplicate"], json!(true));
 
@@ -714,4 +716,71 @@ async fn a_batch_stored_before_the_first_item_kept_the_plain_key_is_still_recogn
     assert_eq!(one.status(), 422);
     let stats = app.relay.session_stats("legacy-a").await.expect("stats");
     assert_eq!(stats.map(|s| s.queries), Some(1));
+}
+
+#[tokio::test]
+async fn the_batch_limit_and_key_rules_are_enforced_with_nothing_stored() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(&receiver.url(), &[("ENABLE_WEBHOOK", "false")]).await;
+    let batch = |n: usize, prefix: &str| {
+        Value::Array(
+            (0..n)
+                .map(|i| usage_event(&format!("{prefix}{i}")))
+                .collect(),
+        )
+    };
+    let refused = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("json");
+        (status, body["code"].as_str().unwrap_or_default().to_owned())
+    };
+    let over = app
+        .post_json("/api/webhook/usage", &batch(1001, "over"))
+        .await;
+    assert_eq!(refused(over).await, (422, "invalid_batch".to_owned()));
+    let at = app
+        .post_json("/api/webhook/usage", &batch(1000, "at"))
+        .await;
+    assert_eq!(at.status(), 202);
+
+    // The header and the body field must agree.
+    let conflicting = app
+        .http
+        .post(app.url("/api/v1/events"))
+        .header("idempotency-key", "k-a")
+        .json(&json!({"type": "alert.fired", "data": {}, "idempotency_key": "k-b"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        refused(conflicting).await,
+        (422, "conflicting_idempotency_key".to_owned())
+    );
+    // A key longer than 255 characters is refused by name.
+    let long = app
+        .http
+        .post(app.url("/api/webhook/usage"))
+        .header("idempotency-key", "k".repeat(256))
+        .json(&usage_event("long-key"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(refused(long).await, (422, "invalid_header".to_owned()));
+
+    let counts = app.relay.counts().await.expect("counts");
+    assert_eq!(counts.pending, 1000, "only the batch within the limit");
+    assert!(
+        app.relay
+            .session_stats("over0")
+            .await
+            .expect("stats")
+            .is_none()
+    );
+    assert!(
+        app.relay
+            .session_stats("long-key")
+            .await
+            .expect("stats")
+            .is_none()
+    );
 }
