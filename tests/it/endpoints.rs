@@ -644,3 +644,38 @@ async fn requests_to_all_endpoints_together_stay_within_the_delivery_concurrency
         "the cap is used in full and never passed, whatever each endpoint allows"
     );
 }
+
+#[tokio::test]
+async fn a_plain_http_endpoint_is_refused_at_delivery_once_https_is_required() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let lax = Relay::open(config(dir.path(), &[])).await.expect("open");
+    lax.create_endpoint(EndpointSpec {
+        url: receiver.url(),
+        ..EndpointSpec::default()
+    })
+    .await
+    .expect("create while http is allowed");
+    drop(lax);
+    let strict = Relay::open(config(dir.path(), &[("REQUIRE_HTTPS", "true")]))
+        .await
+        .expect("open");
+    // Refused for new endpoints…
+    let refused = strict
+        .create_endpoint(EndpointSpec {
+            url: format!("http://{}/other", receiver.addr),
+            ..EndpointSpec::default()
+        })
+        .await;
+    assert!(refused.is_err(), "an http endpoint was added");
+    // …and for the one stored before, before any connection is made.
+    strict.track_usage(usage("insecure")).await.expect("track");
+    assert_eq!(
+        strict.worker().run_once().await.expect("run"),
+        vec![Outcome::DeadLettered]
+    );
+    assert_eq!(receiver.arrived(), 0, "the receiver was contacted");
+    let dead = strict.dead_letters(1).await.expect("dlq");
+    let error = dead[0].last_error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("https"), "{error}");
+}

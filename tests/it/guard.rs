@@ -861,3 +861,25 @@ async fn a_replay_is_refused_after_a_restart_and_by_another_instance() {
         .expect("the session exists");
     assert_eq!(session.queries, 2, "the replays stored nothing");
 }
+
+#[tokio::test]
+async fn with_the_body_signature_refused_only_standard_webhooks_get_in() {
+    let receiver = TestReceiver::start().await;
+    let app = signed_app(
+        &receiver,
+        &[("HOOKRELAY_INGEST_ACCEPT_BODY_SIGNATURE", "false")],
+    )
+    .await;
+    let body = body();
+    let secret = SigningSecret::parse(INGEST_SECRET).expect("secret");
+    let legacy = signing::legacy_signature(&secret, SignatureAlgorithm::Sha256, &body);
+    let (status, error, _) = post(&app, body.clone(), &[("x-webhook-signature", legacy)]).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("unsupported_signature_scheme")),
+        "{error}"
+    );
+    let headers = standard_headers(INGEST_SECRET, "msg_std", now_s(), &body);
+    assert_eq!(post(&app, body, &headers).await.0, 202);
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+}

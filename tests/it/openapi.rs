@@ -130,6 +130,22 @@ async fn error_codes_in_the_document_are_the_ones_answered() {
         .expect("request");
     let body: Value = unknown.json().await.expect("error body");
     assert!(codes.contains(&body["code"]), "{body} not among {codes:?}");
+    // A known path with a method it does not take: 405 with a JSON body and `Allow`.
+    let wrong_method = app
+        .http
+        .delete(app.url("/api/webhook/usage"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(wrong_method.status(), 405);
+    let allow = wrong_method.headers().get("allow").cloned();
+    let body: Value = wrong_method.json().await.expect("error body");
+    assert_eq!(body["code"], "method_not_allowed", "{body}");
+    assert!(codes.contains(&body["code"]), "{body} not among {codes:?}");
+    assert!(
+        allow.is_some_and(|allow| allow.to_str().is_ok_and(|a| a.contains("POST"))),
+        "Allow names POST"
+    );
 }
 
 // What schemathesis found (each was answered outside the document before the fix).

@@ -620,3 +620,47 @@ async fn restore_takes_a_backups_write_ahead_log_and_keeps_the_replaced_database
     assert_eq!(count(&target), 20, "the backup's log came along");
     assert_eq!(count(&kept), 20, "the replaced database is kept whole");
 }
+
+#[tokio::test]
+async fn a_running_server_applies_retention_by_itself() {
+    let receiver = TestReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let url = receiver.url();
+    let clock = ManualClock::new(START_MS);
+    let vars = [
+        ("ZAPIER_WEBHOOK_URL", url.as_str()),
+        // The monitor looks at its schedule every 0.1 s of real time.
+        ("HOOKRELAY_ALERT_INTERVAL_SECONDS", "0.1"),
+    ];
+    let app = TestApp::spawn_with(config(dir.path(), &vars), dir, Arc::new(clock.clone())).await;
+    let accepted = app
+        .post_json("/api/webhook/usage", &usage_event("hourly-old"))
+        .await;
+    assert_eq!(accepted.status(), 202);
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    crate::helpers::eventually(Duration::from_secs(10), "delivered", || async {
+        app.relay.counts().await.expect("counts").pending == 0
+    })
+    .await;
+    assert!(
+        app.relay
+            .session_stats("hourly-old")
+            .await
+            .expect("stats")
+            .is_some()
+    );
+
+    // Past the retention period and the first pass (a minute after start): no cleanup call.
+    clock.advance(DAY * 31 + Duration::from_secs(61));
+    crate::helpers::eventually(Duration::from_secs(10), "retention ran", || async {
+        let left = app.relay.cleanup(30, true).await.expect("dry run");
+        left.events == 0
+            && app
+                .relay
+                .session_stats("hourly-old")
+                .await
+                .expect("stats")
+                .is_none()
+    })
+    .await;
+}
