@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, TestReceiver, eventually, usage_event};
+use crate::helpers::{Reply, SECRET, TestApp, TestReceiver, eventually, hookrelay, usage_event};
 
 const WAIT: Duration = Duration::from_secs(10);
 const TOKEN: &str = "test-admin-token-0123456789abcdef0123";
@@ -246,4 +246,62 @@ async fn replay_all_redelivers_every_dead_letter() {
     })
     .await;
     assert_eq!(receiver.received().len(), 8);
+}
+
+#[tokio::test]
+async fn work_queued_by_another_process_is_picked_up_by_polling() {
+    let receiver = TestReceiver::start().await;
+    receiver.always(Reply::status(410));
+    let url = receiver.url();
+    let app = TestApp::spawn(&url, &[("HOOKRELAY_POLL_INTERVAL_SECONDS", "0.2")]).await;
+    app.post_json("/api/webhook/usage", &usage_event("replayed"))
+        .await;
+    eventually(WAIT, "a dead letter", || async {
+        app.relay.counts().await.expect("counts").dead == 1
+    })
+    .await;
+    receiver.always(Reply::status(200));
+
+    // Another process on the same database: the CLI, which cannot wake the server.
+    let vars = [
+        ("ZAPIER_WEBHOOK_URL", url.as_str()),
+        ("WEBHOOK_SECRET", SECRET),
+    ];
+    for args in [
+        &["send", "--session-id", "from-cli", "--query", "q"][..],
+        &["dlq", "replay", "--all"][..],
+    ] {
+        let out = hookrelay(app.dir.path(), &vars)
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sessions = |received: Vec<crate::helpers::Received>| -> Vec<String> {
+        received
+            .iter()
+            .map(|r| {
+                r.json()["session_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    // Well within 15 poll intervals (an idle worker looks again only every 0.2 s here).
+    eventually(
+        Duration::from_secs(3),
+        "both sent by the polling server",
+        || async {
+            let seen = sessions(receiver.received());
+            seen.iter().any(|s| s == "from-cli")
+                && seen.iter().filter(|s| *s == "replayed").count() == 2
+        },
+    )
+    .await;
+    assert_eq!(app.relay.counts().await.expect("counts").dead, 0);
 }
