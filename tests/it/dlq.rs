@@ -281,23 +281,12 @@ async fn work_queued_by_another_process_is_picked_up_by_polling() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let sessions = |received: Vec<crate::helpers::Received>| -> Vec<String> {
-        received
-            .iter()
-            .map(|r| {
-                r.json()["session_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .collect()
-    };
     // Well within 15 poll intervals (an idle worker looks again only every 0.2 s here).
     eventually(
         Duration::from_secs(3),
         "both sent by the polling server",
         || async {
-            let seen = sessions(receiver.received());
+            let seen = receiver.session_ids();
             seen.iter().any(|s| s == "from-cli")
                 && seen.iter().filter(|s| *s == "replayed").count() == 2
         },

@@ -254,6 +254,19 @@ impl TestReceiver {
     }
 
     /// Requests that reached the receiver, including those it has not answered yet.
+    /// The `session_id` of each usage event received, in arrival order.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .map(|r| {
+                r.json()["session_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    }
+
     /// The most requests this receiver was answering at once.
     pub fn most_open(&self) -> usize {
         self.state

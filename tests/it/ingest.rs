@@ -656,16 +656,7 @@ async fn a_key_resent_with_a_request_of_another_shape_is_refused() {
     );
     assert!(stats("shape-d").await.expect("stats").is_none());
     receiver.wait_for(3, WAIT).await;
-    let sessions: Vec<String> = receiver
-        .received()
-        .iter()
-        .map(|r| {
-            r.json()["session_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
+    let sessions = receiver.session_ids();
     assert_eq!(sessions.len(), 3, "{sessions:?}");
 }
 
