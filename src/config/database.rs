@@ -97,6 +97,14 @@ fn read_location(r: &mut Reader<'_>, raw: &str, data_dir: &std::path::Path) -> D
             statement_timeout,
             schema,
         })
+    } else if scheme.is_none() && looks_like_a_connection_string(raw) {
+        // Taken as a file path, it would be printed in every "no database at …" message.
+        r.error(
+            "DATABASE_URL",
+            "looks like a PostgreSQL URL without `://` (it names a user or host)",
+            "use postgres://USER:PASSWORD@HOST:5432/DATABASE; for a file path holding `@`, write sqlite://PATH",
+        );
+        DatabaseLocation::Sqlite(data_dir.join("hookrelay.db"))
     } else if scheme.as_deref().is_some_and(|s| s != "sqlite") {
         r.error(
             "DATABASE_URL",
@@ -118,6 +126,13 @@ fn read_location(r: &mut Reader<'_>, raw: &str, data_dir: &std::path::Path) -> D
         }
         DatabaseLocation::Sqlite(PathBuf::from(path))
     }
+}
+
+/// `user:password@host/db` or `postgres:/…`: a connection string missing its `//`, which may
+/// hold a password. A plain (or `sqlite:`) file path never has `@` in practice.
+fn looks_like_a_connection_string(raw: &str) -> bool {
+    let lower = raw.trim().to_ascii_lowercase();
+    !lower.starts_with("sqlite:") && (lower.contains('@') || lower.starts_with("postgres"))
 }
 
 /// Where the data lives.

@@ -327,6 +327,33 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_string_missing_its_slashes_is_refused_without_its_password() {
+        for raw in [
+            "relay:hunter2@db:5432/hooks",
+            "postgres:/relay:hunter2@db/hooks",
+        ] {
+            let err = load(&[("DATABASE_URL", raw)])
+                .err()
+                .unwrap_or_else(|| panic!("{raw} was taken as a file path"));
+            let said = format!("{err} {err:?}");
+            assert!(said.contains("DATABASE_URL"), "{said}");
+            assert!(!said.contains("hunter2"), "{said}");
+        }
+        // File paths are still file paths.
+        for path in [
+            "./data/my.db",
+            "sqlite://./data/at@home.db",
+            "/var/lib/hookrelay.db",
+        ] {
+            let (config, _) = load(&[("DATABASE_URL", path)]).unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(
+                config.database.location,
+                DatabaseLocation::Sqlite(_)
+            ));
+        }
+    }
+
+    #[test]
     fn an_overlap_in_hours_is_read_and_refused_in_hours() {
         let (config, _) = load(&[("HOOKRELAY_SECRET_ROTATION_OVERLAP_HOURS", "1.5")])
             .unwrap_or_else(|e| panic!("{e}"));

@@ -74,7 +74,7 @@ pub async fn send(
     let headers = std::mem::take(&mut prepared.headers);
     let target = &prepared.target;
     let started = Instant::now();
-    let result = if target.require_https && !target.url.is_https() {
+    let mut result = if target.require_https && !target.url.is_https() {
         Err(SendError::Insecure)
     } else {
         sender
@@ -86,6 +86,13 @@ pub async fn send(
             )
             .await
     };
+    // Recorded, logged and shown on the dashboard: never the path, often the catch-hook URL.
+    if let Ok(response) = &mut result {
+        response.location = response
+            .location
+            .take()
+            .map(|location| target.url.describe_redirect(&location));
+    }
     Sent {
         result,
         duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),

@@ -23,7 +23,8 @@ pub struct Response {
     pub status: StatusCode,
     /// The raw `Retry-After` header, if any.
     pub retry_after: Option<String>,
-    /// The `Location` header of a redirect (which is not followed).
+    /// The `Location` header of a redirect (which is not followed); [`super::attempt::send`]
+    /// replaces it with a description that hides its path.
     pub location: Option<String>,
     /// The first bytes of the body, lossily decoded.
     pub snippet: String,
@@ -73,7 +74,7 @@ pub struct HttpSender {
     policy: Arc<AddressPolicy>,
 }
 
-/// The cause chain of a reqwest error without the URL, which may be a credential.
+/// The cause chain of a reqwest error (whose URL the caller removed: it may be a credential).
 fn describe(error: &reqwest::Error) -> String {
     let mut parts = Vec::new();
     let mut source = error.source();
@@ -82,19 +83,10 @@ fn describe(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     if parts.is_empty() {
-        // reqwest's own message includes the URL, which must not be logged.
-        parts.push(error_without_url(error));
+        parts.push(error.to_string());
     }
     parts.dedup();
     parts.join(": ")
-}
-
-fn error_without_url(error: &reqwest::Error) -> String {
-    let text = error.to_string();
-    match error.url() {
-        Some(url) => text.replace(url.as_str(), "[url]"),
-        None => text,
-    }
 }
 
 impl HttpSender {
@@ -140,7 +132,8 @@ impl HttpSender {
             .send();
         let mut response = match tokio::time::timeout_at(deadline, sent).await {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(classify(&error, url)),
+            // The URL may be a credential: out of the error before anything reads it.
+            Ok(Err(error)) => return Err(classify(&error.without_url(), url)),
             Err(_) => return Err(SendError::Timeout(timeout)),
         };
         let status = response.status();

@@ -62,11 +62,46 @@ impl EndpointUrl {
 
     /// `scheme://host:port` only: safe to log and print.
     pub fn redacted(&self) -> String {
-        let host = self.0.host_str().unwrap_or_default();
-        match self.0.port() {
-            Some(port) => format!("{}://{host}:{port}/…", self.0.scheme()),
-            None => format!("{}://{host}/…", self.0.scheme()),
+        redacted(&self.0)
+    }
+
+    /// Where a redirect from this URL points, told without its path or query (a redirect is
+    /// often to the catch-hook URL itself): what an operator needs to fix the endpoint, such
+    /// as "the same URL over https" or "with a trailing slash".
+    pub fn describe_redirect(&self, location: &str) -> String {
+        let Ok(target) = self.0.join(location.trim()) else {
+            return "an unreadable Location".to_owned();
+        };
+        let same_origin = target.host_str() == self.0.host_str()
+            && target.port_or_known_default() == self.0.port_or_known_default();
+        let same_scheme = target.scheme() == self.0.scheme();
+        let same_rest = target.path() == self.0.path() && target.query() == self.0.query();
+        let slash_only = target.query() == self.0.query()
+            && target.path().trim_end_matches('/') == self.0.path().trim_end_matches('/');
+        if same_rest && !same_scheme && target.host_str() == self.0.host_str() {
+            format!("the same URL over {}", target.scheme())
+        } else if same_origin && same_scheme && same_rest {
+            "the same URL".to_owned()
+        } else if same_origin && same_scheme && slash_only {
+            if target.path().ends_with('/') {
+                "the same URL with a trailing slash".to_owned()
+            } else {
+                "the same URL without its trailing slash".to_owned()
+            }
+        } else if same_origin && same_scheme {
+            "another path on the same host".to_owned()
+        } else {
+            redacted(&target)
         }
+    }
+}
+
+/// `scheme://host:port/…` of `url`.
+fn redacted(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}/…", url.scheme()),
+        None => format!("{}://{host}/…", url.scheme()),
     }
 }
 
@@ -85,6 +120,40 @@ impl fmt::Debug for EndpointUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_is_described_without_the_path_it_points_to() {
+        let url = EndpointUrl::parse("http://hooks.zapier.com/hooks/catch/123/abc?k=secret")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cases = [
+            (
+                "https://hooks.zapier.com/hooks/catch/123/abc?k=secret",
+                "the same URL over https",
+            ),
+            (
+                "http://hooks.zapier.com/hooks/catch/123/abc/?k=secret",
+                "the same URL with a trailing slash",
+            ),
+            ("/hooks/catch/999/xyz", "another path on the same host"),
+            (
+                "https://evil.example:8443/x/abc",
+                "https://evil.example:8443/…",
+            ),
+            ("http://[::1", "an unreadable Location"),
+        ];
+        for (location, told) in cases {
+            let described = url.describe_redirect(location);
+            assert_eq!(described, told, "{location}");
+            assert!(!described.contains("abc") && !described.contains("secret"));
+        }
+        let slashed =
+            EndpointUrl::parse("https://h.example/hook/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            slashed.describe_redirect("https://h.example/hook"),
+            "the same URL without its trailing slash"
+        );
+        assert_eq!(slashed.describe_redirect("/hook/"), "the same URL");
+    }
 
     #[test]
     fn http_and_https_urls_are_accepted_and_print_without_their_path() {

@@ -60,7 +60,10 @@ pub fn validate_headers(
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
             return Err(invalid(
                 "headers",
-                format!("`{name}` is not a valid header name"),
+                format!(
+                    "`{}` is not a valid header name (letters, digits and `-`, no spaces)",
+                    first_word(name)
+                ),
             ));
         }
         if reqwest::header::HeaderValue::from_str(value).is_err() {
@@ -83,10 +86,26 @@ pub fn validate_headers(
 
 /// Parses `Name: value` into a header pair.
 pub fn parse_header(raw: &str) -> Result<(String, String), InvalidEndpoint> {
-    let (name, value) = raw
-        .split_once(':')
-        .ok_or_else(|| invalid("headers", format!("`{raw}` is not `Name: value`")))?;
+    let (name, value) = raw.split_once(':').ok_or_else(|| {
+        invalid(
+            "headers",
+            format!("`{}` has no `:`: write `Name: value`", first_word(raw)),
+        )
+    })?;
     Ok((name.trim().to_owned(), value.trim().to_owned()))
+}
+
+/// The first word of a header the user wrote, for an error: the rest is often a credential
+/// (`Authorization Bearer sk_…` with its `:` forgotten) and errors are logged and reported.
+fn first_word(raw: &str) -> String {
+    let mut words = raw.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let first: String = first.chars().take(40).collect();
+    if words.next().is_some() || first.len() < raw.trim().len() {
+        format!("{first} …")
+    } else {
+        first
+    }
 }
 
 /// Checks a secret given by the user.
@@ -141,6 +160,30 @@ mod tests {
         let parsed = SigningSecret::parse(&secret).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parsed.key().len(), 32);
         assert_ne!(generate_secret(), secret);
+    }
+
+    #[test]
+    fn a_malformed_header_is_named_without_what_follows_its_first_word() {
+        let refused = parse_header("Authorization Bearer sk_live_1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("`Authorization …` has no `:`"),
+            "{refused}"
+        );
+        assert!(!refused.contains("sk_live"), "{refused}");
+        let (name, value) = parse_header("Authorization Bearer sk_live_2: x").expect("split");
+        let headers = BTreeMap::from([(name, value)]);
+        let refused = validate_headers(&headers, "X-Webhook-Signature")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("`Authorization …` is not a valid header name"),
+            "{refused}"
+        );
+        assert!(!refused.contains("sk_live"), "{refused}");
     }
 
     #[test]

@@ -198,10 +198,28 @@ async fn redirects_are_not_followed() {
     );
     let dead = relay.dead_letters(1).await.expect("dlq");
     let error = dead[0].last_error.clone().unwrap_or_default();
+    // Where it pointed, without the path: a redirect's target is often the catch-hook URL.
     assert!(
-        error.contains("redirects are not followed") && error.contains("/elsewhere"),
+        error.contains("redirects are not followed")
+            && error.contains("another path on the same host")
+            && !error.contains("/elsewhere"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_redirect_to_the_endpoints_own_url_is_told_without_its_path() {
+    let receiver = TestReceiver::start().await;
+    // The usual redirect: http to https, pointing at the catch-hook URL itself.
+    let own = receiver.url().replacen("http://", "https://", 1);
+    receiver.always(Reply::status(301).header("location", own));
+    let (relay, _clock, _dir) = manual_relay(&receiver, &[]).await;
+    relay.track_usage(usage("s")).await.expect("track");
+    relay.worker().run_once().await.expect("run");
+    let dead = relay.dead_letters(1).await.expect("dlq");
+    let error = dead[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("the same URL over https"), "{error}");
+    assert!(!error.contains("/hook"), "the path leaked: {error}");
 }
 
 #[tokio::test]
@@ -481,4 +499,41 @@ async fn shutdown_past_the_grace_period_returns_deliveries_to_the_queue_unspent(
             .iter()
             .all(|c| c.attempts == 0 && c.total_attempts == 0)
     );
+}
+
+#[tokio::test]
+async fn failures_are_recorded_without_the_endpoints_path_or_query() {
+    let receiver = TestReceiver::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    // A catch-hook URL is a credential: its path and query stay out of every recorded error.
+    let urls = [
+        // Connection refused: nothing listens there.
+        format!("http://127.0.0.1:{port}/hooks/catch/123/s3cret?token=t0ken"),
+        // TLS to a plain-HTTP receiver: the handshake fails.
+        format!(
+            "https://{}/hooks/catch/456/s3cret?token=t0ken",
+            receiver.addr
+        ),
+    ];
+    for url in urls {
+        let vars = [
+            ("ZAPIER_WEBHOOK_URL", url.as_str()),
+            ("WEBHOOK_MAX_RETRIES", "0"),
+        ];
+        let (relay, _clock, _dir) = manual_relay(&receiver, &vars).await;
+        relay.track_usage(usage("s")).await.expect("track");
+        relay.worker().run_once().await.expect("run");
+        let dead = relay.dead_letters(1).await.expect("dlq");
+        let error = dead
+            .first()
+            .and_then(|d| d.last_error.clone())
+            .unwrap_or_default();
+        assert!(!error.is_empty(), "{url}: no error recorded");
+        assert!(
+            !error.contains("s3cret") && !error.contains("t0ken"),
+            "the URL leaked: {error}"
+        );
+    }
 }
