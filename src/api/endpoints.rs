@@ -255,8 +255,8 @@ async fn disable(
     ))
 }
 
-/// A secret rotation (the body is optional).
-#[derive(Debug, Default, Deserialize, ToSchema)]
+/// A secret rotation (the body is optional). No `Debug`: it holds the secret.
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// The new secret; generated (`whsec_…`) when absent.

@@ -26,8 +26,8 @@ use crate::{
 /// so a receiver that never accepts anything cannot hold an event forever.
 pub const MAX_THROTTLED: u32 = 100;
 
-/// An attempt ready to go: where, and the headers that sign it.
-#[derive(Debug)]
+/// An attempt ready to go: where, and the headers that sign it. Its `Debug` shows header
+/// names only (the values hold signatures and the endpoint's own credentials).
 pub struct Prepared {
     /// The endpoint as the worker sends to it.
     pub target: Target,
@@ -37,6 +37,17 @@ pub struct Prepared {
     pub headers: HeaderMap,
     /// When the attempt started, unix ms (also the signature's timestamp).
     pub started_at_ms: i64,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("target", &self.target)
+            .field("probing", &self.probing)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("started_at_ms", &self.started_at_ms)
+            .finish()
+    }
 }
 
 /// Signs `delivery` for `target` at `now_ms`.

@@ -33,8 +33,8 @@ use crate::{
 };
 
 /// An endpoint as the worker needs it to send: its settings with the configuration's defaults
-/// filled in.
-#[derive(Debug, Clone)]
+/// filled in. Its `Debug` shows header names, not their values (often credentials).
+#[derive(Clone)]
 pub struct Target {
     /// The endpoint.
     pub id: EndpointId,
@@ -60,6 +60,19 @@ pub struct Target {
     pub circuit: CircuitPolicy,
     /// Refuse to send over plain http (`REQUIRE_HTTPS`).
     pub require_https: bool,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("secret", &self.secret)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("rate_limit", &self.rate_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Target {

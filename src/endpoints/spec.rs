@@ -1,7 +1,7 @@
 //! Creating and changing endpoints: what a user (CLI flags or API JSON) may say, checked
 //! against the configuration before anything is stored.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
@@ -14,8 +14,9 @@ use crate::{
     domain::{EndpointId, EndpointUrl, number::optional_whole},
 };
 
-/// A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+/// A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it. Its `Debug` shows
+/// no secret, header value or URL path.
+#[derive(Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Where to deliver.
@@ -59,6 +60,47 @@ pub struct EndpointSpec {
     pub circuit_threshold: Option<u32>,
 }
 
+impl fmt::Debug for EndpointSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSpec")
+            .field("url", &shown_url(&self.url))
+            .field("description", &self.description)
+            .field("event_types", &self.event_types)
+            .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("max_retries", &self.max_retries)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_burst", &self.rate_burst)
+            .field("circuit_threshold", &self.circuit_threshold)
+            .finish()
+    }
+}
+
+impl fmt::Debug for EndpointChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointChanges")
+            .field("url", &self.url.as_deref().map(shown_url))
+            .field("description", &self.description)
+            .field("event_types", &self.event_types)
+            .field(
+                "headers",
+                &self.headers.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
+            )
+            .field("timeout_seconds", &self.timeout_seconds)
+            .field("max_retries", &self.max_retries)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_burst", &self.rate_burst)
+            .field("circuit_threshold", &self.circuit_threshold)
+            .finish()
+    }
+}
+
+/// A URL as given, shown like [`EndpointUrl`]: scheme, host and port.
+fn shown_url(raw: &str) -> String {
+    EndpointUrl::parse(raw).map_or_else(|_| "[not a URL]".to_owned(), |url| url.redacted())
+}
+
 /// Accepts `null` as "clear this setting" while a missing field means "leave it".
 fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
     deserializer: D,
@@ -75,7 +117,8 @@ fn present_whole<'de, D: Deserializer<'de>>(
 
 /// A change to an endpoint, as `endpoints update` and `PATCH /api/v1/endpoints/{id}` take it:
 /// absent fields stay as they are; `null` clears an optional setting back to the default.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+/// Its `Debug` shows no header value or URL path.
+#[derive(Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointChanges {
     /// New URL.
@@ -242,5 +285,31 @@ impl EndpointChanges {
         }
         endpoint.updated_at_ms = now_ms;
         Ok(endpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_holds_no_secret_header_value_or_url_path() {
+        let spec = EndpointSpec {
+            url: "https://hooks.zapier.com/hooks/catch/123/abc/".into(),
+            secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
+            headers: BTreeMap::from([("Authorization".into(), "Bearer sk_live_1".into())]),
+            ..EndpointSpec::default()
+        };
+        let changes = EndpointChanges {
+            url: Some(spec.url.clone()),
+            headers: Some(spec.headers.clone()),
+            ..EndpointChanges::default()
+        };
+        for shown in [format!("{spec:?}"), format!("{changes:?}")] {
+            assert!(shown.contains("hooks.zapier.com") && shown.contains("Authorization"));
+            for secret in ["catch/123", "whsec_", "sk_live"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+        }
     }
 }
