@@ -255,7 +255,8 @@ async fn disable(
     ))
 }
 
-/// A secret rotation (the body is optional). No `Debug`: it holds the secret.
+// No `Debug`: it holds the secret.
+/// A secret rotation (the body is optional).
 #[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {

@@ -14,8 +14,7 @@ use crate::{
     domain::{EndpointId, EndpointUrl, number::optional_whole},
 };
 
-/// A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it. Its `Debug` shows
-/// no secret, header value or URL path.
+/// A new endpoint, as `endpoints add` and `POST /api/v1/endpoints` take it.
 #[derive(Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
@@ -60,6 +59,7 @@ pub struct EndpointSpec {
     pub circuit_threshold: Option<u32>,
 }
 
+// `Debug` of these two shows no secret, header value or URL path: all are credentials.
 impl fmt::Debug for EndpointSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointSpec")
@@ -117,7 +117,6 @@ fn present_whole<'de, D: Deserializer<'de>>(
 
 /// A change to an endpoint, as `endpoints update` and `PATCH /api/v1/endpoints/{id}` take it:
 /// absent fields stay as they are; `null` clears an optional setting back to the default.
-/// Its `Debug` shows no header value or URL path.
 #[derive(Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointChanges {
