@@ -1,10 +1,13 @@
 -- The first event of a request sent with an idempotency key is now stored under the key
 -- itself, whether the request held one event or a batch (item i > 0 stays under `key #i`), so
 -- the same key resent with a request of another shape meets the first request's fingerprint
--- and is refused as reused. Batches stored before kept their first item under `key #0`: it
--- takes the plain key, unless a single event already holds it (the two were different
--- requests; that batch keeps its old key).
+-- and is refused as reused. Batches (only usage events come in batches) stored before kept
+-- their first item under `usage.tracked key #0`: it takes the plain key, unless a single event
+-- already holds it (the two were different requests; that batch keeps its old key). The
+-- pattern needs a space before `#0` besides the one after the type, so a client's key `#0`
+-- (`usage.tracked #0`) is never touched. Stop every instance before starting this release:
+-- one still running the previous release would go on writing `key #0`.
 UPDATE events AS e
 SET idempotency_key = left(e.idempotency_key, -3)
-WHERE e.idempotency_key LIKE '% #0'
+WHERE e.idempotency_key LIKE 'usage.tracked % #0'
   AND NOT EXISTS (SELECT 1 FROM events AS o WHERE o.idempotency_key = left(e.idempotency_key, -3));

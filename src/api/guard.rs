@@ -88,7 +88,9 @@ pub struct Limits {
 /// Marked by a handler once it hands the store a write that goes on whatever happens to the
 /// request. From then on the request timeout no longer cuts it short: a 408 would say nothing
 /// was done while the events are stored anyway, and a client retrying without a key would
-/// store them twice. The answer is the write's own.
+/// store them twice. The answer is the write's own, for as long again as the timeout; past
+/// that (a stalled disk or database) a 503 says the outcome is unknown, so requests cannot pile
+/// up holding every request slot.
 #[derive(Debug, Clone, Default)]
 pub struct WriteStarted(Arc<AtomicBool>);
 
@@ -120,7 +122,22 @@ pub async fn request_limits(
     tokio::pin!(response);
     match tokio::time::timeout(limits.timeout, &mut response).await {
         Ok(response) => response,
-        Err(_) if write.is_marked() => response.await,
+        Err(_) if write.is_marked() => match tokio::time::timeout(limits.timeout, response).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(
+                    waited_s = 2.0 * limits.timeout.as_secs_f64(),
+                    "a write outlived twice the request timeout; answered 503 with its outcome unknown"
+                );
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::StorageUnavailable,
+                    "the event store did not answer in time: the events may yet be stored; \
+                     retry with the same Idempotency-Key so they are stored once",
+                )
+                .into_response()
+            }
+        },
         Err(_) => rejection_response(Rejection::TimedOut(limits.timeout)),
     }
 }

@@ -101,7 +101,7 @@ fn read_location(r: &mut Reader<'_>, raw: &str, data_dir: &std::path::Path) -> D
         // Taken as a file path, it would be printed in every "no database at …" message.
         r.error(
             "DATABASE_URL",
-            "looks like a PostgreSQL URL without `://` (it names a user or host)",
+            "looks like a PostgreSQL connection string, not a URL (it names a user, host or password)",
             "use postgres://USER:PASSWORD@HOST:5432/DATABASE; for a file path holding `@`, write sqlite://PATH",
         );
         DatabaseLocation::Sqlite(data_dir.join("hookrelay.db"))
@@ -128,11 +128,17 @@ fn read_location(r: &mut Reader<'_>, raw: &str, data_dir: &std::path::Path) -> D
     }
 }
 
-/// `user:password@host/db` or `postgres:/…`: a connection string missing its `//`, which may
-/// hold a password. A plain (or `sqlite:`) file path never has `@` in practice.
+/// `user:password@host/db`, `postgres:/…` or libpq's `host=… password=…`: a connection
+/// string that is not a URL, which may hold a password. A file path with `@` in it must be
+/// written `sqlite://PATH`.
 fn looks_like_a_connection_string(raw: &str) -> bool {
     let lower = raw.trim().to_ascii_lowercase();
-    !lower.starts_with("sqlite:") && (lower.contains('@') || lower.starts_with("postgres"))
+    !lower.starts_with("sqlite:")
+        && (lower.contains('@')
+            || lower.starts_with("postgres:")
+            || lower.starts_with("postgresql:")
+            || lower.contains("password=")
+            || lower.contains("host="))
 }
 
 /// Where the data lives.

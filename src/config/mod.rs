@@ -331,6 +331,7 @@ mod tests {
         for raw in [
             "relay:hunter2@db:5432/hooks",
             "postgres:/relay:hunter2@db/hooks",
+            "host=db user=relay password=hunter2 dbname=hooks",
         ] {
             let err = load(&[("DATABASE_URL", raw)])
                 .err()
@@ -344,6 +345,8 @@ mod tests {
             "./data/my.db",
             "sqlite://./data/at@home.db",
             "/var/lib/hookrelay.db",
+            "postgres_backup/hookrelay.db",
+            "C:\\data\\hookrelay.db",
         ] {
             let (config, _) = load(&[("DATABASE_URL", path)]).unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(

@@ -98,11 +98,15 @@ pub async fn send(
             .await
     };
     // Recorded, logged and shown on the dashboard: never the path, often the catch-hook URL.
+    // A redirect's body usually repeats its target ("Redirecting to https://…"): not kept.
     if let Ok(response) = &mut result {
         response.location = response
             .location
             .take()
             .map(|location| target.url.describe_redirect(&location));
+        if response.status.is_redirection() {
+            response.snippet.clear();
+        }
     }
     Sent {
         result,

@@ -79,7 +79,12 @@ impl EndpointUrl {
         let slash_only = target.query() == self.0.query()
             && target.path().trim_end_matches('/') == self.0.path().trim_end_matches('/');
         if same_rest && !same_scheme && target.host_str() == self.0.host_str() {
-            format!("the same URL over {}", target.scheme())
+            let scheme = target.scheme();
+            match target.port() {
+                port if port == self.0.port() => format!("the same URL over {scheme}"),
+                Some(port) => format!("the same path over {scheme} on port {port}"),
+                None => format!("the same path over {scheme} on its default port"),
+            }
         } else if same_origin && same_scheme && same_rest {
             "the same URL".to_owned()
         } else if same_origin && same_scheme && slash_only {
@@ -138,6 +143,10 @@ mod tests {
             (
                 "https://evil.example:8443/x/abc",
                 "https://evil.example:8443/…",
+            ),
+            (
+                "https://hooks.zapier.com:8443/hooks/catch/123/abc?k=secret",
+                "the same path over https on port 8443",
             ),
             ("http://[::1", "an unreadable Location"),
         ];

@@ -95,16 +95,20 @@ pub fn parse_header(raw: &str) -> Result<(String, String), InvalidEndpoint> {
     Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
-/// The first word of a header the user wrote, for an error: the rest is often a credential
-/// (`Authorization Bearer sk_…` with its `:` forgotten) and errors are logged and reported.
-fn first_word(raw: &str) -> String {
-    let mut words = raw.split_whitespace();
-    let first = words.next().unwrap_or_default();
-    let first: String = first.chars().take(40).collect();
-    if words.next().is_some() || first.len() < raw.trim().len() {
-        format!("{first} …")
+/// The start of a header the user wrote, for an error: its leading header-name characters
+/// only, since the rest is often a credential (`Authorization Bearer sk_…` or
+/// `X-Api-Key=sk_…` with the `:` forgotten) and errors are logged and reported.
+pub(crate) fn first_word(raw: &str) -> String {
+    let raw = raw.trim();
+    let name: String = raw
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(40)
+        .collect();
+    if name.len() < raw.len() {
+        format!("{name} …")
     } else {
-        first
+        name
     }
 }
 
@@ -173,6 +177,11 @@ mod tests {
             "{refused}"
         );
         assert!(!refused.contains("sk_live"), "{refused}");
+        let refused = parse_header("X-Api-Key=sk_live_3")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("`X-Api-Key …` has no `:`"), "{refused}");
         let (name, value) = parse_header("Authorization Bearer sk_live_2: x").expect("split");
         let headers = BTreeMap::from([(name, value)]);
         let refused = validate_headers(&headers, "X-Webhook-Signature")

@@ -67,7 +67,7 @@ impl fmt::Debug for EndpointSpec {
             .field("description", &self.description)
             .field("event_types", &self.event_types)
             .field("secret", &self.secret.as_ref().map(|_| "[redacted]"))
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("headers", &header_names(&self.headers))
             .field("timeout_seconds", &self.timeout_seconds)
             .field("max_retries", &self.max_retries)
             .field("rate_limit", &self.rate_limit)
@@ -83,10 +83,7 @@ impl fmt::Debug for EndpointChanges {
             .field("url", &self.url.as_deref().map(shown_url))
             .field("description", &self.description)
             .field("event_types", &self.event_types)
-            .field(
-                "headers",
-                &self.headers.as_ref().map(|h| h.keys().collect::<Vec<_>>()),
-            )
+            .field("headers", &self.headers.as_ref().map(header_names))
             .field("timeout_seconds", &self.timeout_seconds)
             .field("max_retries", &self.max_retries)
             .field("rate_limit", &self.rate_limit)
@@ -94,6 +91,11 @@ impl fmt::Debug for EndpointChanges {
             .field("circuit_threshold", &self.circuit_threshold)
             .finish()
     }
+}
+
+/// Header names as given, each cut to its valid start (a bad name may hold a credential).
+fn header_names(headers: &BTreeMap<String, String>) -> Vec<String> {
+    headers.keys().map(|name| super::first_word(name)).collect()
 }
 
 /// A URL as given, shown like [`EndpointUrl`]: scheme, host and port.

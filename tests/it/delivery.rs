@@ -212,7 +212,11 @@ async fn a_redirect_to_the_endpoints_own_url_is_told_without_its_path() {
     let receiver = TestReceiver::start().await;
     // The usual redirect: http to https, pointing at the catch-hook URL itself.
     let own = receiver.url().replacen("http://", "https://", 1);
-    receiver.always(Reply::status(301).header("location", own));
+    receiver.always(
+        Reply::status(301)
+            .header("location", own.clone())
+            .body(format!("Moved Permanently. Redirecting to {own}")),
+    );
     let (relay, _clock, _dir) = manual_relay(&receiver, &[]).await;
     relay.track_usage(usage("s")).await.expect("track");
     relay.worker().run_once().await.expect("run");
@@ -220,6 +224,20 @@ async fn a_redirect_to_the_endpoints_own_url_is_told_without_its_path() {
     let error = dead[0].last_error.clone().unwrap_or_default();
     assert!(error.contains("the same URL over https"), "{error}");
     assert!(!error.contains("/hook"), "the path leaked: {error}");
+    let detail = relay
+        .delivery(dead[0].id.clone())
+        .await
+        .expect("detail")
+        .expect("found");
+    let snippets: Vec<_> = detail
+        .attempts_log
+        .iter()
+        .filter_map(|a| a.response_snippet.clone())
+        .collect();
+    assert!(
+        snippets.iter().all(|s| !s.contains("/hook")),
+        "the redirect's body kept the path: {snippets:?}"
+    );
 }
 
 #[tokio::test]

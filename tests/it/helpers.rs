@@ -27,6 +27,7 @@ pub struct Reply {
     pub status: u16,
     pub delay: Duration,
     pub headers: Vec<(&'static str, String)>,
+    pub body: String,
 }
 
 impl Reply {
@@ -35,7 +36,13 @@ impl Reply {
             status,
             delay: Duration::ZERO,
             headers: Vec::new(),
+            body: String::new(),
         }
+    }
+
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
     }
 
     pub fn delayed(mut self, delay: Duration) -> Self {
@@ -174,8 +181,10 @@ async fn receive(
             headers,
             body,
         });
-    let mut response = StatusCode::from_u16(reply.status)
-        .unwrap_or(StatusCode::OK)
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK),
+        reply.body,
+    )
         .into_response();
     for (name, value) in reply.headers {
         if let Ok(value) = HeaderValue::from_str(&value) {

@@ -590,7 +590,7 @@ async fn an_ingest_waiting_on_the_database_past_the_request_timeout_gets_its_wri
     let receiver = TestReceiver::start().await;
     let app = TestApp::spawn(
         &receiver.url(),
-        &[("HOOKRELAY_REQUEST_TIMEOUT_SECONDS", "0.2")],
+        &[("HOOKRELAY_REQUEST_TIMEOUT_SECONDS", "2")],
     )
     .await;
     let hold = WriteHold::take(app.dir.path()).await;
@@ -600,9 +600,9 @@ async fn an_ingest_waiting_on_the_database_past_the_request_timeout_gets_its_wri
             .json(&usage_event("held-1"))
             .send(),
     );
-    // Five times the timeout with the write queued: a 408 now would be a lie, since the
-    // event is stored once the database lets go.
-    let early = tokio::time::timeout(Duration::from_secs(1), &mut post).await;
+    // Past the timeout with the write queued: a 408 now would be a lie, since the event is
+    // stored once the database lets go (within twice the timeout, the write answers).
+    let early = tokio::time::timeout(Duration::from_millis(2500), &mut post).await;
     assert!(
         early.is_err(),
         "answered while its write could not have committed: {early:?}"
@@ -613,6 +613,43 @@ async fn an_ingest_waiting_on_the_database_past_the_request_timeout_gets_its_wri
     let stats = app.relay.session_stats("held-1").await.expect("stats");
     assert_eq!(stats.map(|s| s.queries), Some(1));
     receiver.wait_for(1, WAIT).await;
+}
+
+#[tokio::test]
+async fn a_write_stalled_past_twice_the_request_timeout_is_answered_503_outcome_unknown() {
+    let receiver = TestReceiver::start().await;
+    let app = TestApp::spawn(
+        &receiver.url(),
+        &[("HOOKRELAY_REQUEST_TIMEOUT_SECONDS", "0.2")],
+    )
+    .await;
+    let hold = WriteHold::take(app.dir.path()).await;
+    let response = app
+        .http
+        .post(app.url("/api/webhook/usage"))
+        .json(&usage_event("stalled-1"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(error["code"], "storage_unavailable", "{error}");
+    let detail = error["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("may yet be stored") && detail.contains("Idempotency-Key"),
+        "{detail}"
+    );
+    // The write was not called back: once the database lets go, the event is there.
+    hold.release().await;
+    crate::helpers::eventually(WAIT, "the stalled event stored", || async {
+        app.relay
+            .session_stats("stalled-1")
+            .await
+            .expect("stats")
+            .is_some()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -673,6 +710,20 @@ async fn a_batch_stored_before_the_first_item_kept_the_plain_key_is_still_recogn
             .send()
     };
     let first: Value = post(&app).await.expect("post").json().await.expect("json");
+    // A client's own key `#0` on one event: the migration must leave it alone.
+    let hash_zero = |app: &TestApp| {
+        app.http
+            .post(app.url("/api/webhook/usage"))
+            .header("idempotency-key", "#0")
+            .json(&usage_event("legacy-hash"))
+            .send()
+    };
+    let hashed: Value = hash_zero(&app)
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
     let dir = app.stop().await;
     // As an earlier hookrelay stored it: the first item under `key #0`, the migration not yet
     // applied.
@@ -695,6 +746,14 @@ async fn a_batch_stored_before_the_first_item_kept_the_plain_key_is_still_recogn
             .is_some_and(|events| events.iter().all(|e| e["duplicate"] == true)),
         "{again}"
     );
+    let hashed_again: Value = hash_zero(&app)
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(hashed_again["id"], hashed["id"], "{hashed_again}");
+    assert_eq!(hashed_again["duplicate"], true);
     // And the plain key now finds it, in another shape too.
     let one = app
         .http
